@@ -1,0 +1,3 @@
+"""mpifed: second-order federated optimization simulated over MPI."""
+
+__version__ = "0.1.0"
