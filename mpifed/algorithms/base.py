@@ -1,0 +1,77 @@
+"""The shape every method has: frozen hyper-parameters, client state, server state, and
+pure client and server steps that the driver (the only round loop) calls.
+
+A round k:  x^k is broadcast -> ``client_step`` on every rank for its block of clients at
+once -> the clients' :class:`Uplink` rows are summed over all clients (a reproducible
+MPI Reduce) -> ``server_step`` on rank 0 turns the :class:`Aggregate` into x^{k+1}.
+Every uplink carries f_i(x^k) and grad f_i(x^k), so the driver's metrics at x^k cost no
+extra pass; whether the gradient is also *sent* is decided by the bits the method counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from ..errors import MpifedError
+
+
+class SolverError(MpifedError):
+    """The server's linear system cannot be solved (singular or indefinite matrix, NaN)."""
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """One round's messages from a block of n clients.
+
+    loss (n,), grad (n, d): f_i and its gradient at the broadcast x^k.
+    fields: further per-client arrays (n, ...) that the server needs summed.
+    value_bits, index_bits (n,): what each client put on the wire this round.
+    """
+
+    loss: object
+    grad: object
+    value_bits: np.ndarray
+    index_bits: np.ndarray
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Sums over all n clients of an :class:`Uplink`, on the server; ``mean`` divides by n."""
+
+    n: int
+    loss: float
+    grad: np.ndarray
+    value_bits: float
+    index_bits: float
+    fields: dict
+
+    def mean(self, name: str) -> np.ndarray:
+        return self.fields[name] / self.n
+
+
+def bits_for(n: int, values: int, float_bits: int, index=0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-client (value bits, index bits) for ``values`` floats and ``index`` index bits."""
+    return np.full(n, values * float_bits, dtype=np.float64), np.broadcast_to(np.asarray(index, dtype=np.float64), (n,)).copy()
+
+
+def solve_spd(H: np.ndarray, g: np.ndarray, shift: float = 0.0, what: str = "H") -> np.ndarray:
+    """(H + shift I)^{-1} g by Cholesky; a clear SolverError when H + shift I is not positive definite."""
+    A = H + shift * np.eye(len(H)) if shift else H
+    if not np.all(np.isfinite(A)):
+        raise SolverError(f"the server matrix {what} has NaN or inf entries")
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, check_finite=False), g, check_finite=False)
+    except np.linalg.LinAlgError:
+        raise SolverError(f"the server matrix {what} is not positive definite (smallest eigenvalue "
+                          f"{np.linalg.eigvalsh(A)[0]:.3e})") from None
+
+
+def solve_projected(H: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
+    """[H]_mu^{-1} g: eigenvalues of H clipped below at mu (FedNL Option 1, projection onto {H >= mu I})."""
+    if not np.all(np.isfinite(H)):
+        raise SolverError("the server matrix H has NaN or inf entries")
+    w, U = np.linalg.eigh(H)
+    return U @ ((U.T @ g) / np.maximum(w, mu))

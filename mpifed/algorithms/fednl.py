@@ -1,0 +1,105 @@
+"""FedNL: Newton's method with learned, compressed Hessians (Safaryan, Islamov, Qian,
+Richtarik, ICML 2022, Algorithm 1; ALGORITHMS.md).
+
+Client i at round k (H_i^0 = grad^2 f_i(x^0), sent once at setup):
+
+    S_i^k     = C(grad^2 f_i(x^k) - H_i^k)             compressed Hessian correction
+    l_i^k     = ||H_i^k - grad^2 f_i(x^k)||_F          before the update (Option 2 only)
+    H_i^{k+1} = H_i^k + alpha S_i^k
+    sends grad f_i(x^k), S_i^k, l_i^k
+
+Server, with H^k = (1/n) sum_i H_i^k kept in step with the clients:
+
+    Option 1: x^{k+1} = x^k - [H]_mu^{-1} grad f(x^k)          ([.]_mu: eigenvalues clipped at mu)
+    Option 2: x^{k+1} = x^k - (H + l^k I)^{-1} grad f(x^k),    l^k = (1/n) sum_i l_i^k
+    H^{k+1}  = H^k + alpha (1/n) sum_i S_i^k
+
+Which H the step uses (``step_hessian``):
+* ``previous`` (default, the paper's Algorithm 1 and the authors' numpy code): H = H^k;
+* ``updated`` (the C++ u-FedNL of Burlachenko & Richtarik): H = H^{k+1}, with l^k still
+  measured before the update, as u-FedNL does.
+With the identity compressor and alpha = 1, ``previous`` steps with a one-round-old Hessian
+and ``updated`` is exactly Newton's method (plus l^k I under Option 2, where l^k = 0).
+
+alpha defaults to the theory of each compressor class: 1/(omega + 1) for unbiased ones,
+1 for contractive ones under Option 2 and 1 - sqrt(1 - delta) under Option 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import compressors, tri
+from ..errors import ConfigError
+from .base import Aggregate, Uplink, bits_for, solve_projected, solve_spd
+
+
+@dataclass(frozen=True)
+class Params:
+    """compressor C, Hessian learning rate alpha, option (1 or 2), mu for Option 1, step_hessian."""
+
+    compressor: compressors.Compressor
+    alpha: float
+    option: int = 2
+    mu: float = 1e-3
+    step_hessian: str = "previous"
+    float_bits: int = 32
+    uses = ("compressor", "alpha", "option", "mu", "step_hessian")
+
+    @classmethod
+    def from_config(cls, config, d: int) -> "Params":
+        option = config.option or 2
+        if config.mu is not None and option != 1:
+            raise ConfigError("--mu is the projection level of Option 1; it does not apply to --option 2")
+        comp = compressors.make(config.compressor or "topk:k=8d", d, config.float_bits)
+        alpha = config.alpha if config.alpha is not None else comp.theoretical_alpha(option)
+        mu = config.mu if config.mu is not None else config.lam
+        if option == 1 and mu <= 0:
+            raise ConfigError("Option 1 projects onto {H >= mu I} and needs mu > 0; lam is 0, so give --mu")
+        return cls(comp, alpha, option, mu, config.step_hessian or "previous", config.float_bits)
+
+
+@dataclass(frozen=True)
+class ClientState:
+    H: object  # (n, T) learned Hessians H_i^k, packed
+
+
+@dataclass(frozen=True)
+class ServerState:
+    H: object  # (T,) H^k = mean of the H_i^k, packed
+
+
+def client_init(p: Params, block, x0, streams):
+    """H_i^0 = grad^2 f_i(x^0), uploaded once (counted in the setup bits)."""
+    loss, grad, hess = block.derivatives(x0)
+    values, index = bits_for(block.n, block.T, p.float_bits)
+    return ClientState(hess), Uplink(loss, grad, values, index, {"hess": hess})
+
+
+def server_init(p: Params, agg: Aggregate, x0):
+    return ServerState(agg.mean("hess"))
+
+
+def client_step(p: Params, block, state: ClientState, x, streams):
+    loss, grad, hess = block.derivatives(x)
+    diff = hess - state.H
+    message = p.compressor.compress(diff, streams)
+    fields = {"S": message.values}
+    scalars = 0
+    if p.option == 2:
+        fields["l"] = tri.frobenius(diff, block.bk.xp)
+        scalars = 1
+    values, _ = bits_for(block.n, block.d + scalars, p.float_bits)
+    uplink = Uplink(loss, grad, values + message.value_bits, message.index_bits, fields)
+    return ClientState(state.H + p.alpha * message.values), uplink
+
+
+def server_step(p: Params, state: ServerState, x, agg: Aggregate):
+    H_next = state.H + p.alpha * agg.mean("S")
+    H = tri.unpack(H_next if p.step_hessian == "updated" else state.H, len(x))
+    g = agg.grad / agg.n
+    if p.option == 1:
+        step = solve_projected(H, g, p.mu)
+    else:
+        l = float(agg.mean("l"))
+        step = solve_spd(H, g, shift=l, what="H^k + l^k I")
+    return ServerState(H_next), x - step, len(x) * p.float_bits

@@ -1,0 +1,43 @@
+"""Newton's method, distributed (the yardstick of ALGORITHMS.md and FedPM's Test 1).
+
+    x^{k+1} = x^k - (grad^2 P(x^k))^{-1} grad P(x^k),
+    grad P = (1/n) sum_i grad f_i,  grad^2 P = (1/n) sum_i grad^2 f_i.
+
+Each client sends its gradient (d floats) and its whole Hessian (d(d+1)/2 floats, the
+upper triangle) every round; the server solves by Cholesky.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import tri
+from .base import Aggregate, Uplink, bits_for, solve_spd
+
+
+@dataclass(frozen=True)
+class Params:
+    float_bits: int = 32
+    uses = ()
+
+    @classmethod
+    def from_config(cls, config, d: int) -> "Params":
+        return cls(float_bits=config.float_bits)
+
+
+def client_init(p: Params, block, x0, streams):
+    return None, None
+
+
+def server_init(p: Params, agg, x0):
+    return None
+
+
+def client_step(p: Params, block, state, x, streams):
+    loss, grad, hess = block.derivatives(x)
+    values, index = bits_for(block.n, block.d + block.T, p.float_bits)
+    return state, Uplink(loss, grad, values, index, {"hess": hess})
+
+
+def server_step(p: Params, state, x, agg: Aggregate):
+    H = tri.unpack(agg.mean("hess"), len(x))
+    return state, x - solve_spd(H, agg.grad / agg.n, what="grad^2 P(x^k)"), len(x) * p.float_bits

@@ -1,0 +1,145 @@
+"""The ``mpifed`` command: run, info, datasets.
+
+    mpiexec -n 4 mpifed run [CONFIG.toml] [--option value ...]
+    mpifed info TRACE.h5 | FOLDER
+    mpifed datasets list | fetch NAME [NAME ...]
+
+Exit codes: 0 success, 1 the run failed (solver error, divergence), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import __version__
+from .config import RunConfig
+from .errors import MpifedError
+
+HELP = {
+    "dataset": "'synthetic' (default), a registry name (mpifed datasets list) or a LIBSVM file path",
+    "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
+    "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32)",
+    "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
+    "shuffle": "permute the rows with this seed before splitting (default: file order, as the papers)",
+    "intercept": "append a constant-1 feature (d+1 dimensions)",
+    "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
+    "algorithm": "newton | fednl | gd (default fednl)",
+    "compressor": "FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1 ('d' = dimension)",
+    "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
+    "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
+    "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
+    "mu": "FedNL Option 1 projection level (default lam)",
+    "step_size": "GD step size (default 1/L)",
+    "rounds": "maximum number of rounds (default 100)",
+    "tol": "stop once ||grad P(x^k)|| <= tol (default 0: run every round)",
+    "seed": "seed of every client's random stream (default 0)",
+    "float_bits": "bits per transmitted float in the bit count: 16, 32 (default) or 64",
+    "reference_iterations": "Newton iterations for x*, f* (default 20; 0 skips f_gap and dist_to_opt)",
+    "backend": "numpy (default), cupy (GPU) or auto",
+    "out": "trace path (default runs/<algorithm>-<dataset>-<n>.h5)",
+    "overwrite": "replace an existing --out",
+    "quiet": "print nothing but errors",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, from one rank
+        raise MpifedError(message)
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher set it, read without starting MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpifed", description="Second-order federated optimization simulated over MPI.")
+    p.add_argument("--version", action="version", version=f"mpifed {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run one configuration (under mpiexec for several ranks)",
+                         description="Run one configuration. Flags override the TOML file, which overrides defaults.")
+    run.add_argument("config", nargs="?", help="TOML file whose keys are the flag names (e.g. samples_per_client = 350)")
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type.split(" ")[0]
+        if kind == "bool":
+            run.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+        else:
+            conv = {"int": _int, "float": float, "str": str}[kind]
+            run.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=HELP[f.name])
+    info = sub.add_parser("info", help="print a trace's configuration and per-round table")
+    info.add_argument("path", help="a trace (.h5) or a folder of traces")
+    info.add_argument("--every", type=_int, default=None, help="print every N-th round (default: about 30 rows)")
+    ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
+    ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ds_sub.add_parser("list", help="the registry and where each file is found locally")
+    fetch = ds_sub.add_parser("fetch", help="download into the cache with checksum verification")
+    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--dest", default=None, help="target folder (default: the cache, $MPIFED_CACHE)")
+    return p
+
+
+def _int(text: str) -> int:
+    value = float(text)  # accepts 1e3
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+def main(argv=None) -> int:
+    rank = _launcher_rank()
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "info":
+            from .report import info
+
+            info(Path(args.path), args.every)
+            return 0
+        return _datasets(args)
+    except MpifedError as err:
+        if rank == 0:
+            print(f"mpifed: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `mpifed info ... | head`
+        sys.stderr.close()
+        return 0
+
+
+def _run(args) -> int:
+    from . import config
+    from .driver import run
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
+    result = run(config.load(args.config, **overrides))
+    if result.status == "failed":
+        if result.path is not None:
+            print(f"mpifed: run failed: {result.message}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _datasets(args) -> int:
+    from . import data
+
+    if args.action == "list":
+        print(f"{'name':<12} {'features':>8} {'rows':>8}  local copy")
+        for name, features, rows, where in data.describe():
+            print(f"{name:<12} {features:>8} {rows:>8}  {where}")
+        return 0
+    for name in args.names:
+        print(f"{name}: {data.fetch(name, dest_dir=args.dest)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The MPI transport, and its single-process stand-in. mpi4py is imported here and nowhere else.
+
+Round traffic uses the buffer-based (uppercase) calls on contiguous float64 arrays:
+``Bcast`` of the iterate and ``Reduce`` of the clients' summed messages, with a
+user-defined double-double sum so totals do not depend on how clients are spread over
+ranks (see :mod:`mpifed.ddsum`). Lowercase pickled calls are used only at setup.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .ddsum import dd_add
+from .errors import ConfigError
+
+
+def client_range(n_clients: int, size: int, rank: int) -> tuple[int, int]:
+    """The contiguous block [lo, hi) of client ids hosted by ``rank`` (sizes differ by at most one)."""
+    if n_clients < size:
+        raise ConfigError(f"{n_clients} clients cannot be spread over {size} MPI ranks; "
+                          f"use at most {n_clients} ranks or more clients")
+    return rank * n_clients // size, (rank + 1) * n_clients // size
+
+
+class SerialComm:
+    """One process: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def bcast_array(self, buf: np.ndarray) -> np.ndarray:
+        return buf
+
+    def reduce_dd(self, pairs: np.ndarray) -> np.ndarray | None:
+        """Sum over ranks of double-double values (k x 2 contiguous: hi, lo), rounded, on the root.
+
+        Every rank passes the double-double sum of its own clients (:func:`ddsum.dd_sum_rows`).
+        """
+        return pairs[:, 0] + pairs[:, 1]
+
+    def allgather(self, obj) -> list:
+        return [obj]
+
+    def abort(self, code: int = 1):
+        sys.exit(code)
+
+    def library(self) -> str:
+        return "none (serial)"
+
+
+class MPIComm(SerialComm):
+    """MPI.COMM_WORLD (or a given communicator)."""
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm or MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self._pair = MPI.DOUBLE.Create_contiguous(2).Commit()
+        self._dd_op = MPI.Op.Create(_dd_sum_op, commute=True)
+
+    def bcast_array(self, buf):
+        self.comm.Bcast([buf, self.MPI.DOUBLE], root=0)
+        return buf
+
+    def reduce_dd(self, pairs):
+        out = np.empty_like(pairs) if self.is_root else None
+        self.comm.Reduce([pairs, pairs.shape[0], self._pair], [out, pairs.shape[0], self._pair] if self.is_root else None,
+                         op=self._dd_op, root=0)
+        return out[:, 0] + out[:, 1] if self.is_root else None
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def abort(self, code: int = 1):
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+    def library(self) -> str:
+        import mpi4py
+
+        return f"{self.MPI.Get_library_version().splitlines()[0].strip()} (mpi4py {mpi4py.__version__})"
+
+
+def _dd_sum_op(inbuf, inoutbuf, datatype):
+    """MPI user op: inout = in + inout on (hi, lo) pairs."""
+    a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 2)
+    b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 2)
+    hi, lo = dd_add(a[:, 0], a[:, 1], b[:, 0], b[:, 1])
+    b[:, 0], b[:, 1] = hi, lo
+
+
+def world() -> SerialComm:
+    """MPIComm over COMM_WORLD when launched with more than one rank, else SerialComm."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return SerialComm()
+    return MPIComm() if MPI.COMM_WORLD.Get_size() > 1 else SerialComm()

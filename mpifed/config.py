@@ -1,0 +1,163 @@
+"""The typed run configuration: defaults < TOML file < command-line flags.
+
+Every field is checked here, before any rank loads data, and a bad value gets a one-line
+:class:`ConfigError` that names it and its valid range. Checks that need the data (a
+compressor's K against d(d+1)/2, clients against rows) happen at setup, still before the
+first round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+# The papers' federations (paper 004, Sec. 6; FedPM Test 1; FedNL): clients x samples per client.
+PAPER_SPLITS = {"a9a": (80, 407), "w8a": (142, 350), "a7a": (100, 161), "phishing": (142, 77)}
+SYNTHETIC_DEFAULTS = {"clients": 32, "samples_per_client": 100, "features": 20}
+
+# Hyper-parameters that only some methods read; a method refuses the ones it does not use.
+METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. Field names are the flags (``--samples-per-client``) and the TOML keys."""
+
+    dataset: str = "synthetic"
+    features: int | None = None
+    clients: int | None = None
+    samples_per_client: int | None = None
+    shuffle: int | None = None
+    intercept: bool = False
+    lam: float = 1e-3
+    algorithm: str = "fednl"
+    compressor: str | None = None
+    alpha: float | None = None
+    option: int | None = None
+    step_hessian: str | None = None
+    mu: float | None = None
+    step_size: float | None = None
+    rounds: int = 100
+    tol: float = 0.0
+    seed: int = 0
+    float_bits: int = 32
+    reference_iterations: int = 20
+    backend: str = "numpy"
+    out: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return build(json.loads(text))
+
+    def split(self) -> tuple[int, int]:
+        """(clients, samples per client), filled from the paper or synthetic defaults."""
+        paper = PAPER_SPLITS.get(self.dataset)
+        if self.dataset == "synthetic":
+            paper = (SYNTHETIC_DEFAULTS["clients"], SYNTHETIC_DEFAULTS["samples_per_client"])
+        clients = self.clients or (paper and paper[0])
+        m = self.samples_per_client or (paper and paper[1])
+        if not clients or not m:
+            raise ConfigError(f"dataset {self.dataset!r} has no default split; give --clients and --samples-per-client")
+        return clients, m
+
+
+_TYPES = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _coerce(name: str, value):
+    """Check (and for ints given as floats like 1e3, convert) the value of field ``name``."""
+    kind = _TYPES[name]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{_flag(name)} needs a value")
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_flag(name)} must be true or false, got {value!r}")
+        return value
+    if kind.startswith("int"):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{_flag(name)} must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{_flag(name)} must be a string, got {value!r}")
+    return value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_ranges(c: RunConfig) -> None:
+    from .algorithms import METHODS
+    from .backend import BACKENDS
+
+    def need(ok: bool, name: str, valid: str):
+        if not ok:
+            raise ConfigError(f"{_flag(name)} = {getattr(c, name)!r} is out of range; valid: {valid}")
+
+    need(c.algorithm in METHODS, "algorithm", ", ".join(METHODS))
+    need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
+    need(c.lam >= 0, "lam", "lam >= 0")
+    need(c.rounds >= 0, "rounds", "an integer >= 0")
+    need(c.tol >= 0, "tol", "tol >= 0 (0 runs every round)")
+    need(c.float_bits in (16, 32, 64), "float_bits", "16, 32 or 64")
+    need(c.reference_iterations >= 0, "reference_iterations", "an integer >= 0 (0 skips x*)")
+    need(c.seed >= 0, "seed", "an integer >= 0")
+    need(c.shuffle is None or c.shuffle >= 0, "shuffle", "a seed >= 0, or omit for file order")
+    need(c.clients is None or c.clients >= 1, "clients", "an integer >= 1")
+    need(c.samples_per_client is None or c.samples_per_client >= 1, "samples_per_client", "an integer >= 1")
+    need(c.features is None or c.features >= 1, "features", "an integer >= 1")
+    need(c.alpha is None or c.alpha > 0, "alpha", "alpha > 0")
+    need(c.option in (None, 1, 2), "option", "1 (projection [H]_mu) or 2 (H + l I)")
+    need(c.step_hessian in (None, "previous", "updated"), "step_hessian", "previous (paper) or updated (u-FedNL)")
+    need(c.mu is None or c.mu > 0, "mu", "mu > 0")
+    need(c.step_size is None or c.step_size > 0, "step_size", "step_size > 0")
+    method = METHODS[c.algorithm]
+    extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
+    if extra:
+        takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"
+        raise ConfigError(f"{', '.join(_flag(n) for n in extra)} does not apply to algorithm "
+                          f"{c.algorithm!r} (it takes {takes})")
+
+
+def build(values: dict) -> RunConfig:
+    """A checked RunConfig from a mapping of field names (unknown names are an error)."""
+    unknown = sorted(set(values) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; valid: {', '.join(_TYPES)}")
+    config = RunConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    _check_ranges(config)
+    return config
+
+
+def load(path: str | Path | None = None, **overrides) -> RunConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (None values are ignored)."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build(values)

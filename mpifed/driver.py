@@ -1,0 +1,263 @@
+"""The one round loop, shared by every method (and by the reference Newton solve).
+
+Round k: rank 0 broadcasts [flag, x^k] -> every rank runs the method's client step for
+its whole block -> the uplinks are packed into one (clients x fields) array, summed over
+all clients in double-double and reduced to rank 0 -> rank 0 records the metrics at x^k
+and, unless the run stops here, takes the server step to x^{k+1}.
+
+Errors: setup runs collectively (every rank learns of an error on any rank and raises the
+same one-line MpifedError); in the loop, a server error stops all ranks cleanly through the
+broadcast flag, and an error in a client step aborts the job with that rank's message.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import config as cfgmod
+from . import trace as tracemod
+from .algorithms import METHODS, newton
+from .algorithms.base import Aggregate
+from .comm import world
+from .ddsum import dd_sum_rows
+from .errors import MpifedError
+from .rng import ClientStreams
+from .federation import Federation, build_federation
+
+CONTINUE, STOP = 0.0, 1.0
+
+
+@dataclass
+class RunResult:
+    """The outcome on every rank; ``metrics`` and ``path`` are filled on rank 0 only."""
+
+    x: np.ndarray
+    status: str
+    message: str
+    rounds: int
+    metrics: dict
+    path: Path | None
+
+
+def collective(comm, fn):
+    """Run ``fn`` on every rank; if it fails anywhere, raise the first failure everywhere."""
+    result, error = None, None
+    try:
+        result = fn()
+    except MpifedError as err:
+        error = str(err)
+    except Exception as err:  # a bug must not leave the other ranks waiting
+        error = f"internal error on rank {comm.rank}: {type(err).__name__}: {err}"
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise MpifedError(errors[0])
+    return result
+
+
+def exchange(fed: Federation, uplink) -> Aggregate | None:
+    """Sum an uplink over all clients of all ranks; the Aggregate on rank 0, None elsewhere."""
+    xp, n = fed.backend.xp, fed.block.n
+    names = sorted(uplink.fields)
+    columns = [uplink.loss[:, None], uplink.grad, xp.asarray(uplink.value_bits)[:, None],
+               xp.asarray(uplink.index_bits)[:, None]] + [uplink.fields[k].reshape(n, -1) for k in names]
+    hi, lo = dd_sum_rows(xp.concatenate(columns, axis=1), xp)
+    pairs = np.ascontiguousarray(np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1))
+    total = fed.comm.reduce_dd(pairs)
+    if total is None:
+        return None
+    d = fed.d
+    fields, at = {}, d + 3
+    for k in names:
+        shape = uplink.fields[k].shape[1:]
+        size = int(np.prod(shape))
+        fields[k] = total[at:at + size].reshape(shape)
+        at += size
+    return Aggregate(fed.n_clients, float(total[0]), total[1:d + 1], float(total[d + 1]), float(total[d + 2]), fields)
+
+
+def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, setup_bits=None):
+    """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
+
+    ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k.
+    """
+    comm, bk = fed.comm, fed.backend
+    buf = np.zeros(fed.d + 1)
+    x = np.array(x0, dtype=np.float64)
+    state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
+    agg = exchange(fed, init) if init is not None else None
+    server, status, message = None, "completed", ""
+    bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
+    if comm.is_root:
+        try:
+            server = method.server_init(params, agg, x)
+        except MpifedError as err:
+            status, message = "failed", str(err)
+        if agg is not None and setup_bits:
+            bits["up"] += (agg.value_bits + agg.index_bits) / agg.n
+            bits["up_index"] += agg.index_bits / agg.n
+    flag, k = (STOP if status == "failed" else CONTINUE), 0
+    while True:
+        buf[0], buf[1:] = flag, x
+        comm.bcast_array(buf)
+        if buf[0] != CONTINUE:
+            break
+        x = buf[1:].copy()
+        t0 = time.perf_counter()
+        state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), fed.streams(k)))
+        t1 = time.perf_counter()
+        agg = exchange(fed, uplink)
+        t2 = time.perf_counter()
+        if not comm.is_root:
+            k += 1
+            continue
+        grad_norm = float(np.linalg.norm(agg.grad / agg.n))
+        timing = {"client": t1 - t0, "comm": t2 - t1, "server": 0.0}
+        spent = dict(bits)  # row k: what it cost to reach x^k
+        done = k >= rounds or grad_norm <= tol or not np.isfinite(grad_norm)
+        if not np.isfinite(grad_norm):
+            status, message = "failed", f"the gradient norm is {grad_norm} at round {k}: the run diverged"
+        elif grad_norm <= tol:
+            status = "converged"
+        if not done:
+            try:
+                server, x_next, down = method.server_step(params, server, x, agg)
+                bits["up"] += (agg.value_bits + agg.index_bits) / agg.n
+                bits["up_index"] += agg.index_bits / agg.n
+                bits["down"] += down
+            except MpifedError as err:
+                status, message, done, x_next = "failed", f"round {k}: {err}", True, x
+            timing["server"] = time.perf_counter() - t2
+        if record:
+            record(k, agg, x, timing, spent)
+        if done:
+            flag = STOP
+        else:
+            x = x_next
+            k += 1
+    x = buf[1:].copy()
+    return x, status, message, k
+
+
+def _client(fed: Federation, step):
+    """A client step; a failure here ends the whole job with this rank's message (never a hang)."""
+    try:
+        return step()
+    except Exception as err:
+        if fed.comm.size == 1:
+            raise
+        print(f"mpifed: error on rank {fed.comm.rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if fed.on_abort:
+            fed.on_abort(f"rank {fed.comm.rank}: {err}")
+        fed.comm.abort(1)
+
+
+def reference_solution(fed: Federation, iterations: int):
+    """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20)."""
+    if iterations == 0:
+        return None, float("nan")
+    params = newton.Params()
+    out = {}
+
+    def record(k, agg, x, timing, bits):
+        out["f"] = agg.loss / agg.n
+
+    x, status, message, _ = iterate(fed, newton, params, np.zeros(fed.d), iterations, 0.0, record)
+    if status == "failed":
+        raise MpifedError(f"the reference Newton solve for x* failed: {message}")
+    f_star = fed.comm.allgather(out.get("f"))[0]
+    return x, f_star
+
+
+def run(config, comm=None) -> RunResult:
+    """Run one configuration on every rank of ``comm`` (default: MPI.COMM_WORLD).
+
+    ``config`` is a :class:`~mpifed.config.RunConfig`, a dict of its fields, or a TOML path.
+    Call it on every rank of a script launched under ``mpiexec``; rank 0 writes the trace.
+    """
+    if isinstance(config, (str, Path)):
+        config = cfgmod.load(config)
+    elif isinstance(config, dict):
+        config = cfgmod.build(config)
+    comm = comm or world()
+    fed = collective(comm, lambda: build_federation(config, comm))
+    method = METHODS[config.algorithm]
+    params = collective(comm, lambda: method.Params.from_config(config, fed.d))
+    x_star, f_star = reference_solution(fed, config.reference_iterations)
+    writer = collective(comm, lambda: _open_trace(fed, config, params, f_star, x_star))
+    fed.on_abort = (lambda msg: writer.close("failed", msg)) if writer else None
+    rows = {}
+    report = _Progress(config, comm.is_root)
+
+    def record(k, agg, x, timing, bits):
+        loss = agg.loss / agg.n
+        row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
+               "f_gap": loss - f_star, "dist_to_opt": float(np.linalg.norm(x - x_star)) if x_star is not None else np.nan,
+               "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
+               "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
+        row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
+        for key, value in row.items():
+            rows.setdefault(key, []).append(value)
+        writer.write(row)
+        report.round(row)
+
+    x0 = np.zeros(fed.d)
+    try:
+        x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
+                                        record if comm.is_root else None, setup_bits=True)
+    except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
+        if writer:
+            writer.close("failed", f"{type(err).__name__}: {err}")
+        raise
+    if writer:
+        writer.save_array("x/final", x)
+        writer.close(status, message)
+    result = RunResult(x, status, message, k, {key: np.asarray(v) for key, v in rows.items()},
+                       writer.path if writer else None)
+    report.summary(result)
+    return result
+
+
+def _open_trace(fed: Federation, config, params, f_star, x_star):
+    env = tracemod.environment(fed.comm, fed.backend)
+    if not fed.comm.is_root:
+        return None
+    path = Path(config.out) if config.out else tracemod.default_path(config)
+    writer = tracemod.TraceWriter(path, {
+        "config": config.to_json(), "mpi_size": fed.comm.size, "environment": env, "f_star": f_star,
+        "method": repr(params), "n_clients": fed.n_clients, "dimension": fed.d, "data_source": fed.source,
+    }, overwrite=config.overwrite)
+    if x_star is not None:
+        writer.save_array("x/star", x_star)
+    return writer
+
+
+class _Progress:
+    """Rank 0's console output: a line every few seconds, and a short result table at the end."""
+
+    COLUMNS = ("round", "grad_norm", "f_gap", "dist_to_opt", "bits_up", "time_s")
+
+    def __init__(self, config, active: bool):
+        self.active = active and not config.quiet
+        self.last = time.perf_counter()
+        self.config = config
+
+    def round(self, row):
+        if self.active and time.perf_counter() - self.last > 5.0:
+            self.last = time.perf_counter()
+            print(f"  round {row['round']:>6.0f}  |grad P| {row['grad_norm']:.3e}  time {row['time_s']:.1f} s", flush=True)
+
+    def summary(self, result: RunResult):
+        if not self.active:
+            return
+        m, c = result.metrics, self.config
+        print(f"{c.algorithm} on {c.dataset}: {result.status} after {result.rounds} rounds"
+              + (f" ({result.message})" if result.message else ""))
+        rows = sorted({0, *range(0, len(m["round"]), max(1, len(m["round"]) // 8)), len(m["round"]) - 1})
+        print("  ".join(f"{h:>12}" for h in self.COLUMNS))
+        for i in rows:
+            print("  ".join(f"{m[h][i]:>12.0f}" if h == "round" else f"{m[h][i]:>12.4e}" for h in self.COLUMNS))
+        print(f"trace: {result.path}", flush=True)

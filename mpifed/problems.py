@@ -1,0 +1,205 @@
+"""L2-regularised logistic regression as a GLM, for a whole block of clients at once.
+
+Client i holds rows a_ij (j = 1..m_i) with labels b_ij in {-1, +1} and minimises
+
+    f_i(x) = (1/m_i) sum_j phi(b_ij a_ij^T x) + (lam/2) ||x||^2,   phi(t) = log(1 + e^{-t}),
+
+so that P(x) = (1/n) sum_i f_i(x) (ALGORITHMS.md; paper 004 eq. (1), FedNL's f_i carry the
+regulariser too). Then
+
+    grad f_i(x)   = (1/m_i) sum_j phi'(t_ij) b_ij a_ij + lam x,
+    hess f_i(x)   = (1/m_i) sum_j h_ij(x) a_ij a_ij^T + lam I,   h_ij(x) = phi''(a_ij^T x),
+
+with h_ij the Hessian coefficients that Newton-Learn (paper 004) learns.
+
+Everything is computed for all of a rank's clients in one call. Sparse data (LIBSVM) use
+precomputed scatter matrices, so a round is a few sparse mat-vecs: per-client sums
+(R), gradients (G) and packed Hessians (M) whose entries are products a_ja a_jb of each
+row's non-zeros. Dense data (synthetic) use batched matrix products. In both paths a
+client's numbers depend only on its own rows, never on the other clients of the block:
+that is what makes results independent of the number of ranks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from . import tri
+from .backend import NUMPY, Backend
+
+
+def phi(t, xp=np):
+    """phi(t) = log(1 + e^{-t}), stable for large |t|."""
+    return xp.logaddexp(0.0, -t)
+
+
+def phi_prime(t, xp=np):
+    """phi'(t) = -1 / (1 + e^{t})."""
+    return -0.5 * (1.0 - xp.tanh(0.5 * t))
+
+
+def phi_second(t, xp=np):
+    """phi''(t) = sigma(t) sigma(-t), the Hessian coefficient."""
+    s = 0.5 * (1.0 + xp.tanh(0.5 * t))
+    return s * (1.0 - s)
+
+
+class LogisticBlock:
+    """The clients a rank hosts, with batched loss, gradient and Hessian evaluation.
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix (N, d)
+        The rows of the block's clients, concatenated in client order.
+    b : ndarray (N,)
+        Labels in {-1, +1}.
+    offsets : ndarray (n + 1,)
+        Client i owns rows ``offsets[i]:offsets[i+1]``.
+    lam : float
+        The L2 regularisation lambda >= 0.
+    m_max : int, optional
+        Pad dense blocks to this many rows per client (pass the largest client of the whole
+        federation, so padding never depends on the rank layout).
+    """
+
+    def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
+                 dense: bool | None = None):
+        A = scipy.sparse.csr_matrix(A, dtype=np.float64)
+        A.sum_duplicates()
+        A.sort_indices()
+        offsets = np.asarray(offsets, dtype=np.int64)
+        self.bk, xp = backend, backend.xp
+        self.lam = float(lam)
+        self.N, self.d = A.shape
+        self.n = len(offsets) - 1
+        self.T = tri.size(self.d)
+        self.sizes = np.diff(offsets)
+        self.row_client = np.repeat(np.arange(self.n), self.sizes)
+        row_weight = 1.0 / self.sizes[self.row_client]
+        self.b = xp.asarray(np.asarray(b, dtype=np.float64))
+        self._diag = xp.asarray(tri.diagonal(self.d))
+        nnz_per_row = A.nnz / max(self.N, 1)
+        self.dense = (nnz_per_row > self.d / 4) if dense is None else dense
+        # R: (n, N) per-client weighted sums of per-row values.
+        self._R = backend.csr(scipy.sparse.csr_matrix(
+            (row_weight, np.arange(self.N), offsets), shape=(self.n, self.N)))
+        if self.dense:
+            self._init_dense(A, row_weight, m_max or int(self.sizes.max()))
+        else:
+            self._init_sparse(A, row_weight)
+
+    # ----------------------------------------------------------------- setup
+    def _init_sparse(self, A, row_weight):
+        bk, n, d, T = self.bk, self.n, self.d, self.T
+        row_of_nnz = np.repeat(np.arange(self.N), np.diff(A.indptr))
+        client_of_nnz = self.row_client[row_of_nnz]
+        self._A = bk.csr(A)
+        self._row_of_nnz, self._client_of_nnz = bk.xp.asarray(row_of_nnz), bk.xp.asarray(client_of_nnz)
+        # G^T: row j scatters w_j a_j into client c(j)'s gradient slot.
+        G = scipy.sparse.csr_matrix(
+            (A.data * row_weight[row_of_nnz], client_of_nnz * d + A.indices, A.indptr), shape=(self.N, n * d))
+        self._G = bk.csr(G.T.tocsr())
+        # M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian.
+        first, second, pair_ptr = _row_pairs(A.indptr)
+        cols_a, cols_b = A.indices[first], A.indices[second]
+        values = A.data[first] * A.data[second] * row_weight[row_of_nnz[first]]
+        targets = client_of_nnz[first] * T + tri.flat_index(cols_a, cols_b, d)
+        M = scipy.sparse.csr_matrix((values, targets, pair_ptr), shape=(self.N, n * T))
+        self._M = bk.csr(M.T.tocsr())
+
+    def _init_dense(self, A, row_weight, m_max):
+        xp = self.bk.xp
+        slot = np.arange(self.N) - np.repeat(np.cumsum(self.sizes) - self.sizes, self.sizes)
+        A3 = np.zeros((self.n, m_max, self.d))
+        A3[self.row_client, slot] = A.toarray()
+        W = np.zeros((self.n, m_max))
+        W[self.row_client, slot] = row_weight
+        b3 = np.zeros((self.n, m_max))
+        b3[self.row_client, slot] = self.bk.to_host(self.b)
+        self._A3, self._W, self._b3 = xp.asarray(A3), xp.asarray(W), xp.asarray(b3)
+        self._tri_rows, self._tri_cols = (xp.asarray(a) for a in tri.rows_cols(self.d))
+
+    # -------------------------------------------------------------- per round
+    def margins(self, x):
+        """a_ij^T x for every row: (N,) sparse, (n, m_max) dense; x is (d,) or per client (n, d)."""
+        xp = self.bk.xp
+        if self.dense:
+            X = x if x.ndim == 2 else xp.broadcast_to(x, (self.n, self.d))
+            return (self._A3 @ X[:, :, None])[..., 0]
+        if x.ndim == 1:
+            return self._A @ x
+        prod = self._A.data * x[self._client_of_nnz, self._A.indices]
+        return xp.bincount(self._row_of_nnz, weights=prod, minlength=self.N)
+
+    def _client_sum(self, per_row):
+        """(1/m_i) sum_j per_row[ij] for each client."""
+        if self.dense:
+            return (self._W * per_row).sum(axis=1)
+        return self._R @ per_row
+
+    def _ridge(self, x):
+        xp = self.bk.xp
+        sq = (x * x).sum(axis=-1)
+        return 0.5 * self.lam * (sq if x.ndim == 2 else xp.full(self.n, sq))
+
+    def loss(self, x):
+        """f_i(x) for each client, shape (n,)."""
+        labels = self._b3 if self.dense else self.b
+        return self._client_sum(phi(labels * self.margins(x), self.bk.xp)) + self._ridge(x)
+
+    def derivatives(self, x, hessian: bool = True):
+        """(f_i(x), grad f_i(x), packed hess f_i(x)) for all clients: (n,), (n, d), (n, T).
+
+        The Hessian is skipped (None) when ``hessian`` is False.
+        """
+        xp = self.bk.xp
+        t = self.margins(x)
+        labels = self._b3 if self.dense else self.b
+        z = labels * t
+        loss = self._client_sum(phi(z, xp)) + self._ridge(x)
+        coef = phi_prime(z, xp) * labels
+        grad = self._weighted_rows(coef) + self.lam * x
+        hess = self.hessians_from_coefficients(phi_second(t, xp)) if hessian else None
+        return loss, grad, hess
+
+    def coefficients(self, x):
+        """Hessian coefficients h_ij(x) = phi''(a_ij^T x) for every row (paper 004, Sec. 3)."""
+        return phi_second(self.margins(x), self.bk.xp)
+
+    def _weighted_rows(self, coef):
+        """(1/m_i) sum_j coef_ij a_ij for each client, shape (n, d)."""
+        if self.dense:
+            return ((self._W * coef)[:, None, :] @ self._A3)[:, 0, :]
+        return (self._G @ coef).reshape(self.n, self.d)
+
+    def hessians_from_coefficients(self, h):
+        """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
+        if self.dense:
+            weighted = self._A3 * (self._W * h)[:, :, None]
+            full = weighted.transpose(0, 2, 1) @ self._A3
+            packed = full[:, self._tri_rows, self._tri_cols]
+        else:
+            packed = (self._M @ h).reshape(self.n, self.T)
+        packed[:, self._diag] += self.lam
+        return packed
+
+    def gram(self):
+        """Packed (1/m_i) A_i^T A_i per client (coefficients 1, no regulariser)."""
+        xp = self.bk.xp
+        ones = xp.ones_like(self._W) if self.dense else xp.ones(self.N)
+        packed = self.hessians_from_coefficients(ones)
+        packed[:, self._diag] -= self.lam
+        return packed
+
+
+def _row_pairs(indptr):
+    """All non-zero pairs (p, q), p <= q, within each CSR row, and the CSR pointer of the pairs."""
+    nnz = int(indptr[-1])
+    row_end = np.repeat(indptr[1:], np.diff(indptr))
+    partners = row_end - np.arange(nnz)  # nnz p pairs with p, p+1, ..., row_end-1
+    first = np.repeat(np.arange(nnz), partners)
+    start = np.repeat(np.cumsum(partners) - partners, partners)
+    second = first + (np.arange(first.size) - start)
+    per_row = np.diff(indptr)
+    pair_ptr = np.concatenate([[0], np.cumsum(per_row * (per_row + 1) // 2)])
+    return first, second, pair_ptr
