@@ -1,0 +1,13 @@
+"""Datasets: LIBSVM reading, the registry of paper datasets (checksums, cache, download),
+client partitions and synthetic federations."""
+
+from .libsvm import Dataset, add_intercept, read_libsvm
+from .partition import Partition, paper_split
+from .registry import DATASETS, DatasetInfo, cache_dir, data_dirs, describe, fetch, load, resolve
+from .synthetic import synthetic_clients
+
+__all__ = [
+    "Dataset", "read_libsvm", "add_intercept",
+    "DATASETS", "DatasetInfo", "resolve", "fetch", "load", "cache_dir", "data_dirs", "describe",
+    "Partition", "paper_split", "synthetic_clients",
+]
