@@ -4,20 +4,20 @@ import os as _os
 __version__ = "0.1.0"
 
 
-def _one_blas_thread_per_rank() -> None:
-    """Under a multi-rank launch, one BLAS/OpenMP thread per rank unless the user chose.
+def _one_blas_thread() -> None:
+    """One BLAS/OpenMP thread per process unless the user chose otherwise.
 
-    Ranks already occupy the cores; BLAS threads on top of them oversubscribe the machine
-    and busy-wait (a 301 x 301 Cholesky went from 2 ms to 0.5 s at 4 ranks on 2 cores).
-    Must run before numpy loads its BLAS, hence here.
+    Ranks already occupy the cores: BLAS threads on top of them oversubscribe the machine
+    and busy-wait (a 301 x 301 Cholesky went from 2 ms to 0.5 s at 4 ranks on 2 cores), and
+    a threaded BLAS rounds differently from a serial one, which would make a 1-rank run
+    differ from a 4-rank run. Set here, before numpy loads its BLAS; the driver also limits
+    the pool at run time (threadpoolctl) for scripts that imported numpy first.
     """
-    size = next((_os.environ[v] for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS") if v in _os.environ), "1")
-    if size.isdigit() and int(size) > 1:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            _os.environ.setdefault(var, "1")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        _os.environ.setdefault(var, "1")
 
 
-_one_blas_thread_per_rank()
+_one_blas_thread()
 
 
 def run(config, comm=None):

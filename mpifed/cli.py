@@ -71,11 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "bool":
             run.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
         else:
-            conv = {"int": _int, "float": float, "str": str}[kind]
+            conv = {"int": integer, "float": float, "str": str}[kind]
             run.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=HELP[f.name])
     info = sub.add_parser("info", help="print a trace's configuration and per-round table")
     info.add_argument("path", help="a trace (.h5) or a folder of traces")
-    info.add_argument("--every", type=_int, default=None, help="print every N-th round (default: about 30 rows)")
+    info.add_argument("--every", type=integer, default=None, help="print every N-th round (default: about 30 rows)")
     ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
     ds_sub.add_parser("list", help="the registry and where each file is found locally")
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _int(text: str) -> int:
+def integer(text: str) -> int:
     value = float(text)  # accepts 1e3
     if not value.is_integer():
         raise ValueError(text)

@@ -7,6 +7,7 @@ ranks (see :mod:`mpifed.ddsum`). Lowercase pickled calls are used only at setup.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -80,6 +81,7 @@ class MPIComm(SerialComm):
     def abort(self, code: int = 1):
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)  # Abort may return before the launcher kills this process
 
     def library(self) -> str:
         import mpi4py

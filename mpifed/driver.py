@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import config as cfgmod
 from . import trace as tracemod
@@ -183,6 +184,11 @@ def run(config, comm=None) -> RunResult:
     elif isinstance(config, dict):
         config = cfgmod.build(config)
     comm = comm or world()
+    with threadpool_limits(limits=1, user_api="blas"):  # rank-independent rounding (see mpifed/__init__.py)
+        return _run(config, comm)
+
+
+def _run(config, comm) -> RunResult:
     fed = collective(comm, lambda: build_federation(config, comm))
     method = METHODS[config.algorithm]
     params = collective(comm, lambda: method.Params.from_config(config, fed.d))

@@ -103,7 +103,8 @@ def load(path: str | Path) -> Trace:
     if not path.is_file():
         raise MpifedError(f"trace not found: {path}")
     try:
-        with h5py.File(path, "r") as f:
+        # No file lock: a trace may be read while its run is still writing it (or was killed).
+        with h5py.File(path, "r", locking=False) as f:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
             version = attrs.get("schema_version")
             if version is None or "metrics" not in f:

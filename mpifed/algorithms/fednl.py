@@ -18,8 +18,9 @@ Which H the step uses (``step_hessian``):
 * ``previous`` (default, the paper's Algorithm 1 and the authors' numpy code): H = H^k;
 * ``updated`` (the C++ u-FedNL of Burlachenko & Richtarik): H = H^{k+1}, with l^k still
   measured before the update, as u-FedNL does.
-With the identity compressor and alpha = 1, ``previous`` steps with a one-round-old Hessian
-and ``updated`` is exactly Newton's method (plus l^k I under Option 2, where l^k = 0).
+With the identity compressor and alpha = 1, ``previous`` steps with a one-round-old Hessian;
+``updated`` under Option 1 is exactly Newton's method (the projection is inactive since
+grad^2 f >= lam I = mu I), while under Option 2 it adds the pre-update l^k I.
 
 alpha defaults to the theory of each compressor class: 1/(omega + 1) for unbiased ones,
 1 for contractive ones under Option 2 and 1 - sqrt(1 - delta) under Option 1.

@@ -1,0 +1,64 @@
+"""Whole-job behaviour through real mpiexec launches: rank invariance, failure on one rank, quick start."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpifed import trace
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable} (pip install mpich)")
+
+
+def launch(n, args, cwd, timeout=180):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [str(MPIEXEC), "-n", str(n), sys.executable] + args
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("dataset, extra", [
+    ("w8a", ["--intercept", "--compressor", "topk:k=8d", "--rounds", "8"]),
+    ("a9a", ["--compressor", "randk:k=4d", "--rounds", "8"]),
+], ids=["w8a-topk", "a9a-randk"])
+def test_traces_are_the_same_at_1_2_3_and_4_ranks(dataset, extra, tmp_path):
+    curves = {}
+    for n in (1, 2, 3, 4):
+        out = tmp_path / f"{n}.h5"
+        done = launch(n, ["-m", "mpifed.cli", "run", "--dataset", dataset, "--reference-iterations", "2", "--quiet",
+                          "--out", str(out)] + extra, tmp_path)
+        assert done.returncode == 0, done.stderr
+        t = trace.load(out)
+        assert t.attrs["mpi_size"] == n
+        curves[n] = t.metrics
+    for n in (2, 3, 4):
+        for key in ("grad_norm", "loss", "dist_to_opt", "bits_up"):
+            np.testing.assert_allclose(curves[n][key], curves[1][key], rtol=1e-12, atol=0, err_msg=f"{key} at {n} ranks")
+
+
+def test_an_error_on_one_rank_ends_the_job_quickly_with_its_message(tmp_path):
+    out = tmp_path / "t.h5"
+    start = time.perf_counter()
+    done = launch(2, [str(HERE / "scripts" / "fail_on_rank.py"), "run", "--rounds", "50", "--reference-iterations", "0", "--out", str(out)],
+                  tmp_path, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert done.returncode != 0
+    assert "mpifed: error on rank 1: FloatingPointError: injected failure on rank 1" in done.stderr
+    assert elapsed < 60
+    with h5py.File(out, "r", locking=False) as f:  # the rounds completed before the failure are kept
+        assert len(f["metrics/round"]) >= 2
+        np.testing.assert_array_equal(f["metrics/round"][:2], [0, 1])
+
+
+def test_quick_start_default_run_under_mpiexec(tmp_path):
+    done = launch(2, ["-m", "mpifed.cli", "run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "fednl on synthetic" in done.stdout and "grad_norm" in done.stdout
+    t = trace.load(tmp_path / "runs" / "fednl-synthetic-1.h5")
+    assert t.attrs["mpi_size"] == 2 and t.attrs["status"] in ("converged", "completed")
+    assert t.metrics["grad_norm"][-1] < 1e-10
