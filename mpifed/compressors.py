@@ -62,15 +62,13 @@ class Compressor:
             return 1.0 / (self.omega + 1.0)
         return 1.0 if option == 2 else 1.0 - math.sqrt(1.0 - self.delta)
 
-    def _bits(self, n, values, indices=0):
-        return Compressed(None, np.full(n, values * self.float_bits), np.full(n, indices * _index_bits(self.T)))
+    def _message(self, kept, values: int, indices: int = 0) -> Compressed:
+        """``kept`` rows, each client sending ``values`` floats and ``indices`` indices."""
+        n = len(kept)
+        return Compressed(kept, np.full(n, values * self.float_bits), np.full(n, indices * _index_bits(self.T)))
 
     def compress(self, X, streams=None) -> Compressed:
-        return _with(self._bits(len(X), self.T), X)
-
-
-def _with(c: Compressed, values) -> Compressed:
-    return Compressed(values, c.value_bits, c.index_bits)
+        return self._message(X, self.T)
 
 
 def _index_bits(entries: int) -> int:
@@ -110,9 +108,9 @@ class TopK(Compressor):
     def compress(self, X, streams=None) -> Compressed:
         xp = _xp(X)
         if self.k >= self.T:  # everything, in order: no indices on the wire
-            return _with(self._bits(len(X), self.T), X)
+            return self._message(X, self.T)
         kept = xp.where(select(xp.abs(X), self.k, xp), X, 0.0)
-        return _with(self._bits(len(X), self.k, self.k), kept)
+        return self._message(kept, self.k, self.k)
 
 
 @dataclass(frozen=True)
@@ -132,10 +130,10 @@ class RandK(Compressor):
     def compress(self, X, streams=None) -> Compressed:
         xp = _xp(X)
         if self.k >= self.T:
-            return _with(self._bits(len(X), self.T), X)
+            return self._message(X, self.T)
         keys = xp.asarray(streams.bits("randk", self.T))
         kept = xp.where(select(keys, self.k, xp), X * (self.T / self.k), 0.0)
-        return _with(self._bits(len(X), self.k, self.k), kept)
+        return self._message(kept, self.k, self.k)
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,7 @@ class RankR(Compressor):
         w_r = xp.take_along_axis(w, order, axis=1)
         U_r = xp.take_along_axis(U, order[:, None, :], axis=2)
         low_rank = (U_r * w_r[:, None, :]) @ U_r.transpose(0, 2, 1)
-        return _with(self._bits(len(X), self.r * (self.d + 1)), tri.pack(low_rank, xp))
+        return self._message(tri.pack(low_rank, xp), self.r * (self.d + 1))
 
 
 def _xp(X):

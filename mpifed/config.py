@@ -55,10 +55,6 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        return build(json.loads(text))
-
     def split(self) -> tuple[int, int]:
         """(clients, samples per client), filled from the paper or synthetic defaults."""
         paper = PAPER_SPLITS.get(self.dataset)

@@ -26,7 +26,6 @@ from .algorithms.base import Aggregate
 from .comm import world
 from .ddsum import dd_sum_rows
 from .errors import MpifedError
-from .rng import ClientStreams
 from .federation import Federation, build_federation
 
 CONTINUE, STOP = 0.0, 1.0
@@ -80,7 +79,7 @@ def exchange(fed: Federation, uplink) -> Aggregate | None:
     return Aggregate(fed.n_clients, float(total[0]), total[1:d + 1], float(total[d + 1]), float(total[d + 2]), fields)
 
 
-def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, setup_bits=None):
+def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None):
     """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
 
     ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k.
@@ -97,7 +96,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             server = method.server_init(params, agg, x)
         except MpifedError as err:
             status, message = "failed", str(err)
-        if agg is not None and setup_bits:
+        if agg is not None:  # setup uploads (FedNL's H_i^0) count towards row 0
             bits["up"] += (agg.value_bits + agg.index_bits) / agg.n
             bits["up_index"] += agg.index_bits / agg.n
     flag, k = (STOP if status == "failed" else CONTINUE), 0
@@ -213,7 +212,7 @@ def _run(config, comm) -> RunResult:
     x0 = np.zeros(fed.d)
     try:
         x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
-                                        record if comm.is_root else None, setup_bits=True)
+                                        record if comm.is_root else None)
     except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
         if writer:
             writer.close("failed", f"{type(err).__name__}: {err}")

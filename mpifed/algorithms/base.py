@@ -52,9 +52,9 @@ class Aggregate:
         return self.fields[name] / self.n
 
 
-def bits_for(n: int, values: int, float_bits: int, index=0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-client (value bits, index bits) for ``values`` floats and ``index`` index bits."""
-    return np.full(n, values * float_bits, dtype=np.float64), np.broadcast_to(np.asarray(index, dtype=np.float64), (n,)).copy()
+def bits_for(n: int, values: int, float_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-client (value bits, index bits) for ``values`` dense floats (no indices)."""
+    return np.full(n, values * float_bits, dtype=np.float64), np.zeros(n)
 
 
 def solve_spd(H: np.ndarray, g: np.ndarray, shift: float = 0.0, what: str = "H") -> np.ndarray:
