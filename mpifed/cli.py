@@ -58,6 +58,8 @@ HELP = {
     "min_client_size": "Dirichlet / pathological partitions: redraw until every client has at least this many rows",
     "test_dataset": "held-out LIBSVM set for test accuracy/loss (default: the registry's test split, if any)",
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
+    "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
+    "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
     "tol": "stop once ||grad P(x^k)|| <= tol (default 0: run every round)",
     "seed": "seed of every client's random stream (default 0)",

@@ -24,7 +24,7 @@ SYNTHETIC_DEFAULTS = {"clients": 32, "samples_per_client": 100, "features": 20}
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps")
+                 "beta1", "beta2", "adam_eps", "step_decay")
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,12 @@ class RunConfig:
     beta1: float | None = None
     beta2: float | None = None
     adam_eps: float | None = None
+    step_decay: float | None = None
     partition: str = "paper"
     min_client_size: int | None = None
     test_dataset: str | None = None
     eval_every: int = 1
+    checkpoint_every: int = 0
     rounds: int = 100
     tol: float = 0.0
     seed: int = 0
@@ -179,6 +181,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.adam_eps is None or c.adam_eps > 0, "adam_eps", "eps > 0")
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
+    need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0: no periodic checkpoints)")
     from .data.partition import parse_spec
 
     parse_spec(c.partition)
