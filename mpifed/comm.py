@@ -4,7 +4,7 @@ Round traffic uses the buffer-based (uppercase) calls on contiguous float64 arra
 ``Bcast`` of the iterate, ``Gatherv`` of per-client payloads the server needs one by one,
 and ``Reduce`` of the clients' summed messages, with a
 user-defined double-double sum so totals do not depend on how clients are spread over
-ranks (see :mod:`mpifed.ddsum`). Lowercase pickled calls are used only at setup.
+ranks (see :mod:`mpifed.ddsum`). Lowercase pickled calls are used only at setup and for checkpoints.
 """
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ class SerialComm:
 
     def allgather(self, obj) -> list:
         return [obj]
+
+    def gather_objects(self, obj) -> list | None:
+        """Every rank's (pickled) object, in rank order, on the root (checkpoints only)."""
+        return [obj]
+
+    def scatter_objects(self, objs):
+        """objs[r] from the root to rank r (resuming a checkpoint)."""
+        return objs[0]
 
     def abort(self, code: int = 1):
         sys.exit(code)
@@ -100,6 +108,12 @@ class MPIComm(SerialComm):
 
     def allgather(self, obj):
         return self.comm.allgather(obj)
+
+    def gather_objects(self, obj):
+        return self.comm.gather(obj, root=0)
+
+    def scatter_objects(self, objs):
+        return self.comm.scatter(objs, root=0)
 
     def abort(self, code: int = 1):
         sys.stderr.flush()

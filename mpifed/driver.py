@@ -21,16 +21,18 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import checkpoint as ckpt
 from . import config as cfgmod
 from . import trace as tracemod
 from .algorithms import METHODS, newton
 from .algorithms.base import Aggregate, Query
+from .checkpoint import SIGNALS
 from .comm import world
 from .ddsum import dd_sum_rows
 from .errors import MpifedError
 from .federation import LABELS, Federation, build_federation
 
-CONTINUE, STOP, QUERY = 0.0, 1.0, 2.0
+CONTINUE, STOP, QUERY, SUSPEND = 0.0, 1.0, 2.0, 3.0
 
 
 @dataclass
@@ -74,7 +76,9 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
                xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
     columns += [uplink.fields[k].reshape(n, -1) for k in names]
     hi, lo = dd_sum_rows(xp.concatenate(columns, axis=1), xp)
-    pairs = np.ascontiguousarray(np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1))
+    pairs = np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1)
+    # one more entry: whether this rank caught SIGTERM/SIGINT (the root then checkpoints and stops)
+    pairs = np.ascontiguousarray(np.vstack([pairs, [[float(bool(SIGNALS.requested)), 0.0]]]))
     total = fed.comm.reduce_dd(pairs)
     gathered = _gather(fed, uplink.gathered)
     if total is None:
@@ -87,7 +91,7 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
         fields[k] = total[at:at + size].reshape(shape)
         at += size
     return Aggregate(fed.n_clients, float(total[0]), total[1:d + 1], float(total[d + 1]), float(total[d + 2]),
-                     fields, gathered, int(round(total[d + 3])))
+                     fields, gathered, int(round(total[d + 3])), int(round(total[-1])))
 
 
 def _gather(fed: Federation, arrays: dict) -> dict:
@@ -106,36 +110,50 @@ def _gather(fed: Federation, arrays: dict) -> dict:
     return out
 
 
-def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None):
+def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, checkpoint=None,
+            resume=None):
     """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
 
     ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k.
     The broadcast buffer is [flag, vector]: CONTINUE with x^k starts round k, QUERY with a
     point asks the clients for an extra exchange (:class:`~mpifed.algorithms.base.Query`),
-    STOP ends the run.
+    SUSPEND with x^k checkpoints and stops (a rank caught SIGTERM/SIGINT), STOP ends the run.
+    With a :class:`~mpifed.checkpoint.Checkpointer`, every rank saves its state at the top of the
+    rounds it is due; ``resume`` (a :class:`~mpifed.checkpoint.State`) starts from a checkpoint.
     """
     comm, bk = fed.comm, fed.backend
     buf = np.zeros(fed.d + 1)
-    x = np.array(x0, dtype=np.float64)
-    state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
-    agg = exchange(fed, init) if init is not None else None
-    server, status, message = None, "completed", ""
-    bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
-    if comm.is_root:
-        try:
-            server = method.server_init(params, agg, x)
-        except MpifedError as err:
-            status, message = "failed", str(err)
-        if agg is not None:  # setup uploads (FedNL's H_i^0) count towards row 0
-            _spend(bits, agg)
-    flag, k, received = (STOP if status == "failed" else CONTINUE), 0, False
+    status, message, requests = "completed", "", 0
+    if resume is not None:
+        k, x, server, state, bits = resume.k, np.array(resume.x, dtype=np.float64), resume.server, resume.client, dict(resume.bits)
+    else:
+        k, x, server = 0, np.array(x0, dtype=np.float64), None
+        state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
+        agg = exchange(fed, init) if init is not None else None
+        bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
+        if comm.is_root:
+            try:
+                server = method.server_init(params, agg, x)
+            except MpifedError as err:
+                status, message = "failed", str(err)
+            if agg is not None:  # setup uploads (FedNL's H_i^0) count towards row 0
+                _spend(bits, agg)
+                requests += agg.stop_requests
+    flag, received = (STOP if status == "failed" else CONTINUE), False
     while True:
         if not received:  # a non-root rank may already hold this broadcast (see _answer_queries)
+            if flag == CONTINUE and checkpoint is not None and (requests or SIGNALS.requested):
+                flag = SUSPEND
             buf[0], buf[1:] = flag, x
             comm.bcast_array(buf)
-        if buf[0] != CONTINUE:
+        if buf[0] == STOP:
             break
         x = buf[1:].copy()
+        if checkpoint is not None and (buf[0] == SUSPEND or checkpoint.due(k)):
+            checkpoint.save(k, x, server, state, bits)
+        if buf[0] == SUSPEND:
+            status, message = "suspended", f"stopped by a signal at round {k}; checkpoint written"
+            break
         streams = fed.streams(k)
         t0 = time.perf_counter()
         state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
@@ -143,6 +161,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         agg = exchange(fed, uplink, streams.active)
         t2 = time.perf_counter()
         timing = {"client": t1 - t0, "comm": t2 - t1, "server": 0.0}
+        requests = agg.stop_requests if agg is not None else 0
         if not comm.is_root:
             state = _answer_queries(fed, method, params, state, buf, streams)
             received = True
@@ -150,9 +169,11 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             continue
         grad_norm = float(np.linalg.norm(agg.grad / agg.n))
         spent = dict(bits)  # row k: what it cost to reach x^k
-        done = k >= rounds or grad_norm <= tol or not np.isfinite(grad_norm)
-        if not np.isfinite(grad_norm):
-            status, message = "failed", f"the gradient norm is {grad_norm} at round {k}: the run diverged"
+        finite = np.isfinite(grad_norm) and np.isfinite(agg.loss)
+        done = k >= rounds or grad_norm <= tol or not finite
+        if not finite:
+            status, message = "failed", (f"the gradient norm is {grad_norm} and the loss {agg.loss / agg.n} at round {k}: "
+                                         f"the run diverged")
         elif grad_norm <= tol:
             status = "converged"
         first = agg
@@ -172,9 +193,13 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                     timing["client"] += tc - ts
                     timing["comm"] += time.perf_counter() - tc
                     _spend(bits, answer)
+                    requests += answer.stop_requests
                     out = method.server_resume(params, out.state, x, answer)
                 server, x_next, down = out
                 bits["down"] += down
+                if not np.all(np.isfinite(x_next)):
+                    raise MpifedError(f"the next iterate has {np.count_nonzero(~np.isfinite(x_next))} non-finite "
+                                      f"entries: the run diverged")
             except MpifedError as err:
                 status, message, done, x_next = "failed", f"round {k}: {err}", True, x
             timing["server"] = time.perf_counter() - t2 - (timing["client"] - (t1 - t0)) - (timing["comm"] - (t2 - t1))
@@ -242,36 +267,76 @@ def reference_solution(fed: Federation, iterations: int):
     return x, f_star
 
 
-def run(config, comm=None) -> RunResult:
+def run(config, comm=None, resume: str | Path | None = None) -> RunResult:
     """Run one configuration on every rank of ``comm`` (default: MPI.COMM_WORLD).
 
     ``config`` is a :class:`~mpifed.config.RunConfig`, a dict of its fields, or a TOML path.
     Call it on every rank of a script launched under ``mpiexec``; rank 0 writes the trace.
+    With ``resume`` (a trace path), the run continues from that trace's checkpoint and ``config``
+    is a dict of overrides (only ``checkpoint.RESUMABLE`` fields may differ from the checkpoint's).
     """
-    if isinstance(config, (str, Path)):
-        config = cfgmod.load(config)
-    elif isinstance(config, dict):
-        config = cfgmod.build(config)
     comm = comm or world()
-    with threadpool_limits(limits=1, user_api="blas"):  # rank-independent rounding (see mpifed/__init__.py)
-        return _run(config, comm)
+    if resume is not None:
+        config, start = _resume_point(comm, Path(resume), dict(config or {}))
+    else:
+        if isinstance(config, (str, Path)):
+            config = cfgmod.load(config)
+        elif isinstance(config, dict):
+            config = cfgmod.build(config)
+        start = None
+    SIGNALS.install()
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):  # rank-independent rounding (see mpifed/__init__.py)
+            return _run(config, comm, start)
+    finally:
+        SIGNALS.restore()
 
 
-def _run(config, comm) -> RunResult:
+def _resume_point(comm, trace: Path, overrides: dict):
+    """(config, what this rank resumes from) out of the checkpoint beside ``trace``, read on rank 0."""
+    def read():
+        if not comm.is_root:
+            return None
+        payload = ckpt.read(trace)
+        config = ckpt.resumed_config(payload, overrides, trace)
+        if payload["mpi_size"] != comm.size:
+            raise MpifedError(f"the checkpoint of {trace} was written by {payload['mpi_size']} MPI rank(s) and is "
+                              f"resumed on as many: mpiexec -n {payload['mpi_size']} (this job has {comm.size})")
+        return payload, config
+
+    payload, config = collective(comm, read) or (None, None)
+    head = {key: payload[key] for key in ("round", "x", "bits", "x_star", "f_star")} if payload else None
+    config, head = comm.allgather((config, head))[0]
+    blob = comm.scatter_objects(payload["clients"] if payload else None)
+    return config, {"payload": payload, "head": head, "client": blob, "trace": trace}
+
+
+def _run(config, comm, start=None) -> RunResult:
     fed = collective(comm, lambda: build_federation(config, comm))
     method = METHODS[config.algorithm]
     params = collective(comm, lambda: method.Params.from_config(config, fed))
-    x_star, f_star = reference_solution(fed, config.reference_iterations)
+    if start is None:
+        x_star, f_star = reference_solution(fed, config.reference_iterations)
+    else:  # the checkpoint's x*, f* (no second reference solve)
+        x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
         params = dataclasses.replace(params, x_star=x_star)
     x0 = start_point(config, fed.d, x_star)
-    # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
-    histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
-    writer = collective(comm, lambda: _open_trace(fed, config, params, f_star, x_star, histogram))
+    if start is None:
+        # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
+        histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
+        writer = collective(comm, lambda: _open_trace(fed, config, params, f_star, x_star, histogram))
+        resume = None
+    else:
+        head = start["head"]
+        client = collective(comm, lambda: ckpt.client_state(start["client"], fed.backend))
+        env = tracemod.environment(comm, fed.backend)  # this job's hosts and SLURM ids, noted in `resumes`
+        writer = collective(comm, lambda: _reopen_trace(comm, start, env))
+        server = start["payload"]["server"] if comm.is_root else None
+        resume = ckpt.State(head["round"], head["x"], server, client, head["bits"])
     fed.on_abort = (lambda msg: writer.close("failed", msg)) if writer else None
-    rows = {}
-    report = _Progress(config, comm.is_root)
-
+    rows = {key: list(v) for key, v in writer.metrics_so_far().items()} if writer and start else {}
+    report = _Progress(config, comm.is_root, resume.k if resume else 0)
     def record(k, agg, x, timing, bits):
         loss = agg.loss / agg.n
         row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
@@ -290,18 +355,22 @@ def _run(config, comm) -> RunResult:
         writer.write(row)
         report.round(row)
 
-    if writer:
+    if writer and start is None:
         writer.save_array("x/start", x0)
+    checkpoint = ckpt.Checkpointer(comm, config, writer, x_star, f_star, resume.k if resume else None)
     try:
         x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
-                                        record if comm.is_root else None)
+                                        record if comm.is_root else None, checkpoint, resume)
     except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
         if writer:
             writer.close("failed", f"{type(err).__name__}: {err}")
         raise
     if writer:
-        writer.save_array("x/final", x)
+        if status != "suspended":
+            writer.save_array("x/final", x)
         writer.close(status, message)
+        if status in ("completed", "converged"):  # a checkpoint exists only while a run is unfinished
+            checkpoint.remove()
     result = RunResult(x, status, message, k, {key: np.asarray(v) for key, v in rows.items()},
                        writer.path if writer else None)
     report.summary(result)
@@ -313,6 +382,15 @@ def start_point(config, d: int, x_star) -> np.ndarray:
     if config.x0_noise is None:
         return np.zeros(d)
     return x_star + config.x0_noise * np.random.default_rng(config.seed).standard_normal(d)
+
+
+def _reopen_trace(comm, start, env):
+    """Rank 0: put the trace back as the checkpoint saw it and append to it."""
+    if not comm.is_root:
+        return None
+    ckpt.restore_trace(start["payload"], start["trace"])
+    return tracemod.TraceWriter.reopen(start["trace"], {"round": start["head"]["round"], "mpi_size": comm.size,
+                                                        "environment": env})
 
 
 def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
@@ -338,26 +416,50 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
 
 
 class _Progress:
-    """Rank 0's console output: a line every few seconds, and a short result table at the end."""
+    """Rank 0's console output while a run goes on, and a short result table at the end.
+
+    On a terminal, one live line (round, ||grad P||, bits, rounds/s, ETA) rewritten in place;
+    otherwise (SLURM logs, pipes) one plain line every tenth of the round budget.
+    """
 
     COLUMNS = ("round", "grad_norm", "f_gap", "dist_to_opt", "bits_up", "time_s")
 
-    def __init__(self, config, active: bool):
+    def __init__(self, config, active: bool, first_round: int = 0):
         self.active = active and not config.quiet
-        self.last = time.perf_counter()
+        self.live = self.active and sys.stdout.isatty()
+        self.every = max(1, config.rounds // 10)
+        self.start, self.first, self.last = time.perf_counter(), first_round, 0.0
         self.config = config
 
     def round(self, row):
-        if self.active and time.perf_counter() - self.last > 5.0:
-            self.last = time.perf_counter()
-            print(f"  round {row['round']:>6.0f}  |grad P| {row['grad_norm']:.3e}  time {row['time_s']:.1f} s", flush=True)
+        if not self.active:
+            return
+        k, now = int(row["round"]), time.perf_counter()
+        if self.live and now - self.last < 0.2 and k < self.config.rounds:
+            return
+        if not self.live and (k % self.every or k == 0):
+            return
+        self.last = now
+        rate = (k + 1 - self.first) / max(now - self.start, 1e-9)
+        eta = (self.config.rounds - k) / rate
+        line = (f"round {k:>6}/{self.config.rounds}  |grad P| {row['grad_norm']:.3e}  bits/client {row['bits_up']:.3e}  "
+                f"{rate:.1f} rounds/s  ETA {eta:.0f} s")
+        if self.live:
+            print("\r" + line, end="", flush=True)
+        else:
+            print(line, flush=True)
 
     def summary(self, result: RunResult):
         if not self.active:
             return
         m, c = result.metrics, self.config
+        if self.live and self.last:
+            print()  # end the live line
         print(f"{c.algorithm} on {c.dataset}: {result.status} after {result.rounds} rounds"
               + (f" ({result.message})" if result.message else ""))
+        if not len(m.get("round", ())):
+            print(f"trace: {result.path}", flush=True)
+            return
         rows = sorted({0, *range(0, len(m["round"]), max(1, len(m["round"]) // 8)), len(m["round"]) - 1})
         print("  ".join(f"{h:>12}" for h in self.COLUMNS))
         for i in rows:

@@ -66,6 +66,7 @@ class Aggregate:
     fields: dict
     gathered: dict = field(default_factory=dict)
     participants: int = 0
+    stop_requests: int = 0  # ranks that caught SIGTERM/SIGINT (the driver checkpoints and stops)
 
     def mean(self, name: str) -> np.ndarray:
         return self.fields[name] / self.n

@@ -1,0 +1,258 @@
+"""Checkpoint and resume (issue 6): a run stopped by a signal and resumed writes the same trace as
+an uninterrupted run, every metric of every round (timings aside), for every method; real SIGTERM and
+SIGKILL through mpiexec; bad resumes are refused without touching the files."""
+import hashlib
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import mpifed.driver as driver
+from mpifed import checkpoint, trace
+from mpifed.checkpoint import EXIT_SUSPENDED, SIGNALS
+from mpifed.comm import MPIComm, SerialComm
+from mpifed.driver import run
+from test_mpi import EVERY_METHOD
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+A9A_PP = ["--dataset", "a9a", "--algorithm", "fednl-pp", "--participation", "0.5", "--reference-iterations", "3"]
+
+
+def same_trace(a: Path, b: Path) -> None:
+    """Every metric of every round, x* and x_final, bitwise (the time_* columns are wall-clock)."""
+    ta, tb = trace.load(a), trace.load(b)
+    assert sorted(ta.metrics) == sorted(tb.metrics)
+    assert ta.rounds == tb.rounds > 0
+    for key in ta.metrics:
+        if not key.startswith("time"):
+            np.testing.assert_array_equal(ta.metrics[key], tb.metrics[key], err_msg=key)
+    for key in ("x/final", "x/start", "partition/sizes", "partition/labels"):
+        np.testing.assert_array_equal(ta.arrays[key], tb.arrays[key], err_msg=key)
+    assert ta.attrs["status"] == tb.attrs["status"]
+
+
+def signal_at_round(monkeypatch, k: int, ranks=None):
+    """Raise the SIGTERM flag on ``ranks`` (default: all) as round k starts, as a signal would: the run
+    finishes round k, every rank learns of the request in its exchange, and round k + 1 checkpoints."""
+    original = checkpoint.Checkpointer.due
+
+    def due(self, j):
+        if j == k and (ranks is None or self.comm.rank in ranks):
+            SIGNALS.requested = signal.SIGTERM
+        return original(self, j)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "due", due)
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_METHOD))
+def test_every_method_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
+    config = {"rounds": 8, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
+    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
+    assert full.status != "failed", full.message
+    signal_at_round(monkeypatch, 2)
+    part = tmp_path / "part.h5"
+    stopped = run({**config, "out": str(part)}, comm=SerialComm())
+    assert stopped.status == "suspended" and stopped.rounds == 3
+    assert trace.load(part).attrs["status"] == "suspended"
+    assert trace.load(part).rounds == stopped.rounds  # rows 0..k-1; round k starts from the checkpoint
+    monkeypatch.undo()
+    resumed = run({}, comm=SerialComm(), resume=part)
+    assert resumed.status == full.status
+    np.testing.assert_array_equal(resumed.x, full.x)
+    same_trace(tmp_path / "full.h5", part)
+    assert not checkpoint.path_for(part).exists()  # removed once the run finished
+    (resume,) = trace.load(part).attrs["resumes"]
+    assert resume["round"] == stopped.rounds and resume["mpi_size"] == 1 and resume["environment"]["ranks"]
+
+
+def test_periodic_checkpoints_and_what_they_hold(tmp_path):
+    out = tmp_path / "t.h5"
+    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": 30, "quiet": True, "checkpoint_every": 4,
+              "reference_iterations": 3, "out": str(out)}
+    seen = {}
+    original = checkpoint.Checkpointer.save
+
+    def spy(self, k, x, server, client, bits):
+        original(self, k, x, server, client, bits)
+        with open(self.path, "rb") as f:
+            seen[k] = pickle.load(f)
+
+    checkpoint.Checkpointer.save = spy
+    try:
+        run(config, comm=SerialComm())
+    finally:
+        checkpoint.Checkpointer.save = original
+    assert sorted(seen) == list(range(4, 31, 4))
+    t = trace.load(out)
+    x_star = t.arrays["x/star"]
+    for k, payload in seen.items():  # x^k is the iterate the trace records at row k
+        assert payload["round"] == k and payload["mpi_size"] == 1
+        assert np.linalg.norm(payload["x"] - x_star) == t.metrics["dist_to_opt"][k]
+        # the ledger is the bits spent to reach x^k: row k of the trace
+        assert payload["bits"]["up"] == t.metrics["bits_up"][k]
+        # the saved learned Hessians: H^k = the mean of the clients' H_i^k (kept in step by the server)
+        clients = pickle.loads(payload["clients"][0])
+        np.testing.assert_allclose(payload["server"].H, clients.H.mean(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(seen[28]["x"], x_at(out, 28))
+    assert not checkpoint.path_for(out).exists()
+
+
+def x_at(out, k):
+    """x^k recomputed by a run of k rounds (an independent path to the same iterate)."""
+    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": k, "quiet": True, "reference_iterations": 3,
+              "out": str(out.with_name(f"x{k}.h5"))}
+    return run(config, comm=SerialComm()).x
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["fednl-pp", "nl1", "scaffold", "fednl-ls-backtracking", "adiana-partial"])
+def test_a_signal_on_one_rank_suspends_every_rank(name, tmp_path, monkeypatch):
+    """Only the last rank "catches" SIGTERM: the request reaches rank 0 in the exchange and every rank
+    checkpoints at the same round; resuming at this size gives the serial uninterrupted trace."""
+    comm = MPIComm()
+    assert comm.size > 1
+    shared = Path(comm.comm.bcast(str(tmp_path) if comm.is_root else None))
+    config = {"rounds": 8, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
+    signal_at_round(monkeypatch, 2, ranks={comm.size - 1})
+    stopped = run({**config, "out": str(shared / "part.h5")}, comm=comm)
+    assert stopped.status == "suspended"
+    assert comm.comm.allgather(stopped.rounds) == [3] * comm.size
+    monkeypatch.undo()
+    resumed = run({}, comm=comm, resume=shared / "part.h5")
+    assert resumed.status != "failed"
+    if comm.is_root:
+        run({**config, "out": str(shared / "full.h5")}, comm=SerialComm())
+        same_trace(shared / "full.h5", shared / "part.h5")
+
+
+# ------------------------------------------------------------------ real signals through mpiexec
+def start(n, args, cwd):
+    launcher = [sys.executable] if n == 1 else [str(MPIEXEC), "-n", str(n), sys.executable]
+    return subprocess.Popen(launcher + ["-m", "mpifed", "run", "--quiet"] + args, cwd=cwd, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rows_written(path: Path) -> int:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return len(f["metrics/round"])
+    except (OSError, KeyError):  # not created yet, or caught mid-write
+        return 0
+
+
+def wait_for_rows(proc, path, rows, timeout=60):
+    deadline = time.time() + timeout
+    while rows_written(path) < rows:
+        assert proc.poll() is None, f"the run ended before round {rows}: {proc.communicate()}"
+        assert time.time() < deadline, f"no round {rows} after {timeout} s"
+        time.sleep(0.02)
+
+
+def finish(proc, timeout=120):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, err
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+@pytest.mark.parametrize("ranks", [1, 4])
+def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path):
+    """Issue 6, done-when 2: SIGTERM at a random round -> exit 75 with a checkpoint; --resume ->
+    the uninterrupted trace (computed serially: traces do not depend on the rank count)."""
+    args = A9A_PP + ["--rounds", "150"]
+    when = random.Random().randint(3, 40)
+    proc = start(ranks, args + ["--out", "part.h5"], tmp_path)
+    wait_for_rows(proc, tmp_path / "part.h5", when)
+    os.killpg(proc.pid, signal.SIGTERM)  # what srun / scancel --signal do: every process gets it
+    code, err = finish(proc)
+    assert code == EXIT_SUSPENDED, err
+    assert "continue with: mpifed run --resume part.h5" in err
+    stopped = trace.load(tmp_path / "part.h5")
+    assert stopped.attrs["status"] == "suspended" and when <= stopped.rounds < 150
+    code, err = finish(start(ranks, ["--resume", "part.h5"], tmp_path))
+    assert code == 0, err
+    code, err = finish(start(1, args + ["--out", "full.h5"], tmp_path))
+    assert code == 0, err
+    same_trace(tmp_path / "full.h5", tmp_path / "part.h5")
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+def test_sigkill_leaves_a_readable_trace_and_a_usable_checkpoint(tmp_path):
+    args = A9A_PP + ["--rounds", "150", "--checkpoint-every", "10"]
+    proc = start(2, args + ["--out", "part.h5"], tmp_path)
+    wait_for_rows(proc, tmp_path / "part.h5", 35)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = trace.load(tmp_path / "part.h5")  # readable, up to its last complete round
+    assert killed.attrs["status"] == "running" and killed.rounds >= 35
+    payload = checkpoint.read(tmp_path / "part.h5")
+    assert payload["round"] % 10 == 0 and 30 <= payload["round"] <= killed.rounds
+    code, err = finish(start(2, ["--resume", "part.h5"], tmp_path))
+    assert code == 0, err
+    code, err = finish(start(1, A9A_PP + ["--rounds", "150", "--out", "full.h5"], tmp_path))
+    assert code == 0, err
+    same_trace(tmp_path / "full.h5", tmp_path / "part.h5")
+
+
+# ------------------------------------------------------------------ bad resumes change nothing
+def digest(*paths):
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+@pytest.fixture
+def suspended(tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    signal_at_round(monkeypatch, 2)
+    r = run({"dataset": "a9a", "algorithm": "fednl", "rounds": 20, "quiet": True, "reference_iterations": 3,
+             "out": str(out)}, comm=SerialComm())
+    monkeypatch.undo()
+    assert r.status == "suspended"
+    return out
+
+
+def cli(*args):
+    from mpifed.cli import main
+
+    return main(["run", *args])
+
+
+def test_a_resume_that_disagrees_with_the_checkpoint_lists_the_differences(suspended, capsys):
+    before = digest(suspended, checkpoint.path_for(suspended))
+    assert cli("--resume", str(suspended), "--lam", "0.01", "--compressor", "randk:k=5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "compressor: checkpoint None, given 'randk:k=5'" in err and "lam: checkpoint 0.001, given 0.01" in err
+    assert digest(suspended, checkpoint.path_for(suspended)) == before
+    assert cli("--resume", str(suspended), "--rounds", "25") == 0  # how long to run may change
+    assert trace.load(suspended).rounds == 26
+
+
+def test_resume_without_a_usable_checkpoint(suspended, tmp_path, capsys):
+    ck = checkpoint.path_for(suspended)
+    ck.write_bytes(ck.read_bytes()[:1000])  # truncated, as by a full disk
+    before = digest(suspended, ck)
+    assert cli("--resume", str(suspended)) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert digest(suspended, ck) == before
+    assert cli("--resume", str(tmp_path / "nothing.h5")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+def test_resume_on_another_rank_count_is_refused(suspended, tmp_path):
+    before = digest(suspended, checkpoint.path_for(suspended))
+    code, err = finish(start(2, ["--resume", str(suspended)], tmp_path))
+    assert code == 2
+    assert "written by 1 MPI rank(s)" in err and "mpiexec -n 1" in err
+    assert digest(suspended, checkpoint.path_for(suspended)) == before
