@@ -25,3 +25,10 @@ def run(config, comm=None):
     from .driver import run as _run
 
     return _run(config, comm)
+
+
+def load_trace(path):
+    """Read one HDF5 trace: metrics as numpy arrays, attributes decoded (see :func:`mpifed.trace.load`)."""
+    from .trace import load
+
+    return load(path)
