@@ -3,9 +3,11 @@
     mpiexec -n 4 mpifed run [CONFIG.toml] [--option value ...]
     mpifed info TRACE.h5 | FOLDER [--target 1e-10]
     mpiexec -n 4 mpifed compare PLAN.toml [--only NAME ...] [--overwrite]
+    mpifed sweep GRID.toml [--out DIR] [--submit [--wait]]
     mpifed datasets list | fetch NAME [NAME ...]
 
-Exit codes: 0 success, 1 the run failed (solver error, divergence), 2 bad input.
+Exit codes: 0 success, 1 the run failed (solver error, divergence), 2 bad input,
+75 suspended by SIGTERM/SIGINT after writing a checkpoint (continue with ``mpifed run --resume TRACE``).
 """
 from __future__ import annotations
 
@@ -92,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one configuration (under mpiexec for several ranks)",
                          description="Run one configuration. Flags override the TOML file, which overrides defaults.")
     run.add_argument("config", nargs="?", help="TOML file whose keys are the flag names (e.g. samples_per_client = 350)")
+    run.add_argument("--resume", metavar="TRACE", default=None,
+                     help="continue the run of TRACE from its checkpoint (TRACE.ckpt), on as many ranks as wrote it; "
+                          "only --rounds, --tol, --quiet and --checkpoint-every may change")
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type.split(" ")[0]
@@ -110,6 +115,32 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("plan", help="plan TOML: out, target, [common] and [runs.<name>] tables")
     compare.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     compare.add_argument("--overwrite", action="store_true", help="replace the plan's existing traces")
+    sweep = sub.add_parser("sweep", help="expand a grid of configs for a SLURM array job (and submit it)",
+                           description="Write DIR/configs/NNNN.toml for every point of GRID.toml's [grid] product "
+                                       "(on top of [base]) and print the sbatch --array command (see mpifed/sweep.py).")
+    sweep.add_argument("grid", help="grid TOML: optional name pattern, [base] and [grid] tables")
+    sweep.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default runs/<grid file stem>)")
+    sweep.add_argument("--submit", action="store_true", help="run the sbatch command instead of printing it")
+    sweep.add_argument("--wait", action="store_true", help="with --submit: sbatch --wait, then print the traces' table")
+    sweep.add_argument("--overwrite", action="store_true", help="replace an existing sweep's configs and traces")
+    sweep.add_argument("--script", default=None, help="array job script (default jobs/slurm-sweep.sbatch)")
+    from .plots import X_AXES, Y_AXES
+
+    rep = sub.add_parser("report", help="plot convergence curves of traces (one line per trace) to PNG/PDF/SVG",
+                         description="Plot metrics of traces: log-scale y (linear for test_acc), one line per trace.")
+    rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (.h5) or folders of traces")
+    rep.add_argument("-x", default="round", choices=list(X_AXES),
+                     help="round (default), bits (cumulative uplink bits per client) or time (wall seconds)")
+    rep.add_argument("-y", action="append", choices=list(Y_AXES), metavar="METRIC",
+                     help=f"{', '.join(Y_AXES)} (default grad_norm); repeat for side-by-side subplots")
+    rep.add_argument("-o", "--out", required=True, help="figure file: .png, .pdf or .svg (written atomically)")
+    rep.add_argument("--title", default=None, help="figure title (default: dataset, n, d, lambda)")
+    rep.add_argument("--ylim", nargs=2, type=float, default=None, metavar=("LO", "HI"), help="y-axis limits")
+    rep.add_argument("--xlim", nargs=2, type=float, default=None, metavar=("LO", "HI"), help="x-axis limits")
+    export = sub.add_parser("export", help="write a trace's per-round metrics as CSV (round first)")
+    export.add_argument("path", metavar="TRACE", help="a trace (.h5)")
+    export.add_argument("--csv", action="store_true", help="CSV (the default and only format)")
+    export.add_argument("-o", "--out", default=None, help="CSV file (default: standard output)")
     ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
     ds_sub.add_parser("list", help="the registry and where each file is found locally")
@@ -146,6 +177,22 @@ def main(argv=None) -> int:
             return 0
         if args.command == "compare":
             return _compare(args)
+        if args.command == "sweep":
+            from . import sweep
+
+            return sweep.main(args.grid, args.out, args.submit, args.wait, args.overwrite, args.script)
+        if args.command in ("report", "export"):
+            from . import plots
+
+            if args.command == "export":
+                sys.stdout.write(plots.export(args.path, args.out) or "")
+                return 0
+            out, notes = plots.report(args.traces, args.x, args.y or ["grad_norm"], args.out, args.title, args.ylim,
+                                      args.xlim)
+            for note in notes:
+                print(f"mpifed: note: {note}", file=sys.stderr)
+            print(f"wrote {out}")
+            return 0
         return _datasets(args)
     except MpifedError as err:
         if rank == 0:
@@ -160,10 +207,21 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from . import config
+    from .checkpoint import EXIT_SUSPENDED
     from .driver import run
 
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
-    result = run(config.load(args.config, **overrides))
+    if args.resume:
+        given = {k.replace("-", "_"): v for k, v in config.read_toml(args.config).items()} if args.config else {}
+        given.update({k: v for k, v in overrides.items() if v is not None})
+        result = run(given, resume=args.resume)
+    else:
+        result = run(config.load(args.config, **overrides))
+    if result.status == "suspended":
+        if result.path is not None:
+            print(f"mpifed: suspended at round {result.rounds}; continue with: mpifed run --resume {result.path}",
+                  file=sys.stderr, flush=True)
+        return EXIT_SUSPENDED
     if result.status == "failed":
         if result.path is not None:
             print(f"mpifed: run failed: {result.message}", file=sys.stderr, flush=True)

@@ -4,7 +4,8 @@ Layout (schema version 1)::
 
     /                 attrs: schema_version, mpifed_version, config (JSON), mpi_size,
                              environment (JSON: hosts, MPI library, backend per rank),
-                             status (running | converged | completed | failed), message,
+                             status (running | converged | completed | failed | suspended), message,
+                             resumes (JSON: [{round, mpi_size, environment}] per --resume),
                              f_star, method (JSON of the method's hyper-parameters)
     /metrics/<name>   float64, one value per recorded round, extendible
     /x/star, /x/final the reference solution and the last iterate
@@ -46,6 +47,26 @@ class TraceWriter:
         self.set_attrs(**attrs)
         self.metrics = self.file.create_group("metrics")
         self.rows = 0
+
+    @classmethod
+    def reopen(cls, path: str | Path, resume: dict) -> "TraceWriter":
+        """Append to an existing trace (a resumed run): status back to running, ``resume`` (the round,
+        the rank count and the environment of the resuming job) appended to the root attr ``resumes``."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "r+")
+        self.metrics = self.file["metrics"]
+        self.rows = len(self.metrics["round"]) if "round" in self.metrics else 0
+        if any(len(ds) != self.rows for ds in self.metrics.values()):
+            raise MpifedError(f"{self.path}: metric columns of unequal length; the trace is damaged")
+        resumes = json.loads(self.file.attrs.get("resumes", "[]"))
+        self.set_attrs(status="running", message="", resumes=resumes + [resume])
+        self.file.flush()
+        return self
+
+    def metrics_so_far(self) -> dict:
+        """The rows written so far, one array per metric."""
+        return {name: ds[()] for name, ds in self.metrics.items()}
 
     def set_attrs(self, **attrs) -> None:
         for key, value in attrs.items():
@@ -94,11 +115,55 @@ class Trace:
     def rounds(self) -> int:
         return len(self.metrics.get("round", []))
 
+    @property
+    def columns(self) -> list[str]:
+        """Metric names: ``round`` first, the others sorted."""
+        return sorted(self.metrics, key=lambda name: (name != "round", name))
+
     def dataframe(self):
-        """The metrics as a pandas DataFrame (pandas must be installed)."""
+        """The metrics as a pandas DataFrame (pandas must be installed), ``round`` first."""
         import pandas
 
-        return pandas.DataFrame(self.metrics)
+        return pandas.DataFrame({name: self.metrics[name] for name in self.columns})
+
+    def to_csv(self, file=None) -> str | None:
+        """The metrics as CSV: a header row, then one row per round, ``round`` first.
+
+        Values are written exactly (the shortest text that reads back to the same float64; whole
+        numbers without a decimal point), NaN as ``nan``. ``file``: None returns the text; a path
+        is written atomically (a temporary file beside it, then renamed); else a text stream.
+        """
+        import csv
+        import io
+        import tempfile
+
+        if isinstance(file, (str, os.PathLike)):
+            target = Path(file)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", newline="") as stream:
+                    self.to_csv(stream)
+                umask = os.umask(0o22)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the CSV private
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return None
+        stream = io.StringIO() if file is None else file
+        cols = self.columns
+        rows = max((len(self.metrics[c]) for c in cols), default=0)
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(cols)
+        for i in range(rows):
+            writer.writerow([self._exact(self.metrics[c][i]) if i < len(self.metrics[c]) else "nan" for c in cols])
+        return stream.getvalue() if file is None else None
+
+    @staticmethod
+    def _exact(value) -> str:
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 2.0**53 else repr(value)
 
 
 def load(path: str | Path) -> Trace:
@@ -119,8 +184,10 @@ def load(path: str | Path) -> Trace:
             metrics = {name: ds[()] for name, ds in f["metrics"].items()}
             arrays = {f"{group}/{name}": ds[()] for group in ("x", "partition") if group in f
                       for name, ds in f[group].items()}
-    except OSError as err:
-        raise MpifedError(f"cannot read {path} as HDF5 (corrupt or truncated?): {err}") from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as err:
+        # h5py reports a truncated or damaged file as OSError at open, or KeyError/RuntimeError on a read
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise MpifedError(f"cannot read {path} as an mpifed trace (corrupt or truncated?): {reason}") from None
     return Trace(path, attrs, metrics, arrays)
 
 
@@ -147,10 +214,25 @@ def default_path(config) -> Path:
 
 
 def environment(comm, backend) -> dict:
-    """Where each rank ran: host, pid, backend, plus the MPI library (gathered at setup)."""
+    """Where each rank ran, gathered at setup: host, pid, backend, GPU, SLURM ids; plus the MPI library.
+
+    Per rank: ``gpu`` is the CUDA device's name under the cupy backend, ``cuda_visible_devices``
+    the variable as the launcher set it, ``slurm`` the SLURM variables present (job, array job
+    and task, task rank, node-local rank, node list; empty outside SLURM). ``slurm_job`` repeats
+    the job id (read by older tools).
+    """
     import platform
 
-    mine = {"host": platform.node(), "pid": os.getpid(), "backend": backend.describe(),
+    gpu = ""
+    if backend.name == "cupy":
+        try:
+            gpu = backend.xp.cuda.runtime.getDeviceProperties(backend.device)["name"].decode()
+        except Exception:  # the name is informative only
+            gpu = "unknown"
+    names = ("JOB_ID", "ARRAY_JOB_ID", "ARRAY_TASK_ID", "PROCID", "LOCALID", "NODELIST")
+    slurm = {n.lower(): os.environ["SLURM_" + n] for n in names if "SLURM_" + n in os.environ}
+    mine = {"host": platform.node(), "pid": os.getpid(), "backend": backend.describe(), "gpu": gpu,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "slurm": slurm,
             "slurm_job": os.environ.get("SLURM_JOB_ID", "")}
     ranks = comm.allgather(mine)
     import scipy
