@@ -1,13 +1,16 @@
 """Datasets: LIBSVM reading, the registry of paper datasets (checksums, cache, download),
-client partitions and synthetic federations."""
+client partitions and synthetic federations; MNIST (IDX) and a synthetic image set."""
 
 from .libsvm import Dataset, add_intercept, read_libsvm
 from .partition import Partition, paper_split
 from .registry import DATASETS, DatasetInfo, cache_dir, data_dirs, describe, fetch, load, resolve
 from .synthetic import synthetic_clients
+from . import mnist
+from .mnist import load_images, load_mnist, synthetic_images
 
 __all__ = [
     "Dataset", "read_libsvm", "add_intercept",
     "DATASETS", "DatasetInfo", "resolve", "fetch", "load", "cache_dir", "data_dirs", "describe",
     "Partition", "paper_split", "synthetic_clients",
+    "mnist", "load_images", "load_mnist", "synthetic_images",
 ]
