@@ -4,6 +4,7 @@
     mpifed info TRACE.h5 | FOLDER [--target 1e-10]
     mpiexec -n 4 mpifed compare PLAN.toml [--only NAME ...] [--overwrite]
     mpifed sweep GRID.toml [--out DIR] [--submit [--wait]]
+    mpiexec -n 2 mpifed bench [--only w8a a9a phishing] [--json FILE] [--rounds N] [--list]
     mpifed datasets list | fetch NAME [NAME ...]
 
 Exit codes: 0 success, 1 the run failed (solver error, divergence), 2 bad input,
@@ -141,6 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("path", metavar="TRACE", help="a trace (.h5)")
     export.add_argument("--csv", action="store_true", help="CSV (the default and only format)")
     export.add_argument("-o", "--out", default=None, help="CSV file (default: standard output)")
+    from .bench import DEFAULT as BENCH_ROWS, MAX_ROUNDS
+
+    bench = sub.add_parser("bench", help="benchmark FedNL against the C++ u-FedNL figures (under mpiexec -n 2)",
+                           description="Run the u-FedNL reference setups (142 clients, Top-K 8d, option 2, tol 1e-14) "
+                                       "and print per-round time by phase, rounds/s and memory (see mpifed/bench.py).")
+    bench.add_argument("--only", nargs="+", default=None, metavar="ROW",
+                       help=f"run only these rows (rows: {', '.join(BENCH_ROWS)}; default all)")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the table and the machine as JSON")
+    bench.add_argument("--rounds", type=integer, default=MAX_ROUNDS,
+                       help=f"round budget per row (default {MAX_ROUNDS})")
+    bench.add_argument("--list", action="store_true", help="print the rows and their setups, run nothing")
     ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
     ds_sub.add_parser("list", help="the registry and where each file is found locally")
@@ -177,6 +189,10 @@ def main(argv=None) -> int:
             return 0
         if args.command == "compare":
             return _compare(args)
+        if args.command == "bench":
+            from . import bench
+
+            return bench.main(args.only, args.json, args.rounds, args.list)
         if args.command == "sweep":
             from . import sweep
 
@@ -248,8 +264,12 @@ def _datasets(args) -> int:
         print(f"{'name':<12} {'features':>8} {'rows':>8}  local copy")
         for name, features, rows, where in data.describe():
             print(f"{name:<12} {features:>8} {rows:>8}  {where}")
+        print(f"{'mnist':<12} {784:>8} {60000:>8}  {data.mnist.find('train-images-idx3-ubyte') or '-'}")
         return 0
     for name in args.names:
+        if name == "mnist":  # four IDX files, checked on their decompressed content (see mpifed/data/mnist.py)
+            print(f"mnist: {data.mnist.fetch_mnist(args.dest)}")
+            continue
         print(f"{name}: {data.fetch(name, dest_dir=args.dest)}")
     return 0
 

@@ -24,15 +24,34 @@ def dd_add(a_hi, a_lo, b_hi, b_lo):
     return two_sum(s, e)
 
 
-def dd_sum_rows(X, xp=np):
+def dd_sum_rows(X, xp=np, chunks: int = 32):
     """Double-double sum over the first axis: (hi, lo), each of shape X.shape[1:].
 
-    A pairwise tree over the rows, vectorised along the other axes.
+    The rows are cut into at most ``chunks`` interleaved slices X[j::c]; the slices are added
+    one after another into a double-double accumulator of shape (n/c, ...), with in-place
+    operations (no temporaries the size of X), and the n/c partial sums then go through a
+    pairwise tree. The Python loop has at most ``chunks`` steps whatever the number of clients.
     """
-    if X.shape[0] == 0:
+    n = X.shape[0]
+    if n == 0:
         return xp.zeros(X.shape[1:]), xp.zeros(X.shape[1:])
-    hi = X
-    lo = xp.zeros_like(X)
+    c = min(n, chunks)
+    rows = -(-n // c)  # the accumulator's rows; a short last slice is padded with zeros
+    hi = xp.zeros((rows,) + X.shape[1:], dtype=X.dtype)
+    lo, s, bb, e = (xp.zeros_like(hi) for _ in range(4))
+    for j in range(c):
+        x = X[j::c]
+        k = x.shape[0]
+        h, l, sk, bk, ek = hi[:k], lo[:k], s[:k], bb[:k], e[:k]
+        xp.add(h, x, out=sk)                   # TwoSum(h, x): s = fl(h + x), err = (h - (s - bb)) + (x - bb)
+        xp.subtract(sk, h, out=bk)
+        xp.subtract(sk, bk, out=ek)
+        xp.subtract(h, ek, out=ek)
+        xp.subtract(x, bk, out=bk)
+        ek += bk
+        l += ek
+        h[...] = sk
+    hi, lo = two_sum(hi, lo)
     while hi.shape[0] > 1:
         if hi.shape[0] % 2:
             zero = xp.zeros((1,) + hi.shape[1:], dtype=hi.dtype)
