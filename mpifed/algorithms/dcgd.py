@@ -14,6 +14,14 @@ both from the clients' Gram matrices at setup as in GD. With the identity compre
 (omega = 0) this is GD's 1/L, and DCGD is GD. DCGD converges only to a neighbourhood of x*
 when the grad f_i(x*) differ (the compression variance does not vanish at x*).
 
+Decaying steps (``step_decay`` = c > 0): gamma_k = gamma / (1 + c k) in round k (a counter in the
+server state, the same on every rank). This is the O(1/k) schedule, gamma_k proportional to
+1/(k_0 + k), for SGD-type methods whose gradient noise persists at x* (Gorbunov, Hanzely,
+Richtarik, AISTATS 2020, "A unified theory of SGD", the decreasing-stepsize result after Stich
+2019; DCGD is one of their cases, its noise sigma^2 > 0 growing with omega and the
+||grad f_i(x*)||^2): the neighbourhood, E||x - x*||^2 = O(gamma), shrinks with gamma_k.
+The rate condition is c of the order of mu gamma_0 or less (mu = lam here).
+
 Default compressor: Rand-K with K = d/4 (paper 004, Sec. 4, "random-r ... we choose r = d/4").
 Biased (contractive) compressors such as Top-K have no default step: give ``step_size``.
 Bits: exactly what the compressor reports, per participant; downlink: x^{k+1} to the next
@@ -23,7 +31,7 @@ This module also holds the setup shared with :mod:`diana` and :mod:`adiana`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -81,12 +89,14 @@ class Params:
     tau: int
     n: int
     float_bits: int = 32
-    uses = ("compressor", "step_size", "participation")
+    decay: float = 0.0
+    uses = ("compressor", "step_size", "participation", "step_decay")
 
     @classmethod
     def from_config(cls, config, fed) -> "Params":
         C = make_compressor(config, fed, "dcgd")
-        return cls(C, config.step_size, config.lam, fed.tau or fed.n_clients, fed.n_clients, config.float_bits)
+        return cls(C, config.step_size, config.lam, fed.tau or fed.n_clients, fed.n_clients, config.float_bits,
+                   config.step_decay or 0.0)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class ServerState:
     gamma: float
     L: float
     L_max: float
+    k: int = 0  # the round, for gamma_k = gamma / (1 + c k)
 
 
 def client_init(p: Params, block, x0, streams):
@@ -119,4 +130,5 @@ def client_step(p: Params, block, state, x, streams):
 
 def server_step(p: Params, state: ServerState, x, agg):
     g = agg.fields["g"] / agg.participants
-    return state, x - state.gamma * g, to_participants(agg, len(x), p.float_bits)
+    gamma_k = state.gamma / (1.0 + p.decay * state.k)
+    return replace(state, k=state.k + 1), x - gamma_k * g, to_participants(agg, len(x), p.float_bits)

@@ -12,6 +12,11 @@ Delta_i = y_i^K - x^t (d floats); -Delta_i is the pseudo-gradient. Server, over 
 As in the paper's Algorithm 2 there is no bias correction, and v^{-1} = tau^2 is the smallest
 start it allows (v^{-1} >= tau^2). Defaults: beta1 = 0.9, beta2 = 0.99, tau = 1e-3 (the
 paper's experiments); eta = 0.1 (its grid is 10^{-3} ... 10^{1}; tuned on a9a, see the tests).
+
+Decaying local steps: ``step_decay`` = c gives eta_t = eta_l / (1 + c t) in round t (Li, Huang,
+Yang, Wang, Zhang, ICLR 2020, Theorem 1's eta_t = beta/(t + gamma); see :mod:`.fedavg`).
+Only the clients' step decays (the server's eta is kept): the client drift's share of Delta^t
+is O(eta_t), so the fixed point of the server's update moves to x* as eta_t -> 0.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ class Params:
     tau: int = 1
     n: int = 1
     float_bits: int = 32
-    uses = ("step_size", "local_steps", "server_lr", "beta1", "beta2", "adam_eps", "participation")
+    decay: float = 0.0
+    uses = ("step_size", "local_steps", "server_lr", "beta1", "beta2", "adam_eps", "participation", "step_decay")
 
     def __post_init__(self):
         check_local(self)

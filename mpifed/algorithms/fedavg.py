@@ -22,6 +22,17 @@ FedProx's prox term): the largest step for which a full-gradient step is a desce
 *every* local objective, so K local steps never diverge on any client. It is one step for all
 clients, as the papers' eta_l is (client-specific steps would move the K = 1 fixed point away
 from x*), so the max runs over the whole federation (an allgather at setup).
+
+Decaying local steps (``step_decay`` = c > 0; FedAvg, FedAvgM, FedProx, FedAdam): round t uses
+
+    eta_t = eta_l / (1 + c t),
+
+the schedule of Li, Huang, Yang, Wang, Zhang (ICLR 2020, "On the convergence of FedAvg on
+non-IID data"), Theorem 1: eta_t = beta / (t + gamma) = eta_0 / (1 + t / gamma), c = 1/gamma,
+here per round (their t counts local steps; all K local steps of round t use eta_t). With a
+constant eta_l FedAvg's fixed point is not x* when the f_i differ (their Sec. 3.3: a gap
+Omega(eta_l (K - 1)) remains); the decaying step drives it to zero, at a sublinear rate.
+t is the driver's round number (``streams.round``), the same on every rank.
 """
 from __future__ import annotations
 
@@ -38,7 +49,8 @@ DEFAULT_K = 5  # local steps when --local-steps is not given (K = 1 would be pla
 
 @dataclass(frozen=True)
 class Params:
-    """eta_l: local step size; K: local steps; eta_g: server step size; tau of n clients per round."""
+    """eta_l: local step size; K: local steps; eta_g: server step size; tau of n clients per round;
+    decay: c in eta_t = eta_l / (1 + c t)."""
 
     eta_l: float
     K: int = DEFAULT_K
@@ -46,7 +58,8 @@ class Params:
     tau: int = 1
     n: int = 1
     float_bits: int = 32
-    uses = ("step_size", "local_steps", "server_lr", "participation")
+    decay: float = 0.0
+    uses = ("step_size", "local_steps", "server_lr", "participation", "step_decay")
 
     def __post_init__(self):
         check_local(self)
@@ -68,8 +81,11 @@ def check_positive(name: str, value) -> None:
 
 
 def check_local(p) -> None:
-    """One-line errors for the fields every local-step method has: eta_l, K, tau of n."""
+    """One-line errors for the fields every local-step method has: eta_l, K, tau of n (and the decay)."""
     check_positive("step_size eta_l", p.eta_l)
+    decay = getattr(p, "decay", 0.0)
+    if not (np.isfinite(decay) and decay >= 0):
+        raise ConfigError(f"step_decay c = {decay!r} is out of range; valid: c >= 0 (0: constant steps)")
     if int(p.K) != p.K or p.K < 1:
         raise ConfigError(f"local_steps K = {p.K!r} is out of range; valid: an integer K >= 1")
     if not 1 <= p.tau <= p.n:
@@ -77,11 +93,18 @@ def check_local(p) -> None:
                           f"valid: 1 <= tau <= n = {p.n}")
 
 
-def local_fields(config, fed, mu: float = 0.0) -> dict:
-    """eta_l, K, tau, n and float_bits from the config; eta_l defaults to 1/(max_i L_i + mu)."""
+def local_fields(config, fed, mu: float = 0.0, decay: bool = True) -> dict:
+    """eta_l, K, tau, n, float_bits (and the step decay c, for the methods that have one) from
+    the config; eta_l defaults to 1/(max_i L_i + mu)."""
     eta_l = config.step_size if config.step_size is not None else 1.0 / (max_smoothness(fed) + mu)
-    return {"eta_l": eta_l, "K": _or(config.local_steps, DEFAULT_K), "tau": fed.tau or fed.n_clients,
-            "n": fed.n_clients, "float_bits": config.float_bits}
+    out = {"eta_l": eta_l, "K": _or(config.local_steps, DEFAULT_K), "tau": fed.tau or fed.n_clients,
+           "n": fed.n_clients, "float_bits": config.float_bits}
+    return {**out, "decay": _or(config.step_decay, 0.0)} if decay else out
+
+
+def local_step(p, streams) -> float:
+    """eta_t = eta_l / (1 + c t) in round t = ``streams.round`` (Li et al. 2020, Thm 1; c = 0: eta_l)."""
+    return p.eta_l / (1.0 + getattr(p, "decay", 0.0) * streams.round)
 
 
 def max_smoothness(fed) -> float:
@@ -150,7 +173,7 @@ def server_init(p: Params, agg, x0):
 
 
 def client_step(p: Params, block, state, x, streams):
-    run = local_gd(block, x, p.K, p.eta_l)
+    run = local_gd(block, x, p.K, local_step(p, streams))
     return state, participants_uplink(p, block, run, streams, {"delta": run.y - x})
 
 

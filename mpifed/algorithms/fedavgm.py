@@ -9,6 +9,9 @@ Delta_i = y_i^K - x^t (d floats); the server, over the round's participants S,
 
 Hsu et al. write v <- beta v + Delta w, w <- w - v with Delta w = x - mean(y_i) and no server
 step size (eta = 1, the default here). With beta = 0 this is FedAvg with eta_g = eta.
+
+Decaying local steps: ``step_decay`` = c gives eta_t = eta_l / (1 + c t) in round t (Li, Huang,
+Yang, Wang, Zhang, ICLR 2020, Theorem 1's eta_t = beta/(t + gamma); see :mod:`.fedavg`).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ class Params:
     tau: int = 1
     n: int = 1
     float_bits: int = 32
-    uses = ("step_size", "local_steps", "server_lr", "momentum", "participation")
+    decay: float = 0.0
+    uses = ("step_size", "local_steps", "server_lr", "momentum", "participation", "step_decay")
 
     def __post_init__(self):
         check_local(self)

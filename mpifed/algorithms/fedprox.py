@@ -11,6 +11,9 @@ Server: x^{t+1} = (1/|S|) sum_{i in S} y_i^K, computed as x^t + mean_S Delta_i (
 size in the paper). With mu = 0 it is FedAvg with eta_g = 1. Default eta_l = 1/(max_i L_i + mu),
 the smoothness of the local objectives h_i; default mu = 0.01 (one of the paper's grid
 {0.001, 0.01, 0.1, 1}).
+
+Decaying local steps: ``step_decay`` = c gives eta_t = eta_l / (1 + c t) in round t (Li, Huang,
+Yang, Wang, Zhang, ICLR 2020, Theorem 1's eta_t = beta/(t + gamma); see :mod:`.fedavg`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import fedavg
 from .base import to_participants
-from .fedavg import _or, check_local, local_gd, mean_over_participants, participants_uplink
+from .fedavg import _or, check_local, local_gd, local_step, mean_over_participants, participants_uplink
 
 DEFAULT_MU = 0.01
 
@@ -34,7 +37,8 @@ class Params:
     tau: int = 1
     n: int = 1
     float_bits: int = 32
-    uses = ("step_size", "local_steps", "prox_mu", "participation")
+    decay: float = 0.0
+    uses = ("step_size", "local_steps", "prox_mu", "participation", "step_decay")
 
     def __post_init__(self):
         check_local(self)
@@ -54,7 +58,7 @@ server_init = fedavg.server_init
 
 
 def client_step(p: Params, block, state, x, streams):
-    run = local_gd(block, x, p.K, p.eta_l, mu=p.mu)
+    run = local_gd(block, x, p.K, local_step(p, streams), mu=p.mu)
     return state, participants_uplink(p, block, run, streams, {"delta": run.y - x})
 
 

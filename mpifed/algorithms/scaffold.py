@@ -20,6 +20,9 @@ tau participants, counted as the per-client mean tau/n * 2d.
 One client (N = 1): c = c_1 after every round, the correction c - c_1 vanishes and a round is
 K steps of gradient descent with step eta_l on f_1, scaled by eta_g: for eta_g = 1, x^t is
 GD's iterate tK (both options; up to rounding in c - c_1).
+
+No ``step_decay``: the control variates remove the client drift, so SCAFFOLD converges
+linearly to x* at a constant step (Karimireddy et al. 2020, Theorem III).
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ class Params:
     @classmethod
     def from_config(cls, config, fed) -> "Params":
         # Option II by default: the paper's cheaper choice (no extra gradient pass), used in its experiments.
-        return cls(**fedavg.local_fields(config, fed), eta_g=_or(config.server_lr, 1.0),
+        return cls(**fedavg.local_fields(config, fed, decay=False), eta_g=_or(config.server_lr, 1.0),
                    option=_or(config.scaffold_option, 2))
 
 
