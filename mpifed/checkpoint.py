@@ -166,35 +166,26 @@ def restore_trace(payload: dict, trace: Path) -> None:
 
 def client_state(blob: bytes, backend):
     """A rank's saved client state, its arrays back on the run's backend (cupy for GPU runs)."""
-    return _to_backend(pickle.loads(blob), backend)
-
-
-def _to_backend(obj, backend):
-    import dataclasses
-
+    state = pickle.loads(blob)
     if backend.name == "numpy":
-        return obj
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _to_backend(getattr(obj, f.name), backend)
-                                           for f in dataclasses.fields(obj) if f.init})
-    if isinstance(obj, dict):
-        return {k: _to_backend(v, backend) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_backend(v, backend) for v in obj)
-    return backend.asarray(obj) if isinstance(obj, np.ndarray) else obj
+        return state
+    return _map_leaves(state, lambda v: backend.asarray(v) if isinstance(v, np.ndarray) else v)
 
 
 def _to_host(obj):
     """States as saved: device (cupy) arrays become numpy arrays, anything else is pickled as is."""
+    return _map_leaves(obj, lambda v: v.get() if type(v).__module__.startswith("cupy") else v)
+
+
+def _map_leaves(obj, fn):
+    """``fn`` applied to every leaf of a state built from dataclasses, dicts, lists and tuples."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _to_host(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                                           if f.init})
+        return dataclasses.replace(obj, **{f.name: _map_leaves(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
     if isinstance(obj, dict):
-        return {k: _to_host(v) for k, v in obj.items()}
+        return {k: _map_leaves(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_host(v) for v in obj)
-    if type(obj).__module__.startswith("cupy"):
-        return obj.get()
-    return obj
+        return type(obj)(_map_leaves(v, fn) for v in obj)
+    return fn(obj)
