@@ -24,7 +24,11 @@ SYNTHETIC_DEFAULTS = {"clients": 32, "samples_per_client": 100, "features": 20}
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps", "step_decay")
+                 "beta1", "beta2", "adam_eps", "step_decay",
+                 # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
+                 "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
+                 "monitor_window", "patience", "stable_norm", "aggregation", "eval_batch")
+AGGREGATIONS = ("curvature", "mean")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,20 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    model: str | None = None
+    batch_size: int | None = None
+    damping: float | None = None
+    ema_decay: float | None = None
+    inverse_every: int | None = None
+    monitor: bool | None = None
+    tau_low: float | None = None
+    tau_high: float | None = None
+    monitor_window: int | None = None
+    patience: int | None = None
+    stable_norm: float | None = None
+    aggregation: str | None = None
+    eval_batch: int | None = None
+    corrupt: str | None = None
     partition: str = "paper"
     min_client_size: int | None = None
     test_dataset: str | None = None
@@ -138,14 +156,14 @@ def _flag(name: str) -> str:
 
 
 def _check_ranges(c: RunConfig) -> None:
-    from .algorithms import METHODS
+    from .algorithms import METHODS, NN_METHODS, method_for
     from .backend import BACKENDS
 
     def need(ok: bool, name: str, valid: str):
         if not ok:
             raise ConfigError(f"{_flag(name)} = {getattr(c, name)!r} is out of range; valid: {valid}")
 
-    need(c.algorithm in METHODS, "algorithm", ", ".join(METHODS))
+    need(c.algorithm in METHODS or c.algorithm in NN_METHODS, "algorithm", ", ".join(dict.fromkeys([*METHODS, *NN_METHODS])))
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.lam >= 0, "lam", "lam >= 0")
     need(c.rounds >= 0, "rounds", "an integer >= 0")
@@ -182,13 +200,32 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
+    need(c.damping is None or c.damping > 0, "damping", "eps > 0")
+    need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")
+    need(c.inverse_every is None or c.inverse_every >= 1, "inverse_every", "an integer T_inv >= 1")
+    need(c.tau_low is None or c.tau_low > 1, "tau_low", "tau_low > 1")
+    need(c.tau_high is None or c.tau_high > (c.tau_low or 10.0), "tau_high", f"tau_high > tau_low = {c.tau_low or 10.0:g}")
+    need(c.monitor_window is None or c.monitor_window >= 1, "monitor_window", "an integer >= 1")
+    need(c.patience is None or c.patience >= 1, "patience", "an integer >= 1")
+    need(c.stable_norm is None or c.stable_norm > 0, "stable_norm", "a norm > 0")
+    need(c.aggregation in (None, *AGGREGATIONS), "aggregation", ", ".join(AGGREGATIONS))
+    need(c.eval_batch is None or c.eval_batch >= 1, "eval_batch", "an integer >= 1")
     need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0: no periodic checkpoints)")
     from .data.partition import parse_spec
 
     parse_spec(c.partition)
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
-    method = METHODS[c.algorithm]
+    method = method_for(c)
+    if c.model is not None:
+        from .nn import parse_spec as model_spec
+        from .nn.federation import check_config
+
+        model_spec(c.model)
+        check_config(c)
+    elif c.corrupt is not None:
+        raise ConfigError("--corrupt applies to neural-network runs only (give --model)")
     extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
     if extra:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from . import checkpoint as ckpt
 from . import config as cfgmod
 from . import trace as tracemod
-from .algorithms import METHODS, newton
+from .algorithms import method_for, newton
 from .algorithms.base import Aggregate, Query
 from .checkpoint import SIGNALS
 from .comm import world
@@ -312,8 +312,8 @@ def _resume_point(comm, trace: Path, overrides: dict):
 
 
 def _run(config, comm, start=None) -> RunResult:
-    fed = collective(comm, lambda: build_federation(config, comm))
-    method = METHODS[config.algorithm]
+    fed = collective(comm, lambda: _federation(config, comm))
+    method = method_for(config)
     params = collective(comm, lambda: method.Params.from_config(config, fed))
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations)
@@ -321,7 +321,7 @@ def _run(config, comm, start=None) -> RunResult:
         x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
         params = dataclasses.replace(params, x_star=x_star)
-    x0 = start_point(config, fed.d, x_star)
+    x0 = fed.initial_point() if hasattr(fed, "initial_point") else start_point(config, fed.d, x_star)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
         histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
@@ -337,6 +337,7 @@ def _run(config, comm, start=None) -> RunResult:
     fed.on_abort = (lambda msg: writer.close("failed", msg)) if writer else None
     rows = {key: list(v) for key, v in writer.metrics_so_far().items()} if writer and start else {}
     report = _Progress(config, comm.is_root, resume.k if resume else 0)
+    events = [writer.file["events"][()]] if writer and start and "events" in writer.file else []
     def record(k, agg, x, timing, bits):
         loss = agg.loss / agg.n
         row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
@@ -354,6 +355,8 @@ def _run(config, comm, start=None) -> RunResult:
             rows.setdefault(key, [np.nan] * done_rows).append(row.get(key, np.nan))
         writer.write(row)
         report.round(row)
+        if "events" in agg.gathered:  # FedRCO's monitor: (client, local step) -> (score, action)
+            _note_events(writer, events, k, agg.gathered["events"])
 
     if writer and start is None:
         writer.save_array("x/start", x0)
@@ -375,6 +378,28 @@ def _run(config, comm, start=None) -> RunResult:
                        writer.path if writer else None)
     report.summary(result)
     return result
+
+
+def _federation(config, comm):
+    if config.model is not None:  # an image federation trained by a neural-network method
+        from .nn.federation import build_image_federation
+
+        return build_image_federation(config, comm)
+    return build_federation(config, comm)
+
+
+EVENT_COLUMNS = ("round", "client", "step", "score", "action")  # action: 1 soft rollback, 2 hard reset
+
+
+def _note_events(writer, events: list, k: int, gathered) -> None:
+    """Append round k's monitor actions (rows of ``gathered`` (n, K, 2) = score, action) to the trace's ``events``."""
+    client, step = np.nonzero(gathered[:, :, 1] > 0)
+    if not len(client):
+        return
+    events.append(np.stack([np.full(len(client), k), client, step, gathered[client, step, 0],
+                            gathered[client, step, 1]], axis=1))
+    writer.save_array("events", np.concatenate(events))
+    writer.file["events"].attrs["columns"] = ",".join(EVENT_COLUMNS)
 
 
 def start_point(config, d: int, x_star) -> np.ndarray:
@@ -399,18 +424,21 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
         return None
     path = Path(config.out) if config.out else tracemod.default_path(config)
     test = fed.test_note
-    if fed.test:
+    if fed.test and config.model is not None:
+        test += f"; test_accuracy and test_loss (cross-entropy) of the global model x^k every {config.eval_every} round(s)"
+    elif fed.test:
         test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean log(1 + exp(-b a^T x)) "
                  f"+ lam/2 ||x||^2, every {config.eval_every} round(s) at x^k")
     writer = tracemod.TraceWriter(path, {
         "config": config.to_json(), "mpi_size": fed.comm.size, "environment": env, "f_star": f_star,
         "method": repr(params), "n_clients": fed.n_clients, "dimension": fed.d, "data_source": fed.source,
-        "partition": {**fed.partition, "labels": list(LABELS), "m_min": fed.m_min, "m_max": fed.m_max},
+        "partition": {**fed.partition, "labels": list(getattr(fed, "labels", LABELS)), "m_min": fed.m_min,
+                      "m_max": fed.m_max},
         "test_set": test,
     }, overwrite=config.overwrite)
     if x_star is not None:
         writer.save_array("x/star", x_star)
-    writer.save_array("partition/labels", histogram.astype(np.int64))  # (n, 2): rows labelled -1, +1
+    writer.save_array("partition/labels", histogram.astype(np.int64))  # (n, labels): rows per label
     writer.save_array("partition/sizes", histogram.sum(axis=1).astype(np.int64))
     return writer
 
@@ -423,6 +451,7 @@ class _Progress:
     """
 
     COLUMNS = ("round", "grad_norm", "f_gap", "dist_to_opt", "bits_up", "time_s")
+    NN_COLUMNS = ("round", "loss", "grad_norm", "test_accuracy", "bits_up", "time_s")
 
     def __init__(self, config, active: bool, first_round: int = 0):
         self.active = active and not config.quiet
@@ -461,7 +490,8 @@ class _Progress:
             print(f"trace: {result.path}", flush=True)
             return
         rows = sorted({0, *range(0, len(m["round"]), max(1, len(m["round"]) // 8)), len(m["round"]) - 1})
-        print("  ".join(f"{h:>12}" for h in self.COLUMNS))
+        columns = self.NN_COLUMNS if c.model is not None else self.COLUMNS
+        print("  ".join(f"{h:>12}" for h in columns))
         for i in rows:
-            print("  ".join(f"{m[h][i]:>12.0f}" if h == "round" else f"{m[h][i]:>12.4e}" for h in self.COLUMNS))
+            print("  ".join(f"{m[h][i]:>12.0f}" if h == "round" else f"{m[h][i]:>12.4e}" for h in columns))
         print(f"trace: {result.path}", flush=True)

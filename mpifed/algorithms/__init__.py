@@ -39,3 +39,24 @@ class _Methods(Mapping):
 
 
 METHODS = _Methods()
+
+
+# Neural-network versions (``--model``): mini-batch clients on :mod:`mpifed.nn`.
+_NN_MODULES = {"fedavg": "nn_fedavg", "localnewton": "nn_localnewton", "fedpm": "nn_fedpm",
+               "fedrco": "fedrco", "fedrco-ori": "fedrco"}
+NN_METHODS = tuple(_NN_MODULES)
+
+
+def method_for(config):
+    """The method module of a run: the neural-network version when ``config.model`` is set."""
+    from ..errors import ConfigError
+
+    if config.model is not None:
+        if config.algorithm not in _NN_MODULES:
+            raise ConfigError(f"--algorithm = {config.algorithm!r} has no neural-network version; valid with "
+                              f"--model: {', '.join(NN_METHODS)}")
+        return importlib.import_module(f"{__name__}.{_NN_MODULES[config.algorithm]}")
+    if config.algorithm not in _MODULES:
+        raise ConfigError(f"--algorithm = {config.algorithm!r} trains a neural network; give --model "
+                          f"(e.g. --model cnn --dataset mnist)")
+    return METHODS[config.algorithm]

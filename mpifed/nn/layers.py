@@ -1,6 +1,8 @@
 """Layers for the curvature-approximation models, batched over a client's samples, on any array module ``xp``.
 
-Layout: activations are channel-last, images ``(B, H, W, C)``. A layer with weights holds one matrix
+Layout: activations are channel-last, images ``(B, H, W, C)``. A block of ``n`` clients with their own
+weights runs as one batch: ``W`` gets a leading client axis ``(n, d_in + 1, d_out)`` and the batch holds
+client 0's samples, then client 1's, ... (``B = n * b``); only the affine products see the client axis. A layer with weights holds one matrix
 ``W`` of shape ``(d_in + 1, d_out)`` whose last row is the bias, so its pre-activation is ``s = a W`` with
 the homogeneous input ``a = [x, 1]``. A convolution unfolds its input into patches (im2col; the ``[[A]]``
 expansion of Grosse & Martens 2016, "A Kronecker-factored approximate Fisher matrix for convolution layers",
@@ -19,6 +21,31 @@ from dataclasses import dataclass
 
 def _ones_column(xp, x):
     return xp.concatenate([x, xp.ones(x.shape[:-1] + (1,), dtype=x.dtype)], axis=-1)
+
+
+def affine(a, W):
+    """``a W``; with per-client weights ``W`` ``(n, p, q)``, the rows of ``a`` ``(N, ..., p)`` are split into
+    ``n`` equal consecutive groups (client i's samples) and each group multiplies its own ``W[i]``."""
+    if W.ndim == 2:
+        return a @ W
+    n = W.shape[0]
+    return (a.reshape(n, -1, a.shape[-1]) @ W).reshape(a.shape[:-1] + (W.shape[-1],))
+
+
+def input_grad(g, W):
+    """``g W[:-1]^T`` (the bias row does not reach the input), per client like :func:`affine`."""
+    if W.ndim == 2:
+        return g @ W[:-1].T
+    n = W.shape[0]
+    return (g.reshape(n, -1, g.shape[-1]) @ W[:, :-1].transpose(0, 2, 1)).reshape(g.shape[:-1] + (W.shape[1] - 1,))
+
+
+def weight_grad(a, g, W):
+    """``sum_n a_n^T g_n`` over all rows (and locations): ``(p, q)``, or ``(n, p, q)`` per client."""
+    if W.ndim == 2:
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    n = W.shape[0]
+    return a.reshape(n, -1, a.shape[-1]).transpose(0, 2, 1) @ g.reshape(n, -1, g.shape[-1])
 
 
 def im2col(xp, x, k: int):
@@ -63,10 +90,10 @@ class Dense:
 
     def forward(self, xp, W, x):
         a = _ones_column(xp, x)
-        return a @ W, a
+        return affine(a, W), a
 
     def backward(self, xp, W, a, g):
-        return g @ W[:-1].T, a.T @ g, (a, g)
+        return input_grad(g, W), weight_grad(a, g, W), (a, g)
 
 
 @dataclass(frozen=True)
@@ -90,15 +117,15 @@ class Conv2d:
     def forward(self, xp, W, x):
         b, h, w, _ = x.shape
         a = _ones_column(xp, im2col(xp, x, self.k))          # (B, T, k*k*c_in + 1)
-        s = a @ W                                             # (B, T, c_out)
+        s = affine(a, W)                                      # (B, T, c_out)
         return s.reshape(b, h - self.k + 1, w - self.k + 1, self.c_out), (a, x.shape)
 
     def backward(self, xp, W, cache, ds):
         a, in_shape = cache
         b = ds.shape[0]
         g = ds.reshape(b, -1, self.c_out)                     # per sample and location
-        dW = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, self.c_out)
-        dx = col2im(xp, g @ W[:-1].T, in_shape, self.k)
+        dW = weight_grad(a, g, W)
+        dx = col2im(xp, input_grad(g, W), in_shape, self.k)
         return dx, dW, (a, g)
 
 

@@ -146,9 +146,16 @@ class Model:
         return xp.asarray(theta)
 
     def views(self, theta):
-        """Per weighted layer, the ``(d_in+1, d_out)`` view of ``theta`` (writes go through to ``theta``)."""
-        return [theta[lo:hi].reshape(layer.shape)
+        """Per weighted layer, the ``(d_in+1, d_out)`` view of ``theta`` (writes go through to ``theta``);
+        for a block of clients' parameters ``theta`` ``(n, P)``, ``(n, d_in+1, d_out)`` views."""
+        lead = theta.shape[:-1]
+        return [theta[..., lo:hi].reshape(lead + layer.shape)
                 for layer, lo, hi in zip(self.weighted, self.offsets[:-1], self.offsets[1:])]
+
+    def flatten(self, layers, xp=np):
+        """The inverse of :meth:`views`: per-layer ``(..., d_in+1, d_out)`` arrays -> ``(..., P)``."""
+        lead = layers[0].shape[:-2]
+        return xp.concatenate([v.reshape(lead + (-1,)) for v in layers], axis=-1)
 
     def _check_input(self, X):
         if tuple(X.shape[1:]) != self.input_shape and not (
@@ -167,29 +174,44 @@ class Model:
         return x, caches
 
     def logits(self, theta, X, xp=np):
-        """Class scores ``(B, K)``."""
+        """Class scores ``(B, K)``; per client ``(n, b, K)`` when ``theta`` is ``(n, P)`` and ``X`` ``(n, b, ...)``."""
+        if theta.ndim == 2:
+            n, b = X.shape[:2]
+            return self._forward(theta, X.reshape((n * b,) + X.shape[2:]), xp)[0].reshape(n, b, -1)
         return self._forward(theta, X, xp)[0]
 
     def loss_grad(self, theta, X, y, xp=np, stats: bool = False):
         """Mean cross-entropy over the batch, its gradient (flat, like ``theta``) and optionally the layer stats.
 
+        With a block of clients, ``theta`` ``(n, P)``, ``X`` ``(n, b, ...)`` and ``y`` ``(n, b)``: each client's
+        mean loss over its ``b`` samples ``(n,)`` and gradient ``(n, P)``, all clients in one pass.
+
         Returns
         -------
-        (loss scalar, grad (P,), list of LayerStats or None)
+        (loss, grad, list of LayerStats or None)
             ``grad`` of the weighted layer with stats ``(a, g)`` is ``(1/B) sum_n a_n^T g_n``
-            (conv: also summed over locations).
+            (conv: also summed over locations). Per client, the stats are ``(n, b, ...)``.
         """
+        per_client = theta.ndim == 2
+        if per_client:
+            n, b = X.shape[:2]
+            X, y = X.reshape((n * b,) + X.shape[2:]), y.reshape(-1)
         z, caches = self._forward(theta, X, xp)
         losses, d = softmax_cross_entropy(xp, z, y)
-        B = z.shape[0]
+        B = b if per_client else z.shape[0]
         grads, out = [], []
         for layer, (W, cache) in zip(reversed(self.layers), reversed(caches)):
             d, dW, st = layer.backward(xp, W, cache, d)
             if dW is not None:
-                grads.append(dW.ravel() / B)
-                out.append(LayerStats(layer.name, layer.kind, *st))
-        grad = xp.concatenate(grads[::-1])
-        return losses.mean(), grad, (out[::-1] if stats else None)
+                grads.append(dW.reshape(dW.shape[:-2] + (-1,)) / B)
+                if stats:
+                    a, g = st
+                    if per_client:
+                        a, g = a.reshape((n, b) + a.shape[1:]), g.reshape((n, b) + g.shape[1:])
+                    out.append(LayerStats(layer.name, layer.kind, a, g))
+        grad = xp.concatenate(grads[::-1], axis=-1)
+        loss = losses.reshape(n, b).mean(axis=1) if per_client else losses.mean()
+        return loss, grad, (out[::-1] if stats else None)
 
 
 def build_model(spec: str, input_shape, n_classes: int) -> Model:

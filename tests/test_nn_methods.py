@@ -1,0 +1,385 @@
+"""Neural-network federated methods (FedAvg, LocalNewton-FOOF, FedPM-FOOF, FedRCO) against independent oracles.
+
+Oracles: a loop of single-client forward/backward passes and central finite differences for the batched
+per-client model; ``numpy.linalg.solve`` / ``inv`` and a dense EMA recurrence for the factor storage of
+:mod:`mpifed.nn.factors`; plain re-implementations (one client at a time, dense per-layer matrices from
+:mod:`mpifed.nn.curvature`) of each method on the same mini-batches, compared with ``driver.run``.
+All runs are small (mnist-synthetic, 3-4 clients, batch 8, 2-4 rounds).
+"""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpifed import config as cfgmod
+from mpifed.comm import MPIComm, SerialComm
+from mpifed.driver import run
+from mpifed.errors import ConfigError, MpifedError
+from mpifed.nn import build_model
+from mpifed.nn.curvature import foof_factor, kfac_factors, kfac_inverses
+from mpifed.nn.factors import Factor, damped_solve, rows_of
+from mpifed.nn.federation import build_image_federation
+
+CNN = "cnn:conv=2-3,dense=6-5"   # 28x28 -> 26x26x2 -> 13x13x2 -> 11x11x3 -> 363 -> 6 -> 5 -> 10 (2,466 parameters)
+MLP = "mlp:hidden=16"
+
+
+def _one_line(excinfo, *words):
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+# ------------------------------------------------------------------------------ 1. batched per-client model
+@pytest.mark.parametrize("spec", [MLP, CNN, "softmax"])
+def test_batched_clients_match_single_client_loop_and_finite_differences(spec):
+    m = build_model(spec, (28, 28), 10)
+    r = np.random.default_rng(5)
+    n, b = 3, 4
+    theta = np.stack([m.init(s) + 0.05 * r.standard_normal(m.n_params) for s in range(n)])
+    X = r.standard_normal((n, b, 28, 28))
+    y = r.integers(0, 10, (n, b))
+    loss, grad, stats = m.loss_grad(theta, X, y, np, stats=True)
+    assert loss.shape == (n,) and grad.shape == (n, m.n_params)
+    for i in range(n):
+        li, gi, sti = m.loss_grad(theta[i], X[i], y[i], stats=True)
+        np.testing.assert_allclose(loss[i], li, rtol=1e-12)
+        np.testing.assert_allclose(grad[i], gi, rtol=1e-10, atol=1e-13)
+        for st, s1 in zip(stats, sti):
+            assert (st.name, st.kind) == (s1.name, s1.kind)
+            np.testing.assert_allclose(st.a[i], s1.a, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(st.g[i], s1.g, rtol=1e-10, atol=1e-14)
+    # Central differences on the first weight and the bias of every layer, for client 1 only: the other
+    # clients' losses must not move (each client has its own weights).
+    h, i = 1e-6, 1
+    coords = [int(lo) for lo in m.offsets[:-1]] + [int(hi) - 1 for hi in m.offsets[1:]]
+    for j in coords:
+        tp, tm = theta.copy(), theta.copy()
+        tp[i, j] += h
+        tm[i, j] -= h
+        lp, lm = m.loss_grad(tp, X, y, np)[0], m.loss_grad(tm, X, y, np)[0]
+        np.testing.assert_allclose((lp[i] - lm[i]) / (2 * h), grad[i, j], rtol=1e-5, atol=1e-8)
+        np.testing.assert_array_equal(np.delete(lp, i), np.delete(loss, i))
+
+
+# ----------------------------------------------------------------------------------------- 2. factors
+@pytest.mark.parametrize("R,D", [(4, 9), (12, 9)])   # Woodbury branch (R < D) and the dense one
+def test_damped_solve_matches_dense_solve(R, D):
+    r = np.random.default_rng(R)
+    n, q, c = 3, 2, 0.07
+    U, M = r.standard_normal((n, R, D)), r.standard_normal((n, D, q))
+    out = damped_solve(U, M, c, np)
+    for i in range(n):
+        np.testing.assert_allclose(out[i], np.linalg.solve(c * np.eye(D) + U[i].T @ U[i], M[i]), rtol=1e-10)
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("alpha,R,D,form", [(0.5, 2, 120, "rows"), (0.3, 3, 5, "dense"), (1.0, 3, 7, "rows")])
+def test_factor_ema_inverse_and_reset_match_dense_recurrence(alpha, R, D, form):
+    r = np.random.default_rng(7)
+    n = 3
+    f = Factor.for_layer(n, R, D, alpha, np)
+    assert (f.rows is not None) == (form == "rows")
+    dense = [None] * n                     # oracle: A_k = alpha S_k + (1 - alpha) A_{k-1}, A = S when fresh
+    fresh = np.ones(n, bool)
+    # steps: (clients updated, clients made fresh before the step: a reset in the middle)
+    plan = [([0, 1, 2], []), ([0, 1, 2], []), ([0, 2], []), ([0, 1, 2], [1]), ([1, 2], []), ([0, 1, 2], [])]
+    for who, reset in plan:
+        fresh[reset] = True
+        idx = np.array(who)
+        U = r.standard_normal((len(who), R, D))
+        f.update(idx, U, alpha, fresh[idx], np)
+        for u, i in zip(U, who):
+            S = u.T @ u
+            dense[i] = S if fresh[i] else alpha * S + (1 - alpha) * dense[i]
+        fresh[idx] = False
+    got = f.rows.transpose(0, 2, 1) @ f.rows if f.rows is not None else f.dense
+    for i in range(n):
+        assert _rel(got[i], dense[i]) < 1e-12
+        np.testing.assert_allclose(f.trace(np.array([i]), np)[0], np.trace(dense[i]), rtol=1e-12)
+    c = np.array([0.3, 1.1])
+    idx = np.array([2, 0])
+    M = r.standard_normal((2, D, 4))
+    out = f.inverse(idx, c, np).left(M)
+    for j, i in enumerate(idx):
+        assert _rel(out[j], np.linalg.solve(c[j] * np.eye(D) + dense[i], M[j])) < 1e-10
+    # A factor that overflowed: its inverse is NaN (no LinAlgError, no silent 0), and a fresh update replaces it.
+    if f.rows is not None:
+        f.rows[1] = np.inf
+    else:
+        f.dense[1] = np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        inv = f.inverse(np.array([0, 1]), np.array([0.5, 0.5]), np)
+        left = inv.left(np.ones((2, D, 1)))
+        assert np.all(np.isfinite(left[0])) and np.all(np.isnan(left[1]))
+        assert np.all(np.isnan(f.inverse(np.array([0]), np.array([np.inf]), np).left(np.ones((1, D, 1)))))
+        U = r.standard_normal((1, R, D))
+        f.update(np.array([1]), U, alpha, np.array([True]), np)
+    got = f.rows[1].T @ f.rows[1] if f.rows is not None else f.dense[1]
+    assert _rel(got, U[0].T @ U[0]) < 1e-12
+
+
+def test_rows_of_gives_foof_and_kfac_factors():
+    m = build_model(CNN, (28, 28), 10)
+    r = np.random.default_rng(2)
+    theta = np.stack([m.init(s) for s in range(2)])
+    X, y = r.standard_normal((2, 3, 28, 28)), r.integers(0, 10, (2, 3))
+    _, _, stats = m.loss_grad(theta, X, y, np, stats=True)
+    _, _, st1 = m.loss_grad(theta[1], X[1], y[1], stats=True)
+    for st, s1 in zip(stats, st1):
+        A, G = kfac_factors(s1)
+        Ua, Ug = rows_of(st, "a")[1], rows_of(st, "g")[1]
+        np.testing.assert_allclose(Ua.T @ Ua, A, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(Ua.T @ Ua, foof_factor(s1), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(Ug.T @ Ug, G, rtol=1e-10, atol=1e-16)
+
+
+# ----------------------------------------------------------------------- 3. methods vs re-implementations
+BASE = dict(dataset="mnist-synthetic", partition="iid", reference_iterations=0, batch_size=8, local_steps=3,
+            lam=0.0, quiet=True, seed=3, overwrite=True)
+
+
+def _setup(conf):
+    fed = build_image_federation(cfgmod.build(conf), SerialComm())
+    return fed, fed.block, fed.block.model, np.array(fed.initial_point(), dtype=float)
+
+
+def _batches(fed, t, K):
+    s = fed.streams(t)
+    assert s.active is None or np.all(s.active)                     # full participation
+    return [fed.block.batch(s, k) for k in range(K)]
+
+
+def _foof_local(m, x, batches, i, eta, eps):
+    """K FOOF steps of client i: theta -= eta (A + eps I)^{-1} dW per layer; returns theta and the last A's."""
+    th = x.copy()
+    for X, y in batches:
+        _, g, st = m.loss_grad(th, X[i], y[i], stats=True)
+        As = [foof_factor(s) for s in st]
+        step = [np.linalg.solve(A + eps * np.eye(len(A)), dW) for A, dW in zip(As, m.views(g))]
+        th = th - eta * np.concatenate([s.ravel() for s in step])
+    return th, As
+
+
+def oracle_fedavg(conf):
+    fed, block, m, x = _setup(conf)
+    eta, K = conf["step_size"], conf["local_steps"]
+    for t in range(conf["rounds"]):
+        batches = _batches(fed, t, K)
+        deltas = []
+        for i in range(block.n):
+            th = x.copy()
+            for X, y in batches:
+                th = th - eta * m.loss_grad(th, X[i], y[i])[1]
+            deltas.append(th - x)
+        x = x + np.mean(deltas, axis=0)
+    return x
+
+
+def oracle_localnewton(conf):
+    fed, block, m, x = _setup(conf)
+    for t in range(conf["rounds"]):
+        batches = _batches(fed, t, conf["local_steps"])
+        x = np.mean([_foof_local(m, x, batches, i, conf["step_size"], conf["damping"])[0] for i in range(block.n)],
+                    axis=0)
+    return x
+
+
+def oracle_fedpm(conf):
+    """Eq. 12 with dense matrices: W_l = (sum_i (A_il + eps I))^{-1} sum_i (A_il + eps I) W_il."""
+    fed, block, m, x = _setup(conf)
+    eps = conf["damping"]
+    for t in range(conf["rounds"]):
+        batches = _batches(fed, t, conf["local_steps"])
+        local = [_foof_local(m, x, batches, i, conf["step_size"], eps) for i in range(block.n)]
+        out = []
+        for l in range(len(m.weighted)):
+            Ps = [As[l] + eps * np.eye(len(As[l])) for _, As in local]
+            rhs = sum(P @ m.views(th)[l] for P, (th, _) in zip(Ps, local))
+            out.append(np.linalg.solve(sum(Ps), rhs).ravel())
+        x = np.concatenate(out)
+    return x
+
+
+def oracle_fedrco(conf):
+    """FedRCO with the monitor off: dense K-FAC factors with EMA, lazy inverse every T_inv steps of a client,
+    pi-damped inverses (curvature.kfac_inverses), curvature-preserving or plain aggregation, mean on the server."""
+    fed, block, m, x = _setup(conf)
+    eta, eps, alpha, T_inv = conf["step_size"], conf["damping"], conf["ema_decay"], conf["inverse_every"]
+    curvature = conf["algorithm"] == "fedrco"
+    n = block.n
+    theta_c = [x.copy() for _ in range(n)]
+    A, G, inv = [None] * n, [None] * n, [None] * n
+    since = [0] * n
+    blended = 0
+    for t in range(conf["rounds"]):
+        s = fed.streams(t)
+        batches = [block.batch(s, k) for k in range(conf["local_steps"])]
+        Xe, ye = block.batch(s, "eval", size=conf.get("eval_batch", 128))
+        for i in range(n):
+            th = x.copy()
+            if curvature:
+                acc_l = np.mean(m.logits(theta_c[i], Xe[i]).argmax(axis=1) == ye[i])
+                acc_g = np.mean(m.logits(x, Xe[i]).argmax(axis=1) == ye[i])
+                if acc_l > acc_g:
+                    gamma = acc_l / (acc_l + acc_g)
+                    th = gamma * x + (1 - gamma) * theta_c[i]
+                    blended += 1
+            for X, y in batches:
+                _, g, st = m.loss_grad(th, X[i], y[i], stats=True)
+                new = [kfac_factors(sl) for sl in st]
+                if A[i] is None:
+                    A[i], G[i] = [a for a, _ in new], [gg for _, gg in new]
+                else:
+                    A[i] = [alpha * a + (1 - alpha) * o for (a, _), o in zip(new, A[i])]
+                    G[i] = [alpha * gg + (1 - alpha) * o for (_, gg), o in zip(new, G[i])]
+                if inv[i] is None or since[i] >= T_inv:
+                    inv[i] = [kfac_inverses(a, gg, eps) for a, gg in zip(A[i], G[i])]
+                    since[i] = 0
+                step = [Ai @ dW @ Gi for (Ai, Gi), dW in zip(inv[i], m.views(g))]
+                th = th - eta * np.concatenate([v.ravel() for v in step])
+                since[i] += 1
+            theta_c[i] = th
+        x = np.mean(theta_c, axis=0)
+    return x, blended
+
+
+METHOD_CASES = {
+    "fedavg": (dict(algorithm="fedavg", step_size=0.05), oracle_fedavg),
+    "localnewton": (dict(algorithm="localnewton", step_size=0.01, damping=0.03), oracle_localnewton),
+    "fedpm": (dict(algorithm="fedpm", step_size=0.01, damping=0.03), oracle_fedpm),
+    "fedrco-ori": (dict(algorithm="fedrco-ori", step_size=0.01, damping=0.03, ema_decay=1.0, inverse_every=1,
+                        monitor=False), lambda c: oracle_fedrco(c)[0]),
+}
+
+
+@pytest.mark.parametrize("name", list(METHOD_CASES))
+@pytest.mark.parametrize("spec", [CNN])
+def test_method_matches_plain_reimplementation(name, spec, tmp_path):
+    extra, oracle = METHOD_CASES[name]
+    conf = {**BASE, **extra, "model": spec, "clients": 3, "rounds": 2, "out": str(tmp_path / "t.h5")}
+    result = run(conf, comm=SerialComm())
+    assert result.status == "completed", result.message
+    np.testing.assert_allclose(result.x, oracle(conf), rtol=1e-9, atol=1e-12)
+
+
+def test_fedrco_ema_lazy_inverse_and_curvature_aggregation_match_reimplementation(tmp_path):
+    """alpha = 0.5 and T_inv = 2 over 3 rounds of 3 steps (inverses at a client's steps 0, 2, 4, ..., across
+    rounds), and the curvature-preserving blend (eq. 12-13) from a 16-sample evaluation batch."""
+    conf = {**BASE, "model": CNN, "algorithm": "fedrco", "clients": 3, "rounds": 3, "step_size": 0.01,
+            "damping": 0.03, "ema_decay": 0.5, "inverse_every": 2, "monitor": False, "eval_batch": 16,
+            "out": str(tmp_path / "t.h5")}
+    result = run(conf, comm=SerialComm())
+    assert result.status == "completed", result.message
+    x, blended = oracle_fedrco(conf)
+    np.testing.assert_allclose(result.x, x, rtol=1e-9, atol=1e-12)
+    assert blended > 0  # the blend branch was exercised
+    # inversions per round: every client inverts at its cumulative steps 0, 2, 4, 6, 8 -> 2, 1, 2 (x 3 clients)
+    np.testing.assert_array_equal(result.metrics["inversions"][:3], [6, 3, 6])
+
+
+# ---------------------------------------------------------------------------- 4. the monitor acts
+MONITOR = dict(BASE, model=MLP, algorithm="fedrco", clients=4, rounds=4, step_size=0.05, seed=0, lam=1e-3,
+               corrupt="clients=0-0,scale=1000,from=2", inverse_every=1000)
+
+
+def test_monitor_resets_exploding_client_and_without_it_the_model_degrades(tmp_path):
+    """Client 0's inputs are multiplied by 1000 from round 2 on, while its K-FAC inverse is the one of its first
+    step (T_inv = 1000): the preconditioned step is ~1e5-1e6 times the recent norms. With the monitor, every such
+    step scores >= tau_high = 1000 and is a hard reset (client 0 sends theta^t back), and the global model stays
+    small and keeps its accuracy; without it, client 0's steps enter the mean and the model blows up (|x| >
+    1e10, still finite in 4 rounds so the run 'completes') and its test accuracy falls to chance (0.1).
+    Measured (seed 0): with the monitor, accuracy 0.056 0.143 0.194 0.204 0.203 and max|x| ~ 1.07; without it,
+    0.056 0.326 0.21 0.1 0.1 and max|x| ~ 4e19. Serial and deterministic.
+    (With batches of 8 rows and a stale inverse, healthy clients also score ~40-80 > tau_low = 10, so they are
+    rolled back and reset after `patience` strikes too; only client 0 reaches tau_high, and only from round 2.)
+    """
+    on = run({**MONITOR, "out": str(tmp_path / "on.h5")}, comm=SerialComm())
+    off = run({**MONITOR, "monitor": False, "out": str(tmp_path / "off.h5")}, comm=SerialComm())
+    assert on.status == "completed" and off.status == "completed"
+    with h5py.File(tmp_path / "on.h5", "r") as f:
+        events = f["events"][:]
+        assert f["events"].attrs["columns"] == "round,client,step,score,action"
+    rnd, client, score, action = events[:, 0], events[:, 1], events[:, 3], events[:, 4]
+    high = score >= 1000
+    assert np.all(action[high] == 2)                                  # tau_high -> hard reset
+    assert np.any(high & (client == 0) & (rnd == 2))                  # as soon as the corruption starts
+    # every corrupted round: 2, 3 and 4 (the driver also runs the clients at the final x^4 for its metrics)
+    assert set(rnd[high & (client == 0)].tolist()) == {2.0, 3.0, 4.0}
+    assert not np.any(high & ((client != 0) | (rnd < 2)))             # nobody else, never before
+    acc_on, acc_off = on.metrics["test_accuracy"], off.metrics["test_accuracy"]
+    assert np.all(np.isfinite(on.x)) and np.abs(on.x).max() < 10 and np.all(np.isfinite(acc_on))
+    assert on.metrics["resets"][2] >= 1 and on.metrics["anomaly_max"][2] >= 1e4
+    assert np.abs(off.x).max() > 1e10
+    assert acc_off[-1] <= 0.12 and acc_on[-1] >= 0.18 and acc_on[-1] - acc_off[-1] > 0.08
+    with h5py.File(tmp_path / "off.h5", "r") as f:
+        assert "events" not in f
+
+
+# -------------------------------------------------------------------------------------- 5. bad input
+BAD = dict(BASE, model=MLP, algorithm="fedrco", clients=4, rounds=1, step_size=0.05)
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(damping=0.0), ["--damping", "0.0", "eps > 0"]),
+    (dict(damping=-1e-3), ["--damping", "-0.001"]),
+    (dict(algorithm="fedpm", damping=-0.1), ["--damping", "-0.1"]),
+    (dict(algorithm="localnewton", damping=0), ["--damping"]),
+    (dict(inverse_every=0), ["--inverse-every", "0", ">= 1"]),
+    (dict(model="cnn:kernel=15"), ["cnn:kernel=15", "conv2", "does not fit"]),
+    (dict(model="cnn:conv=4-4,kernel=12"), ["conv2", "8x8x4"]),
+    (dict(model="cnn:conv=4"), ["conv"]),
+    (dict(dataset="a9a"), ["--model", "a9a", "mnist, mnist-synthetic"]),
+    (dict(model=None), ["fedrco", "--model"]),
+    (dict(corrupt="clients=0-x,scale=2"), ["--corrupt", "malformed", "clients=LO-HI"]),
+    (dict(corrupt="scale=2"), ["--corrupt", "malformed"]),
+    (dict(corrupt="clients=3-1,scale=2"), ["--corrupt", "out of range"]),
+    (dict(corrupt="clients=0-1,scale=nan"), ["--corrupt", "out of range"]),
+])
+def test_bad_input_is_a_one_line_error_before_the_first_round(change, words, tmp_path):
+    out = tmp_path / "t.h5"
+    # The model-fit check runs inside the driver's collective set-up, which re-raises it as MpifedError
+    # (ConfigError's base class) with the same one-line text.
+    with pytest.raises(MpifedError) as e:
+        run({**BAD, **change, "out": str(out)}, comm=SerialComm())
+    _one_line(e, *words)
+    assert not out.exists()
+
+
+def test_config_errors_are_config_errors(tmp_path):
+    for change in (dict(damping=0.0), dict(inverse_every=0), dict(corrupt="scale=2"), dict(dataset="a9a")):
+        with pytest.raises(ConfigError):
+            run({**BAD, **change, "out": str(tmp_path / "t.h5")}, comm=SerialComm())
+
+
+# --------------------------------------------------------------------------------- 6. MPI = serial
+MPI_CASES = {
+    "fedavg": dict(algorithm="fedavg", step_size=0.05),
+    "fedrco": dict(algorithm="fedrco", step_size=0.01, inverse_every=2, ema_decay=0.5, eval_batch=16),
+}
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("name", list(MPI_CASES))
+def test_nn_methods_same_at_every_rank_count(name, tmp_path):
+    """The same run on all ranks and serially on rank 0: per-round test accuracy and x bitwise equal (the
+    per-client batches come from per-client streams and the driver's sums are rank-independent)."""
+    comm = MPIComm()
+    shared = Path(comm.comm.bcast(str(tmp_path) if comm.is_root else None))
+    conf = {**BASE, **MPI_CASES[name], "model": MLP, "clients": 5, "rounds": 2, "participation": 0.8,
+            "partition": "dirichlet:alpha=0.5"}
+    par = run({**conf, "out": str(shared / "par.h5")}, comm=comm)
+    assert par.status == "completed", par.message
+    if comm.is_root:
+        ser = run({**conf, "out": str(shared / "ser.h5")}, comm=SerialComm())
+        np.testing.assert_array_equal(par.x, ser.x)
+        np.testing.assert_array_equal(par.metrics["test_accuracy"], ser.metrics["test_accuracy"])
+        np.testing.assert_array_equal(par.metrics["loss"], ser.metrics["loss"])
+        if name == "fedrco":
+            for key in ("rollbacks", "resets", "inversions"):
+                np.testing.assert_array_equal(par.metrics[key], ser.metrics[key])
