@@ -3,7 +3,8 @@
 Clients keep their local model theta_c, K-FAC factors and inverses, and the monitor's history between rounds.
 Round t, participant c, global model theta^t:
 
-1. Curvature-preserving aggregation (eq. 12-13): on ``eval_batch`` of its samples (stream "eval") the client
+1. Curvature-preserving aggregation (eq. 12-13): on ``eval_batch`` of its samples (stream "eval"; default one
+   mini-batch, b, as the paper does not say which data the accuracies are measured on) the client
    measures the accuracy Acc' of its old local model and Acc of theta^t;
    theta_c <- gamma theta^t + (1 - gamma) theta_c with gamma = Acc'/(Acc' + Acc) if Acc' > Acc, else theta^t.
    FedRCO-ori (``--algorithm fedrco-ori`` or ``--aggregation mean``): theta_c <- theta^t (plain averaging).
@@ -16,7 +17,9 @@ Round t, participant c, global model theta^t:
    * Preconditioned gradient (eq. 8) per layer: A_d^{-1} grad_W G_d^{-1}; its norm (eq. 9) is the sum over
      layers of the Frobenius norms.
    * Look-ahead monitor (eq. 10): S_k = ||g~_k|| / (mean(H) + xi), H the last ``monitor_window`` norms of
-     accepted steps (no score before the first accepted step).
+     accepted steps. The paper gives no warm-up; here a client is scored once H holds 3 norms (at a start, after a
+     reset): a baseline of one norm, taken when the inverse is fresh, flags the healthy steps that follow with a
+     stale inverse as anomalies (scores 10-800 on MNIST at b = 32).
    * Resilience (eq. 11): S_k <= tau_low: theta -= eta g~; tau_low < S_k < tau_high: soft rollback,
      theta -= eta g~_stable with g~_stable = g~ min(1, stable_norm / ||g~||) (the paper's "stable gradient upper
      bound", set to 10 in App. E.3); S_k >= tau_high, or > tau_low for ``patience`` consecutive steps, or a
@@ -43,6 +46,7 @@ from .fedavg import _or, check_local
 from .nn_local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
 
 XI = 1e-12  # xi of eq. 10
+MIN_HISTORY = 3  # accepted steps in H before a score is taken (mean(H) of one or two norms is too noisy a baseline)
 NORMAL, ROLLBACK, RESET = 0, 1, 2
 
 
@@ -63,7 +67,7 @@ class Params:
     patience: int = 3
     stable_norm: float = 10.0
     aggregation: str = "curvature"
-    eval_batch: int = 128
+    eval_batch: int = 32
     tau: int = 1
     n: int = 1
     float_bits: int = 32
@@ -94,7 +98,7 @@ class Params:
                    tau_low=_or(config.tau_low, 10.0), tau_high=_or(config.tau_high, 1000.0),
                    window=_or(config.monitor_window, 10), patience=_or(config.patience, 3),
                    stable_norm=_or(config.stable_norm, 10.0), aggregation=_or(config.aggregation, default_agg),
-                   eval_batch=_or(config.eval_batch, 128))
+                   eval_batch=_or(config.eval_batch, config.batch_size or 32))
 
 
 @dataclass
@@ -163,8 +167,8 @@ def _invert(p, state, sel, idx, xp):
     for l, (A, G) in enumerate(zip(state.A, state.G)):
         ta, tg = A.trace(who, xp) / A.D, G.trace(who, xp) / G.D
         pi = xp.where((ta > 0) & (tg > 0), xp.sqrt(ta / xp.where(tg > 0, tg, 1.0)), 1.0)
-        state.Ainv[l].put(who, A.inverse(who, pi * r, xp))
-        state.Ginv[l].put(who, G.inverse(who, r / pi, xp))
+        state.Ainv[l].put(xp.asarray(who), A.inverse(who, pi * r, xp))
+        state.Ginv[l].put(xp.asarray(who), G.inverse(who, r / pi, xp))
 
 
 def client_step(p, block, state, x, streams):
@@ -189,8 +193,8 @@ def client_step(p, block, state, x, streams):
             t0 = clock.add("forward_backward", t0)
             fresh = state.fresh[idx_host]
             for l, st in enumerate(stats):
-                state.A[l].update(idx, rows_of(st, "a"), p.alpha, fresh, xp)
-                state.G[l].update(idx, rows_of(st, "g"), p.alpha, fresh, xp)
+                state.A[l].update(idx_host, rows_of(st, "a"), p.alpha, fresh, xp)
+                state.G[l].update(idx_host, rows_of(st, "g"), p.alpha, fresh, xp)
             state.fresh[idx_host] = False
             t0 = clock.add("curvature", t0)
             need = ~state.has_inv[idx_host] | (state.since[idx_host] >= p.T_inv)
@@ -226,8 +230,9 @@ def _resilience(p, state, idx, theta, step, norm, eta, x, xp):
     n = len(idx)
     hist = state.history[idx]
     count = np.isfinite(hist).sum(axis=1)
-    base = np.where(count > 0, np.nanmean(np.where(count[:, None] > 0, hist, 0.0), axis=1), np.nan)
-    score = np.where(count > 0, norm / (np.nan_to_num(base) + XI), 0.0)
+    scored = count >= min(MIN_HISTORY, p.window)
+    base = np.where(scored, np.nanmean(np.where(scored[:, None], hist, 0.0), axis=1), np.nan)
+    score = np.where(scored, norm / (np.nan_to_num(base) + XI), 0.0)
     score = np.where(np.isfinite(norm), score, np.inf)
     action = np.full(n, NORMAL)
     if p.monitor:

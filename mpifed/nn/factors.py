@@ -11,10 +11,10 @@ dense layer of the CNN has 3873 inputs and a batch 32 rows), a damped solve uses
     (c I + U^T U)^{-1} M = (M - U^T (c I + U U^T)^{-1} U M) / c,
 
 an ``R x R`` system instead of ``D x D``; otherwise ``U^T U`` is formed. An EMA factor (FedRCO eq. 7,
-``C_k = alpha S_k + (1 - alpha) C_{k-1}``, ``C_1 = S_1``) is kept as stacked rows
-``[sqrt(alpha) U_k; sqrt(alpha (1-alpha)) U_{k-1}; ...]`` while that is smaller than the ``D x D`` matrix:
-the rows of batches older than J steps, whose weight ``(1-alpha)^J <= 2^-53`` is below double precision
-relative to the newest batch's, are dropped.
+``C_k = alpha S_k + (1 - alpha) C_{k-1}``, ``C_1 = S_1``) is kept as the rows of its last J batches with
+their weights ``alpha (1-alpha)^j`` while that is smaller than the ``D x D`` matrix: the rows of batches older
+than J steps, whose weight ``(1-alpha)^J <= 2^-53`` is below double precision relative to the newest batch's,
+are overwritten in the ring.
 """
 from __future__ import annotations
 
@@ -62,47 +62,69 @@ def blocks_kept(alpha: float) -> int:
 
 @dataclass
 class Factor:
-    """One K-FAC factor of every client of a block: ``rows`` ``(n, J R, D)`` or ``dense`` ``(n, D, D)``.
-    ``empty`` (n,) marks clients without statistics (start, after a reset): their next batch is the factor."""
+    """One K-FAC factor of every client of a block, ``dense`` ``(n, D, D)``, or as a ring of the last J batches'
+    rows ``rows`` ``(n, J, R, D)`` with their EMA weights ``weight`` ``(n, J)`` (C = sum_j w_j U_j^T U_j) and
+    squared Frobenius norms ``sq`` ``(n, J)``; an update writes one batch and rescales J weights."""
 
     D: int
     rows: object = None
     dense: object = None
+    weight: np.ndarray | None = None
+    sq: np.ndarray | None = None
+    head: np.ndarray | None = None
 
     @classmethod
     def for_layer(cls, n: int, R: int, D: int, alpha: float, xp) -> "Factor":
         J = blocks_kept(alpha)
         if J * R < D:
-            return cls(D, rows=xp.zeros((n, J * R, D)))
+            return cls(D, rows=xp.zeros((n, J, R, D)), weight=np.zeros((n, J)), sq=np.zeros((n, J)),
+                       head=np.zeros(n, dtype=np.int64))
         return cls(D, dense=xp.zeros((n, D, D)))
 
     def update(self, idx, U, alpha: float, fresh, xp):
-        """EMA with the new batch rows ``U`` ``(|idx|, R, D)`` of clients ``idx``; ``fresh`` (|idx|,) bool: C = S."""
-        keep = xp.asarray(np.where(fresh, 0.0, math.sqrt(1 - alpha)))[:, None, None]
-        new = xp.asarray(np.where(fresh, 1.0, math.sqrt(alpha)))[:, None, None]
-        drop = xp.asarray(np.asarray(fresh, dtype=bool))[:, None, None]
-        # A fresh client's old factor is dropped, not multiplied by 0: after a reset it may hold inf/NaN.
+        """EMA (eq. 7) with the new batch rows ``U`` ``(|idx|, R, D)`` of clients ``idx`` (host int array);
+        ``fresh`` (|idx|,) bool: no history, C = S."""
+        fresh = np.asarray(fresh, dtype=bool)
         if self.rows is not None:
-            R = U.shape[1]
-            old = self.rows[idx]
-            old = xp.where(drop, 0.0, keep * old[:, :old.shape[1] - R])
-            self.rows[idx] = xp.concatenate([new * U, old], axis=1)
-        else:
-            self.dense[idx] = new * new * gram(U) + xp.where(drop, 0.0, keep * keep * self.dense[idx])
+            slot = (self.head[idx] + 1) % self.rows.shape[1]
+            # A fresh client's old rows get weight 0 (their values may be inf/NaN after a reset; they are never read).
+            self.weight[idx] = np.where(fresh[:, None], 0.0, self.weight[idx] * (1 - alpha))
+            self.rows[xp.asarray(idx), xp.asarray(slot)] = U
+            self.weight[idx, slot] = np.where(fresh, 1.0, alpha)
+            self.sq[idx, slot] = np.asarray(_host((U * U).sum(axis=(1, 2)), xp))
+            self.head[idx] = slot
+            return
+        keep = xp.asarray(np.where(fresh, 0.0, 1 - alpha))[:, None, None]
+        new = xp.asarray(np.where(fresh, 1.0, alpha))[:, None, None]
+        drop, on = xp.asarray(fresh)[:, None, None], xp.asarray(idx)
+        # A fresh client's old factor is dropped, not multiplied by 0: after a reset it may hold inf/NaN.
+        self.dense[on] = new * gram(U) + xp.where(drop, 0.0, keep * self.dense[on])
 
     def trace(self, idx, xp):
         if self.rows is not None:
-            return (self.rows[idx] ** 2).sum(axis=(1, 2))
-        return xp.trace(self.dense[idx], axis1=1, axis2=2)
+            return xp.asarray(np.where(self.weight[idx] > 0, self.weight[idx] * self.sq[idx], 0.0).sum(axis=1))
+        return xp.trace(self.dense[xp.asarray(idx)], axis1=1, axis2=2)
+
+    def weighted_rows(self, idx, xp):
+        """``(|idx|, J R, D)``: the rows scaled by sqrt(weight), so C = U^T U (unused slots are 0)."""
+        w = self.weight[idx]
+        scale = xp.asarray(np.sqrt(w))[:, :, None, None]
+        with np.errstate(invalid="ignore"):  # 0 * inf in an unused slot of a reset client; discarded by where
+            U = xp.where(xp.asarray(w > 0)[:, :, None, None], scale * self.rows[xp.asarray(idx)], 0.0)
+        return U.reshape(len(idx), -1, self.D)
 
     def inverse(self, idx, c, xp):
         """The damped inverse of clients ``idx`` (``c`` (|idx|,) the shifts), as an :class:`Inverse` to reuse."""
         c3 = c[:, None, None]
         if self.rows is not None:
-            U = self.rows[idx].copy()
+            U = self.weighted_rows(idx, xp)
             K = U @ U.transpose(0, 2, 1) + c3 * _eye(xp, U.shape[1])
             return Inverse(U=U, K=_sym_inv(_inv(xp, K, c3)), c=c3)
-        return Inverse(dense=_sym_inv(_inv(xp, self.dense[idx] + c3 * _eye(xp, self.D), c3)))
+        return Inverse(dense=_sym_inv(_inv(xp, self.dense[xp.asarray(idx)] + c3 * _eye(xp, self.D), c3)))
+
+
+def _host(a, xp):
+    return a.get() if hasattr(a, "get") else a
 
 
 def _inv(xp, K, c3):
@@ -136,7 +158,7 @@ class Inverse:
     def empty_like(cls, factor: Factor, n: int, xp) -> "Inverse":
         """Storage for the inverses of all n clients of a block (filled by :meth:`put`)."""
         if factor.rows is not None:
-            r = factor.rows.shape[1]
+            r = factor.rows.shape[1] * factor.rows.shape[2]
             return cls(U=xp.zeros((n, r, factor.D)), K=xp.zeros((n, r, r)), c=xp.ones((n, 1, 1)))
         return cls(dense=xp.zeros((n, factor.D, factor.D)))
 

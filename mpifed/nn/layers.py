@@ -48,16 +48,22 @@ def weight_grad(a, g, W):
     return a.reshape(n, -1, a.shape[-1]).transpose(0, 2, 1) @ g.reshape(n, -1, g.shape[-1])
 
 
-def im2col(xp, x, k: int):
+def im2col(xp, x, k: int, ones: bool = False):
     """Patches of a ``k x k`` stride-1 unpadded convolution: ``(B, H, W, C) -> (B, Ho*Wo, k*k*C)``.
 
     Patch entries are ordered (row offset i, column offset j, channel c), i.e. ``x[n, r:r+k, q:q+k, :].ravel()``
     is patch ``t = r*Wo + q`` of sample ``n``. The loop runs over the ``k*k`` offsets, never over samples.
+    ``ones``: one more column of 1s (the homogeneous patch ``[[A]]``), written in the same pass.
     """
     b, h, w, c = x.shape
     ho, wo = h - k + 1, w - k + 1
-    cols = xp.stack([x[:, i:i + ho, j:j + wo, :] for i in range(k) for j in range(k)], axis=3)
-    return cols.reshape(b, ho * wo, k * k * c)
+    cols = xp.empty((b, ho, wo, k * k * c + ones), dtype=x.dtype)
+    for idx in range(k * k):
+        i, j = divmod(idx, k)
+        cols[..., idx * c:(idx + 1) * c] = x[:, i:i + ho, j:j + wo, :]
+    if ones:
+        cols[..., -1] = 1.0
+    return cols.reshape(b, ho * wo, k * k * c + ones)
 
 
 def col2im(xp, d, shape, k: int):
@@ -116,7 +122,7 @@ class Conv2d:
 
     def forward(self, xp, W, x):
         b, h, w, _ = x.shape
-        a = _ones_column(xp, im2col(xp, x, self.k))          # (B, T, k*k*c_in + 1)
+        a = im2col(xp, x, self.k, ones=True)                  # (B, T, k*k*c_in + 1)
         s = affine(a, W)                                      # (B, T, c_out)
         return s.reshape(b, h - self.k + 1, w - self.k + 1, self.c_out), (a, x.shape)
 
