@@ -85,6 +85,8 @@ def test_queries_and_gathered_payloads_distributed_equal_serial():
 
 PHISH = {"dataset": "phishing", "clients": 9, "samples_per_client": 40}
 SYNTH = {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "features": 5}
+NN = {"dataset": "mnist-synthetic", "model": "mlp:hidden=16", "clients": 6, "partition": "dirichlet:alpha=0.5",
+      "participation": 4, "batch_size": 8, "local_steps": 2, "reference_iterations": 0}
 EVERY_METHOD = {
     "newton-star": {**PHISH, "algorithm": "newton-star"},
     "newton-star-dense": {**SYNTH, "algorithm": "newton-star"},
@@ -116,6 +118,10 @@ EVERY_METHOD = {
     "dirichlet-fednl-pp": {"dataset": "a9a", "partition": "dirichlet:alpha=0.5", "clients": 10, "algorithm": "fednl-pp",
                            "participation": 0.5},
     "localnewton": {**SYNTH, "algorithm": "localnewton", "local_steps": 2, "eta": 1.9, "local_line_search": True},
+    # neural networks (issue 5): small MLP on the synthetic digits, mini-batches of 8
+    "nn-fedpm-foof": {**NN, "algorithm": "fedpm", "step_size": 0.02},
+    "nn-localnewton-foof": {**NN, "algorithm": "localnewton", "step_size": 0.02},
+    "nn-fedrco": {**NN, "algorithm": "fedrco", "step_size": 0.02, "inverse_every": 3, "ema_decay": 0.5},
 }
 
 
