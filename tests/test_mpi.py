@@ -121,6 +121,8 @@ EVERY_METHOD = {
     # neural networks (issue 5): small MLP on the synthetic digits, mini-batches of 8
     "nn-fedpm-foof": {**NN, "algorithm": "fedpm", "step_size": 0.02},
     "nn-localnewton-foof": {**NN, "algorithm": "localnewton", "step_size": 0.02},
+    "nn-scaffold": {**NN, "algorithm": "scaffold", "step_size": 0.05},
+    "nn-fedadam": {**NN, "algorithm": "fedadam", "step_size": 0.05},
     "nn-fedrco": {**NN, "algorithm": "fedrco", "step_size": 0.02, "inverse_every": 3, "ema_decay": 0.5},
 }
 

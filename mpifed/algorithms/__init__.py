@@ -42,7 +42,8 @@ METHODS = _Methods()
 
 
 # Neural-network versions (``--model``): mini-batch clients on :mod:`mpifed.nn`.
-_NN_MODULES = {"fedavg": "nn_fedavg", "localnewton": "nn_localnewton", "fedpm": "nn_fedpm",
+_NN_MODULES = {"fedavg": "nn_fedavg", "fedavgm": "nn_fedavgm", "fedprox": "nn_fedprox", "scaffold": "nn_scaffold",
+               "fedadam": "nn_fedadam", "localnewton": "nn_localnewton", "fedpm": "nn_fedpm",
                "fedrco": "fedrco", "fedrco-ori": "fedrco"}
 NN_METHODS = tuple(_NN_MODULES)
 
