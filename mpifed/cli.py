@@ -58,7 +58,8 @@ HELP = {
     "beta2": "FedAdam: second-moment decay",
     "adam_eps": "FedAdam: adaptivity tau (epsilon)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "
-              "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, localnewton, fedpm, fedrco, fedrco-ori"),
+              "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, fedavgm, fedprox, scaffold, fedadam, "
+              "localnewton, fedpm, fedrco, fedrco-ori"),
     "batch_size": "neural networks: mini-batch size b of every local step (default 32)",
     "damping": "FOOF / K-FAC damping eps > 0 (default 0.03, FedRCO App. E.3)",
     "ema_decay": "FedRCO: EMA weight alpha of new K-FAC statistics (eq. 7; default 0.95)",
@@ -70,7 +71,7 @@ HELP = {
     "patience": "FedRCO: consecutive steps above tau_low that trigger a hard reset (default 3)",
     "stable_norm": "FedRCO: norm bound of the rolled-back step (the paper's grad_stable = 10)",
     "aggregation": "FedRCO: 'curvature' (eq. 12-13, default) or 'mean' (FedRCO-ori)",
-    "eval_batch": "FedRCO: samples per client for the local/global accuracies of eq. 12-13 (default 128)",
+    "eval_batch": "FedRCO: samples per client for the local/global accuracies of eq. 12-13 (default: --batch-size)",
     "partition": "how rows go to clients: paper (default: consecutive blocks), iid, dirichlet:alpha=0.1, pathological:k=2",
     "min_client_size": "Dirichlet / pathological partitions: redraw until every client has at least this many rows",
     "test_dataset": "held-out LIBSVM set for test accuracy/loss (default: the registry's test split, if any)",
@@ -158,16 +159,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("path", metavar="TRACE", help="a trace (.h5)")
     export.add_argument("--csv", action="store_true", help="CSV (the default and only format)")
     export.add_argument("-o", "--out", default=None, help="CSV file (default: standard output)")
-    from .bench import DEFAULT as BENCH_ROWS, MAX_ROUNDS
+    from .bench import DEFAULT as BENCH_ROWS, FIXED_ROUNDS, LISTED as BENCH_LISTED, MAX_ROUNDS
 
     bench = sub.add_parser("bench", help="benchmark FedNL against the C++ u-FedNL figures (under mpiexec -n 2)",
                            description="Run the u-FedNL reference setups (142 clients, Top-K 8d, option 2, tol 1e-14) "
-                                       "and print per-round time by phase, rounds/s and memory (see mpifed/bench.py).")
+                                       "and print per-round time by phase, rounds/s and memory; the scale, weak-scaling "
+                                       "and GPU rows run only when named with --only (see mpifed/bench.py).")
     bench.add_argument("--only", nargs="+", default=None, metavar="ROW",
-                       help=f"run only these rows (rows: {', '.join(BENCH_ROWS)}; default all)")
+                       help=f"run only these rows (rows: {', '.join(BENCH_LISTED)}; default {', '.join(BENCH_ROWS)})")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the table and the machine as JSON")
-    bench.add_argument("--rounds", type=integer, default=MAX_ROUNDS,
-                       help=f"round budget per row (default {MAX_ROUNDS})")
+    bench.add_argument("--append", action="store_true",
+                       help="add the rows to the rows already in --json FILE (weak scaling: one run per rank count)")
+    bench.add_argument("--rounds", type=integer, default=None,
+                       help=f"round budget per row (default {MAX_ROUNDS}; scale, weak and gpu-scale rows: {FIXED_ROUNDS})")
+    bench.add_argument("--clients", type=integer, default=None, help="clients of the scale rows (default: the row's)")
+    bench.add_argument("--per-rank", type=integer, default=None, help="clients per rank of the weak row (default 25000)")
     bench.add_argument("--list", action="store_true", help="print the rows and their setups, run nothing")
     ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -208,7 +214,7 @@ def main(argv=None) -> int:
         if args.command == "bench":
             from . import bench
 
-            return bench.main(args.only, args.json, args.rounds, args.list)
+            return bench.main(args.only, args.json, args.rounds, args.list, args.clients, args.per_rank, args.append)
         if args.command == "sweep":
             from . import sweep
 

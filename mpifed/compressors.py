@@ -95,9 +95,14 @@ def select(scores, K: int, xp=np):
     mask = scores > kth
     ties = scores == kth
     need = K - mask.sum(axis=1)
-    if bool((ties.sum(axis=1) != need).any()):
-        ties &= xp.cumsum(ties, axis=1) <= need[:, None]
-    return mask | ties
+    short = ties.sum(axis=1) != need  # rows with more ties at the threshold than places left
+    if bool(short.any()):  # keep the first ones; only those rows pay for the running count
+        rows = xp.flatnonzero(short)
+        sub = ties[rows]
+        sub &= xp.cumsum(sub, axis=1) <= need[rows, None]
+        ties[rows] = sub
+    mask |= ties
+    return mask
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,12 @@ class TopK(Compressor):
         xp = _xp(X)
         if self.k >= self.T:  # everything, in order: no indices on the wire
             return self._message(X, self.T)
-        kept = xp.where(select(xp.abs(X), self.k, xp), X, 0.0)
+        # a few rows at a time: the scores, their partitioned copy and the masks are never (n, T) arrays
+        # X's memory layout, as ``where(mask, X, 0.0)`` on the whole block gave (later row sums follow it)
+        kept = xp.empty_like(X, dtype=xp.result_type(X.dtype, 0.0))
+        for rows in tri.row_chunks(len(X), self.T, gpu=xp is not np):
+            part = X[rows]
+            kept[rows] = xp.where(select(xp.abs(part), self.k, xp), part, 0.0)
         return self._message(kept, self.k, self.k)
 
 

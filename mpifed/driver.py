@@ -28,7 +28,7 @@ from .algorithms import method_for, newton
 from .algorithms.base import Aggregate, Query
 from .checkpoint import SIGNALS
 from .comm import world
-from .ddsum import dd_sum_rows
+from .ddsum import dd_sum_blocks
 from .errors import MpifedError
 from .federation import LABELS, Federation, build_federation
 
@@ -75,7 +75,8 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     columns = [uplink.loss[:, None], grad, xp.asarray(uplink.value_bits)[:, None],
                xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
     columns += [uplink.fields[k].reshape(n, -1) for k in names]
-    hi, lo = dd_sum_rows(xp.concatenate(columns, axis=1), xp)
+    # the few small columns together, each (clients x T) field on its own: no copy of the whole uplink
+    hi, lo = dd_sum_blocks([xp.concatenate(columns[:5], axis=1)] + columns[5:], xp)
     pairs = np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1)
     # one more entry: whether this rank caught SIGTERM/SIGINT (the root then checkpoints and stops)
     pairs = np.ascontiguousarray(np.vstack([pairs, [[float(bool(SIGNALS.requested)), 0.0]]]))
@@ -130,6 +131,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         k, x, server = 0, np.array(x0, dtype=np.float64), None
         state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
         agg = exchange(fed, init) if init is not None else None
+        init = None  # H_i^0 lives on in the client state only, not in the setup's uplink
         bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
         if comm.is_root:
             try:
@@ -159,6 +161,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
         t1 = time.perf_counter()
         agg = exchange(fed, uplink, streams.active)
+        uplink = None  # summed: its (clients x T) fields are not held through the next client step
         t2 = time.perf_counter()
         timing = {"client": t1 - t0, "comm": t2 - t1, "server": 0.0}
         requests = agg.stop_requests if agg is not None else 0

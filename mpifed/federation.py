@@ -102,10 +102,13 @@ def build_federation(config: RunConfig, comm) -> Federation:
         rows, offsets = part.block(lo, hi)
         A, b = dataset.A[rows], dataset.b[rows]
         source, sizes, info, width = dataset.source, part.sizes, part.info, dataset.A.shape[1]
+        del dataset, part, rows  # the whole file is not held past this point: only this rank's rows
     if config.intercept:
         A = data.add_intercept(A)
     m_min, m_max = int(sizes.min()), int(sizes.max())
     block = LogisticBlock(scipy.sparse.csr_matrix(A), b, offsets, config.lam, backend, m_max=m_max)
+    del A
+    release_memory()  # parsing and the scatter matrices' construction leave freed heap behind
     client_of_row = np.repeat(np.arange(len(ids)), np.diff(offsets))
     label_counts = np.stack([np.bincount(client_of_row[b == v], minlength=len(ids)) for v in LABELS], axis=1)
     tau = config.participants(clients)
@@ -113,7 +116,27 @@ def build_federation(config: RunConfig, comm) -> Federation:
                      m_max=m_max, label_counts=label_counts, partition=info)
     if comm.is_root:
         fed.test, fed.test_note = load_test_set(config, width)
+        release_memory()  # and what parsing the test file left
     return fed
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the operating system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Setup frees hundreds of MB of temporaries (the parsed file, the pair lists of the Hessian scatter
+    matrix) in pieces that glibc keeps mapped; without this, a rank's resident set after setup stays
+    near the setup's peak (w8a: 270 MB instead of 165 MB per rank).
+    """
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
 
 
 def load_test_set(config: RunConfig, width: int) -> tuple[HeldOutSet | None, str]:

@@ -103,12 +103,7 @@ class LogisticBlock:
             (A.data * row_weight[row_of_nnz], client_of_nnz * d + A.indices, A.indptr), shape=(self.N, n * d))
         self._G = bk.csr(G.T.tocsr())
         # M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian.
-        first, second, pair_ptr = _row_pairs(A.indptr)
-        cols_a, cols_b = A.indices[first], A.indices[second]
-        values = A.data[first] * A.data[second] * row_weight[row_of_nnz[first]]
-        targets = client_of_nnz[first] * T + tri.flat_index(cols_a, cols_b, d)
-        M = scipy.sparse.csr_matrix((values, targets, pair_ptr), shape=(self.N, n * T))
-        self._M = bk.csr(M.T.tocsr())
+        self._M = bk.csr(_scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n, d, T))
 
     def _init_dense(self, A, row_weight, m_max):
         xp = self.bk.xp
@@ -178,9 +173,18 @@ class LogisticBlock:
     def hessians_from_coefficients(self, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
         if self.dense:
-            weighted = self._A3 * (self._W * h)[:, :, None]
-            full = weighted.transpose(0, 2, 1) @ self._A3
-            packed = full[:, self._tri_rows, self._tri_cols]
+            # a few clients at a time: the full (clients, d, d) products are never held for the whole block
+            xp, d = self.bk.xp, self.d
+            # column-major, as the one-shot ``full[:, rows, cols]`` was: later row sums (tri.frobenius)
+            # follow the memory layout, so a different layout would change their last bits
+            packed = xp.empty((self.n, self.T), order="F")
+            budget = CHUNK_BYTES if xp is np else tri.GPU_CHUNK_BYTES
+            step = max(1, budget // (8 * d * max(d, self._A3.shape[1])))
+            for lo in range(0, self.n, step):
+                at = slice(lo, lo + step)
+                weighted = self._A3[at] * (self._W[at] * h[at])[:, :, None]
+                full = weighted.transpose(0, 2, 1) @ self._A3[at]
+                packed[at] = full[:, self._tri_rows, self._tri_cols]
         else:
             packed = (self._M @ h).reshape(self.n, self.T)
         packed[:, self._diag] += self.lam
@@ -209,6 +213,40 @@ class LogisticBlock:
         packed = self.hessians_from_coefficients(ones)
         packed[:, self._diag] -= self.lam
         return packed
+
+
+CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
+PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
+
+
+def _scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n: int, d: int, T: int):
+    """M^T (n T x N, CSR): column j holds w_j a_ja a_jb at client c(j)'s packed position of (a, b), a <= b.
+
+    Built a range of rows at a time into preallocated arrays (the pair lists of the whole block, several
+    int64 arrays of the number of pairs, are never held at once), with 32-bit indices wherever they fit;
+    every entry is the same product, in the same place and order, as building all pairs in one go.
+    """
+    per_row = np.diff(A.indptr).astype(np.int64)
+    pair_ptr = np.concatenate([[0], np.cumsum(per_row * (per_row + 1) // 2)])
+    pairs, N = int(pair_ptr[-1]), A.shape[0]
+    index = np.int32 if max(pairs, n * T, N) < np.iinfo(np.int32).max else np.int64
+    values = np.empty(pairs)
+    targets = np.empty(pairs, dtype=index)
+    lo = 0
+    while lo < N:  # rows lo..hi-1: at least one row, else about PAIR_CHUNK pairs
+        hi = max(lo + 1, int(np.searchsorted(pair_ptr, pair_ptr[lo] + PAIR_CHUNK, side="right")) - 1)
+        hi = min(hi, N)
+        start = A.indptr[lo]
+        first, second, _ = _row_pairs(A.indptr[lo:hi + 1] - start)
+        first += start
+        second += start
+        at = slice(int(pair_ptr[lo]), int(pair_ptr[hi]))
+        np.multiply(A.data[first] * A.data[second], row_weight[row_of_nnz[first]], out=values[at])
+        targets[at] = client_of_nnz[first] * T + tri.flat_index(A.indices[first], A.indices[second], d)
+        lo = hi
+    M = scipy.sparse.csr_matrix((values, targets, pair_ptr.astype(index)), shape=(N, n * T), copy=False)
+    del values, targets
+    return M.T.tocsr()
 
 
 def _row_pairs(indptr):

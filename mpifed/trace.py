@@ -24,13 +24,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from . import __version__
 from .errors import MpifedError
 
 SCHEMA_VERSION = 1
+
+
+def _h5py():
+    """h5py, imported on first use: only the rank that writes or reads a trace pays for it (about 11 MB)."""
+    import h5py
+
+    return h5py
 
 
 class TraceWriter:
@@ -41,7 +47,7 @@ class TraceWriter:
         if self.path.exists() and not overwrite:
             raise MpifedError(f"output {self.path} exists; pass --overwrite to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.path, "w")
+        self.file = _h5py().File(self.path, "w")
         self.file.attrs.update({"schema_version": SCHEMA_VERSION, "mpifed_version": __version__,
                                 "status": "running", "message": ""})
         self.set_attrs(**attrs)
@@ -54,7 +60,7 @@ class TraceWriter:
         the rank count and the environment of the resuming job) appended to the root attr ``resumes``."""
         self = cls.__new__(cls)
         self.path = Path(path)
-        self.file = h5py.File(self.path, "r+")
+        self.file = _h5py().File(self.path, "r+")
         self.metrics = self.file["metrics"]
         self.rows = len(self.metrics["round"]) if "round" in self.metrics else 0
         if any(len(ds) != self.rows for ds in self.metrics.values()):
@@ -173,7 +179,7 @@ def load(path: str | Path) -> Trace:
         raise MpifedError(f"trace not found: {path}")
     try:
         # No file lock: a trace may be read while its run is still writing it (or was killed).
-        with h5py.File(path, "r", locking=False) as f:
+        with _h5py().File(path, "r", locking=False) as f:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
             version = attrs.get("schema_version")
             if version is None or "metrics" not in f:
@@ -237,6 +243,8 @@ def environment(comm, backend) -> dict:
     ranks = comm.allgather(mine)
     import scipy
 
+    # the trace's writer (rank 0) records the h5py version; the other ranks do not load h5py for it
+
     return {"ranks": ranks, "mpi_library": comm.library(),
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "h5py": h5py.__version__, "platform": platform.platform()}
+            "h5py": _h5py().__version__ if comm.rank == 0 else "", "platform": platform.platform()}

@@ -11,6 +11,10 @@ from functools import lru_cache
 import numpy as np
 
 
+ROW_CHUNK_BYTES = 1 << 22  # row-wise work on (n, T) blocks goes some 4 MB of rows at a time on the host,
+GPU_CHUNK_BYTES = 1 << 28  # and some 256 MB on a GPU (fewer, larger kernels)
+
+
 def size(d: int) -> int:
     """T = d(d+1)/2, the number of packed entries."""
     return d * (d + 1) // 2
@@ -63,8 +67,30 @@ def unpack(packed, d: int, xp=np):
 def frobenius(packed, xp=np):
     """Frobenius norm of each packed matrix along the last axis."""
     weights = xp.asarray(multiplicity(_dim(packed.shape[-1])))
-    # A row-wise sum (not a BLAS gemv) so a client's norm never depends on the batch it is in.
-    return xp.sqrt((packed * packed * weights).sum(axis=-1))
+    # A row-wise sum (not a BLAS gemv) so a client's norm never depends on the batch it is in;
+    # a batch goes a few rows at a time, so its (n, T) temporaries are never all allocated.
+    if packed.ndim != 2:
+        return xp.sqrt((packed * packed * weights).sum(axis=-1))
+    out = xp.empty(packed.shape[0], dtype=xp.result_type(packed.dtype, weights.dtype))
+    for rows in row_chunks(*packed.shape, gpu=xp is not np):
+        part = packed[rows]
+        out[rows] = xp.sqrt((part * part * weights).sum(axis=-1))
+    return out
+
+
+def row_chunks(n: int, T: int, gpu: bool = False) -> list:
+    """Slices of rows covering 0..n-1, each about ROW_CHUNK_BYTES of float64, for row-wise work on (n, T).
+
+    A row's sum runs in the order the block's memory layout gives: pairwise along a contiguous row,
+    left to right when the rows are strided (column-major), except in a block of one row, where it is
+    pairwise again. So a chunk has one row only when the whole block has: the sums are then those of
+    the whole block, bit for bit, in either layout.
+    """
+    step = max(2, (GPU_CHUNK_BYTES if gpu else ROW_CHUNK_BYTES) // (8 * max(T, 1)))
+    cuts = list(range(0, n, step))
+    if len(cuts) > 1 and n - cuts[-1] == 1:  # no lone last row: it joins the chunk before
+        cuts.pop()
+    return [slice(lo, hi) for lo, hi in zip(cuts, cuts[1:] + [n])]
 
 
 def _dim(t: int) -> int:

@@ -86,10 +86,13 @@ def test_rounds_match_an_ordinary_run_and_timers_are_removed(tiny, tmp_path):
 def test_unknown_row_is_one_line_naming_the_rows(capsys):
     assert cli.main(["bench", "--only", "w9a"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "mpifed: error: no benchmark row w9a; rows: w8a, a9a, phishing"
+    assert err == ("mpifed: error: no benchmark row w9a; rows: w8a, a9a, phishing, scale, weak, gpu-w8a, "
+                   "gpu-scale")
     assert cli.main(["bench", "--list"]) == 0
     listing = capsys.readouterr().out
-    assert all(name in listing for name in bench.DEFAULT) and "tiny" not in listing
+    assert all(name in listing for name in bench.LISTED) and "tiny" not in listing
+    assert all(f"{name} " in listing and "[only with --only]" in listing.split(f"{name} ", 1)[1].split("\n")[0]
+               for name in ("scale", "weak", "gpu-w8a", "gpu-scale"))
 
 
 @pytest.mark.mpi
@@ -111,3 +114,81 @@ def test_bench_under_mpi_sums_every_rank_and_matches_a_serial_run():
         assert r["final_grad_norm"] == serial.metrics["grad_norm"][-1]
     else:
         assert report is None
+
+
+def test_scale_rows_are_the_issue_setups():
+    """Issue 7 targets 2 and 3: 10^5 clients at d = 100, weak scaling per rank, GPU rows on cupy."""
+    scale, weak = bench.ROWS["scale"].config(), bench.ROWS["weak"].config(size=4)
+    assert (scale["dataset"], scale["clients"], scale["features"]) == ("synthetic", 100_000, 100)
+    assert (weak["clients"], weak["features"]) == (4 * 25_000, 100)
+    assert bench.ROWS["weak"].config(size=2, per_rank=7)["clients"] == 14
+    assert bench.ROWS["scale"].config(clients=500)["clients"] == 500
+    for cfg in (scale, weak):
+        assert cfg["compressor"] == "topk:k=8d" and cfg["tol"] == 0.0 and cfg["rounds"] == bench.FIXED_ROUNDS
+    gpu_w8a, gpu_scale = bench.ROWS["gpu-w8a"].config(), bench.ROWS["gpu-scale"].config()
+    assert gpu_w8a == {**bench.ROWS["w8a"].config(), "backend": "cupy"}
+    assert (gpu_scale["clients"], gpu_scale["features"], gpu_scale["backend"]) == (10_000, 300, "cupy")
+    assert not any(bench.ROWS[n].default for n in ("scale", "weak", "gpu-w8a", "gpu-scale"))
+
+
+def test_scale_row_reports_state_and_data_from_the_arrays(tmp_path):
+    """State per client = the packed learned Hessian, T float64 (FedNL's only client state); data = the
+    block's arrays; the ratio columns are the peak over them; the weak row appends to the same JSON."""
+    from mpifed import tri
+
+    out = tmp_path / "scale.json"
+    assert cli.main(["bench", "--only", "tiny-scale", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--only", "tiny-weak", "--per-rank", "12", "--json", str(out), "--append"]) == 0
+    report = json.loads(out.read_text())
+    scale, weak = report["rows"]
+    assert len(report["runs"]) == 2
+    d = 20
+    assert scale["state_bytes_per_client"] == tri.size(d) * 8
+    assert scale["state_mb_per_rank"] == [40 * tri.size(d) * 8 / 2**20]
+    m, n = 6, 40  # the block's data: rows (dense, padded to m), weights, labels, R's CSR arrays, ...
+    assert scale["data_mb_per_rank"][0] * 2**20 >= n * m * d * 8
+    st, data, peak = scale["state_mb_per_rank"][0], scale["data_mb_per_rank"][0], scale["peak_rss_mb_per_rank"][0]
+    assert scale["ratio_rss_to_state_data_per_rank"] == [pytest.approx(peak / (st + data))]
+    assert scale["rounds_run"] == 3 and scale["status"] == "completed"
+    assert scale["s_per_round"] == pytest.approx(np.mean(
+        [sum(scale["s_per_round_by_phase"][p] for p in ("client", "comm", "server"))]), rel=1e-9)
+    assert scale["client_rounds_per_s"] == pytest.approx(n / scale["s_per_round"])
+    assert (weak["n_clients"], weak["clients_per_rank"], weak["mpi_size"]) == (12, [12], 1)
+
+
+def test_gpu_rows_fail_with_one_line_without_a_gpu(capsys):
+    from mpifed import backend
+
+    if backend._cupy_backend() is not None:
+        pytest.skip("a GPU is usable here")
+    for row in ("gpu-w8a", "gpu-scale"):
+        assert cli.main(["bench", "--only", row]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"mpifed: error: row {row}: backend 'cupy' needs cupy and a visible CUDA GPU")
+        assert "\n" not in err
+
+
+def test_a_row_too_large_for_memory_is_refused_before_it_runs(capsys):
+    assert cli.main(["bench", "--only", "scale", "--clients", "100000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mpifed: error: row scale: 100000000 clients at d = 100 need about") and "--clients N" in err
+
+
+def test_bad_bench_flags_are_one_line(capsys):
+    assert cli.main(["bench", "--only", "tiny", "--append"]) == 2
+    assert "--append adds rows to the file named by --json" in capsys.readouterr().err
+    assert cli.main(["bench", "--only", "scale", "--clients", "0"]) == 2
+    assert "--clients must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_weak_row_under_mpi_holds_per_rank_clients_on_every_rank():
+    from mpifed.comm import world
+
+    comm = world()
+    report = bench.bench(["tiny-weak"], comm=comm)
+    if comm.rank == 0:
+        (r,) = report["rows"]
+        assert r["n_clients"] == 10 * comm.size and r["clients_per_rank"] == [10] * comm.size
+        assert len(r["peak_rss_mb_per_rank"]) == comm.size
+        assert r["state_mb_per_rank"] == [10 * 210 * 8 / 2**20] * comm.size

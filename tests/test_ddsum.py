@@ -26,3 +26,31 @@ def test_dd_sum_rows_keeps_trailing_shape_and_empty_blocks():
     np.testing.assert_array_equal(hi + lo, X.sum(axis=0))
     hi, lo = dd_sum_rows(np.zeros((0, 3)))
     assert hi.shape == (3,) and not hi.any()
+
+
+def test_blocks_sum_equals_the_sum_of_their_concatenation():
+    """dd_sum_blocks never concatenates, yet gives the very bits of dd_sum_rows on the concatenation."""
+    from mpifed.ddsum import dd_sum_blocks, dd_sum_rows
+
+    rng = np.random.default_rng(7)
+    for n in (1, 5, 33, 100):
+        blocks = [rng.standard_normal((n, 1)) * 1e8, rng.standard_normal((n, 7)),
+                  np.asfortranarray(rng.standard_normal((n, 40)) * np.exp(20 * rng.standard_normal((n, 40))))]
+        hi, lo = dd_sum_blocks(blocks)
+        whole_hi, whole_lo = dd_sum_rows(np.concatenate(blocks, axis=1))
+        assert hi.tobytes() == whole_hi.tobytes() and lo.tobytes() == whole_lo.tobytes()
+
+
+def test_large_arrays_summed_in_column_pieces_keep_every_bit(monkeypatch):
+    """Pieces of a few columns (either memory layout) give the bits of the whole-array sum."""
+    from mpifed import ddsum
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((75, 50)) * np.exp(15 * rng.standard_normal((75, 50)))
+    whole = ddsum._dd_sum_rows(X)
+    monkeypatch.setattr(ddsum, "PIECE_BYTES", 8 * 75 * 3)  # 3 columns a piece
+    for layout in (X, np.asfortranarray(X)):
+        hi, lo = ddsum.dd_sum_rows(layout)
+        assert hi.tobytes() == whole[0].tobytes() and lo.tobytes() == whole[1].tobytes()
+    exact = np.array([float(sum(Fraction(v) for v in X[:, j])) for j in range(X.shape[1])])
+    np.testing.assert_array_equal(hi + lo, exact)

@@ -84,15 +84,18 @@ def server_init(p: Params, agg: Aggregate, x0):
 def client_step(p: Params, block, state: ClientState, x, streams):
     loss, grad, hess = block.derivatives(x)
     diff = hess - state.H
+    del hess  # at most three (clients x T) arrays at once: H_i^k, the difference, C(difference)
     message = p.compressor.compress(diff, streams)
     fields = {"S": message.values}
     scalars = 0
     if p.option == 2:
         fields["l"] = tri.frobenius(diff, block.bk.xp)
         scalars = 1
+    del diff
     values, _ = bits_for(block.n, block.d + scalars, p.float_bits)
     uplink = Uplink(loss, grad, values + message.value_bits, message.index_bits, fields)
-    return ClientState(state.H + p.alpha * message.values), uplink
+    step = message.values if p.alpha == 1.0 else p.alpha * message.values  # 1.0 * S == S exactly
+    return ClientState(state.H + step), uplink
 
 
 def server_step(p: Params, state: ServerState, x, agg: Aggregate):

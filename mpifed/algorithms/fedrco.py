@@ -173,7 +173,7 @@ def _invert(p, state, sel, idx, xp):
 
 def client_step(p, block, state, x, streams):
     xp, model = block.bk.xp, block.model
-    clock = Clock()
+    clock = Clock("curvature", "inversion", "aggregation")
     first = start(block, x, streams, clock)
     on = first.on
     idx_host = np.flatnonzero(on)

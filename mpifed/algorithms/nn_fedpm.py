@@ -51,21 +51,28 @@ def _sent_as_rows(R: int, D: int) -> bool:
     return R * D < D * (D + 1) // 2
 
 
+def batch_rows(model, b: int) -> list:
+    """Rows R of each weighted layer's FOOF factor per client: b, or b x locations for a convolution (the same
+    on every rank, also on one without participants, so that the gathered shapes agree)."""
+    out = []
+    for layer, shape in zip(model.layers, model.shapes):
+        if hasattr(layer, "shape"):
+            out.append(b * int(np.prod(layer.out_shape(shape)[:-1])) if layer.kind == "conv" else b)
+    return out
+
+
 def client_step(p, block, state, x, streams):
     xp, model = block.bk.xp, block.model
-    clock = Clock()
+    clock = Clock("curvature")
     first = start(block, x, streams, clock)
     theta, stats = local_foof(p, block, x, streams, first, clock)
     on, n_on = first.on, int(first.on.sum())
     idx = xp.asarray(np.flatnonzero(on))
     t0 = time.perf_counter()
     rows, gathered, mixed, floats = {}, {}, [], 0
-    for l, (W, layer) in enumerate(zip(model.views(theta), model.weighted)):
+    for l, (W, layer, R) in enumerate(zip(model.views(theta), model.weighted, batch_rows(model, block.batch_size))):
         D = layer.shape[0]
-        if n_on:
-            U = rows_of(stats[l], "a")
-        else:
-            U = xp.zeros((0, 1, D))
+        U = rows_of(stats[l], "a") if n_on else xp.zeros((0, R, D))
         mixed.append(U.transpose(0, 2, 1) @ (U @ W) + p.eps * W)  # P_i theta_i, per layer
         if _sent_as_rows(U.shape[1], D):
             full = xp.zeros((block.n,) + U.shape[1:])
@@ -73,7 +80,7 @@ def client_step(p, block, state, x, streams):
             gathered[f"foof_rows_{l}"] = full
             floats += U.shape[1] * D
         else:
-            rows[f"foof_{l}"] = gram(U).reshape(n_on, -1)
+            rows[f"foof_{l}"] = gram(U).reshape(n_on, D * D)
             floats += D * (D + 1) // 2
     rows["mix"] = model.flatten(mixed, xp) if n_on else xp.zeros((0, block.d))
     rows["theta"] = theta

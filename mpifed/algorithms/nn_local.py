@@ -41,10 +41,13 @@ def local_step(p, streams) -> float:
 
 
 class Clock:
-    """Per-phase seconds of one client step on this rank (forward/backward, curvature, inversion)."""
+    """Per-phase seconds of one client step on this rank (forward/backward, curvature, inversion, ...).
 
-    def __init__(self):
-        self.seconds = {}
+    Every phase a method names is reported, 0 when this rank did not enter it (no participants), so that all
+    ranks send the same columns to the reduction."""
+
+    def __init__(self, *phases: str):
+        self.seconds = dict.fromkeys(("forward_backward",) + phases, 0.0)
 
     def add(self, phase: str, since: float) -> float:
         now = time.perf_counter()

@@ -64,7 +64,7 @@ def local_foof(p, block, x, streams, first, clock, keep_last=False):
 
 
 def client_step(p, block, state, x, streams):
-    clock = Clock()
+    clock = Clock("curvature")
     first = start(block, x, streams, clock)
     theta, _ = local_foof(p, block, x, streams, first, clock)
     return state, uplink(p, block, first, {"theta": theta}, clock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit
 
 from mpifed.errors import DataError
 
@@ -59,6 +58,8 @@ def synthetic_clients(client_ids, samples_per_client: int, features: int,
     d = _check_int("features", features, 1)
     seed = _check_int("seed", seed, 0)
     ids = [_check_int("client id", c, 0, _TRUTH_STREAM - 1) for c in np.asarray(client_ids).reshape(-1).tolist()]
+    from scipy.special import expit  # here, not at import: scipy.special costs every process some 4 MB
+
     x_true = ground_truth(d, seed)
     blocks, labels = [np.empty((0, d))], [np.empty(0)]
     for c in ids:  # one vectorized draw per client, never per sample

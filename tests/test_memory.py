@@ -1,0 +1,143 @@
+"""Memory work of issue 7: what a rank imports, and the chunked versions of the big per-round and setup
+computations, which must give the very bits of the one-shot ones (checked against plain re-implementations
+and dense oracles written here)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mpifed import compressors, problems, tri
+from mpifed.backend import local_rank_and_size
+from mpifed.data.libsvm import read_libsvm
+
+
+def test_a_rank_does_not_import_what_only_rank_0_or_other_commands_need():
+    """h5py (the trace writer, rank 0), matplotlib (plots), scipy.special (synthetic data) and cupy stay
+    unloaded by the driver, the CLI and the bench: each would add to every rank's resident set."""
+    code = ("import sys, mpifed.driver, mpifed.cli, mpifed.bench, mpifed.federation; "
+            "print(sorted(m for m in ('h5py', 'matplotlib', 'scipy.special', 'cupy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_libsvm_numbers_are_what_float_reads(tmp_path):
+    """The one-call numeric parse gives float()'s value of every token, also where it must fall back
+    (a token numpy's reader refuses but float() accepts, like 1_0)."""
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(200) * 10.0 ** rng.integers(-300, 300, 200)
+    tokens = [repr(float(v)) for v in values] + ["1e-400", "1E5", ".5", "5.", "+3", "0.1000000000000000055511151231257827"]
+    lines = [f"{1 if i % 2 else -1} {i % 9 + 1}:{t}" for i, t in enumerate(tokens)]
+    path = tmp_path / "f.svm"
+    path.write_text("\n".join(lines) + "\n")
+    ds = read_libsvm(path, n_features=9)
+    expected = np.array([float(t) for t in tokens])
+    kept = expected != 0.0
+    assert ds.A.data.tobytes() == expected[kept].tobytes()
+    path.write_text("1 1:1_0 2:3\n-1 3:2\n")  # float("1_0") == 10.0; numpy's reader stops there
+    ds = read_libsvm(path)
+    assert ds.A.toarray().tolist() == [[10.0, 3.0, 0.0], [0.0, 0.0, 2.0]]
+
+
+def _sparse_block(n=12, rows=9, d=30, seed=0):
+    rng = np.random.default_rng(seed)
+    A = sp.random(n * rows, d, density=0.2, format="csr", random_state=seed)
+    A.data[:] = rng.standard_normal(A.nnz)
+    b = np.where(rng.random(n * rows) < 0.5, -1.0, 1.0)
+    return A, b, np.arange(n + 1) * rows
+
+
+def test_hessian_scatter_matrix_built_in_pieces_is_the_same(monkeypatch):
+    """Any number of rows per construction step gives the same matrix, and its Hessians equal the dense
+    per-client sum (1/m) sum_j h_j a_j a_j^T + lam I."""
+    A, b, offsets = _sparse_block()
+    monkeypatch.setattr(problems, "PAIR_CHUNK", 1 << 20)
+    whole = problems.LogisticBlock(A, b, offsets, 1e-3, dense=False)
+    h = np.random.default_rng(1).random(A.shape[0])
+    reference = whole.hessians_from_coefficients(h)
+    for chunk in (1, 7, 100):
+        monkeypatch.setattr(problems, "PAIR_CHUNK", chunk)
+        block = problems.LogisticBlock(A, b, offsets, 1e-3, dense=False)
+        for name in ("data", "indices", "indptr"):
+            assert getattr(block._M, name).tobytes() == getattr(whole._M, name).tobytes()
+        assert block.hessians_from_coefficients(h).tobytes() == reference.tobytes()
+    dense = A.toarray()
+    for i in range(len(offsets) - 1):
+        r = slice(offsets[i], offsets[i + 1])
+        full = (dense[r].T * h[r]) @ dense[r] / (offsets[i + 1] - offsets[i]) + 1e-3 * np.eye(A.shape[1])
+        np.testing.assert_allclose(reference[i], tri.pack(full), rtol=1e-12, atol=1e-15)
+
+
+def test_dense_hessians_in_client_chunks_keep_bits_and_layout(monkeypatch):
+    """The dense path computes a few clients at a time into a column-major array: the same bits and
+    the same memory layout as the one-shot product (later row sums follow the layout)."""
+    rng = np.random.default_rng(2)
+    n, m, d = 9, 5, 16
+    A = sp.csr_matrix(rng.standard_normal((n * m, d)))
+    block = problems.LogisticBlock(A, np.ones(n * m), np.arange(n + 1) * m, 1e-3)
+    assert block.dense
+    h = rng.random((n, m))
+    full = (block._A3 * (block._W * h)[:, :, None]).transpose(0, 2, 1) @ block._A3
+    one_shot = full[:, block._tri_rows, block._tri_cols]
+    one_shot[:, block._diag] += 1e-3
+    for chunk in (1, 8 * d * d * 3, 1 << 30):
+        monkeypatch.setattr(problems, "CHUNK_BYTES", chunk)
+        packed = block.hessians_from_coefficients(h)
+        assert packed.tobytes(order="A") == one_shot.tobytes(order="A") and packed.strides == one_shot.strides
+    oracle = np.einsum("ij,ija,ijb->iab", block._W * h, block._A3, block._A3) + 1e-3 * np.eye(d)
+    np.testing.assert_allclose(packed, tri.pack(oracle), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_topk_and_frobenius_in_row_chunks_match_plain_oracles(monkeypatch, order):
+    """Top-K a few rows at a time equals a stable-sort oracle (K largest |x|, ties to the lower index);
+    the chunked Frobenius norm has the bits of the one-shot row sum, in either memory layout."""
+    rng = np.random.default_rng(4)
+    d, n, K = 12, 23, 20
+    T = tri.size(d)
+    X = rng.standard_normal((n, T))
+    X[::2, : T // 2] = np.round(X[::2, : T // 2])  # many ties at the threshold
+    X[3] = 0.0
+    X = np.asarray(X, order=order)
+    oracle = np.zeros_like(X)
+    for i in range(n):
+        keep = np.argsort(-np.abs(X[i]), kind="stable")[:K]
+        oracle[i, keep] = X[i, keep]
+    w = tri.multiplicity(d)
+    plain_norm = np.sqrt((X * X * w).sum(axis=-1))
+    for chunk in (1, 8 * T * 5, 1 << 30):
+        monkeypatch.setattr(tri, "ROW_CHUNK_BYTES", chunk)
+        kept = compressors.TopK(d=d, k=K).compress(X).values
+        assert kept.tobytes() == oracle.tobytes() and kept.flags[f"{order}_CONTIGUOUS"]
+    for rows in (1, 2, 5, 11, n):  # 23 = 2 x 11 + 1: a lone last row would be summed pairwise
+        monkeypatch.setattr(tri, "ROW_CHUNK_BYTES", 8 * T * rows)
+        chunks = tri.row_chunks(n, T)
+        assert all(c.stop - c.start >= 2 for c in chunks) and chunks[-1].stop == n
+        assert tri.frobenius(X).tobytes() == plain_norm.tobytes()
+    assert tri.row_chunks(1, T) == [slice(0, 1)] and tri.row_chunks(0, T) == []
+    np.testing.assert_allclose(plain_norm, np.linalg.norm(tri.unpack(X, d), axis=(1, 2)), rtol=1e-13)
+
+
+def test_local_rank_comes_from_the_launcher(monkeypatch):
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "PMI_LOCAL_RANK",
+                "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    assert local_rank_and_size() == (0, 1)
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    assert local_rank_and_size() == (3, 4)
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")  # Open MPI's variable comes before SLURM's
+    assert local_rank_and_size()[0] == 1
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x3)")  # not a plain count: the rank bounds it below
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
+    assert local_rank_and_size() == (3, 4)
+
+
+@pytest.mark.mpi
+def test_local_rank_from_mpi_counts_the_ranks_of_this_node():
+    from mpifed.comm import world
+
+    comm = world()
+    rank, size = local_rank_and_size(comm)
+    assert size == comm.size and rank == comm.rank  # mpiexec on one machine: every rank is local
