@@ -251,15 +251,20 @@ def _reset_peak() -> str:
         return "ru_maxrss"
 
 
-def _status_mb(key: str) -> float | None:
+def _proc_mb(path: str, key: str) -> float | None:
+    """A ``key: N kB`` line of a /proc file, in MB (None where /proc is missing)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
+
+
+def _status_mb(key: str) -> float | None:
+    return _proc_mb("/proc/self/status", key)
 
 
 def _peak_mb(method: str) -> float:
@@ -288,14 +293,7 @@ def nbytes(obj) -> int:
 
 
 def _meminfo_mb(key: str) -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _proc_mb("/proc/meminfo", key)
 
 
 def _local_ranks(comm) -> int:
