@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-if "MPIFED_DATA" not in os.environ and SHARED_DATA.is_dir():
+if not os.environ.get("MPIFED_DATA") and SHARED_DATA.is_dir():  # unset or empty
     os.environ["MPIFED_DATA"] = str(SHARED_DATA)
 
 
