@@ -125,11 +125,9 @@ class ServerState:
 def client_init(p, block, x0, streams):
     xp, model, n, b = block.bk.xp, block.model, block.n, block.batch_size
     A, G = [], []
-    for layer, in_shape in zip(model.layers, model.shapes):
-        if hasattr(layer, "shape"):
-            T = int(np.prod(layer.out_shape(in_shape)[:-1])) if layer.kind == "conv" else 1
-            A.append(Factor.for_layer(n, b * T, layer.shape[0], p.alpha, xp))
-            G.append(Factor.for_layer(n, b * T, layer.shape[1], p.alpha, xp))
+    for layer, R in zip(model.weighted, model.batch_rows(b)):
+        A.append(Factor.for_layer(n, R, layer.shape[0], p.alpha, xp))
+        G.append(Factor.for_layer(n, R, layer.shape[1], p.alpha, xp))
     state = ClientState(theta=xp.array(xp.broadcast_to(x0, (n, block.d))), A=A, G=G,
                         Ainv=[Inverse.empty_like(f, n, xp) for f in A], Ginv=[Inverse.empty_like(f, n, xp) for f in G],
                         fresh=np.ones(n, bool), has_inv=np.zeros(n, bool), since=np.zeros(n, np.int64),

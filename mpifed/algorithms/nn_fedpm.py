@@ -51,16 +51,6 @@ def _sent_as_rows(R: int, D: int) -> bool:
     return R * D < D * (D + 1) // 2
 
 
-def batch_rows(model, b: int) -> list:
-    """Rows R of each weighted layer's FOOF factor per client: b, or b x locations for a convolution (the same
-    on every rank, also on one without participants, so that the gathered shapes agree)."""
-    out = []
-    for layer, shape in zip(model.layers, model.shapes):
-        if hasattr(layer, "shape"):
-            out.append(b * int(np.prod(layer.out_shape(shape)[:-1])) if layer.kind == "conv" else b)
-    return out
-
-
 def client_step(p, block, state, x, streams):
     xp, model = block.bk.xp, block.model
     clock = Clock("curvature")
@@ -70,7 +60,8 @@ def client_step(p, block, state, x, streams):
     idx = xp.asarray(np.flatnonzero(on))
     t0 = time.perf_counter()
     rows, gathered, mixed, floats = {}, {}, [], 0
-    for l, (W, layer, R) in enumerate(zip(model.views(theta), model.weighted, batch_rows(model, block.batch_size))):
+    for l, (W, layer, R) in enumerate(zip(model.views(theta), model.weighted, model.batch_rows(block.batch_size))):
+        # R from the model, not the batch: the same on a rank without participants, so the gathered shapes agree
         D = layer.shape[0]
         U = rows_of(stats[l], "a") if n_on else xp.zeros((0, R, D))
         mixed.append(U.transpose(0, 2, 1) @ (U @ W) + p.eps * W)  # P_i theta_i, per layer

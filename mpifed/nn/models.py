@@ -132,6 +132,12 @@ class Model:
                                   f"{'x'.join(map(str, prev))} (output would be {'x'.join(map(str, shape))})")
         return shape
 
+    def batch_rows(self, b: int) -> list:
+        """Per weighted layer, the statistic rows of a batch of ``b`` samples: ``b``, or ``b`` x output locations
+        for a convolution (the rows of its unfolded patches); the row count of FOOF / K-FAC factors."""
+        return [b * int(np.prod(layer.out_shape(shape)[:-1])) if layer.kind == "conv" else b
+                for layer, shape in zip(self.layers, self.shapes) if hasattr(layer, "shape")]
+
     def describe(self) -> str:
         return " -> ".join(f"{layer.name}{list(layer.shape) if hasattr(layer, 'shape') else ''}"
                            for layer in self.layers)
