@@ -22,8 +22,9 @@ rank count with ``--append``) run FedNL Top-K 8d for 5 rounds (``--rounds``), no
 report the memory each rank holds: the client state (the bytes of the arrays of the method's client
 state, FedNL's packed learned Hessians H_i, T = d(d+1)/2 float64 per client) and the data (the bytes of
 the arrays of the rank's client block: rows, weights, labels, scatter matrices), and the ratio of the
-peak RSS to their sum (issue 7 asks for <= 1.2). A synthetic row whose estimated peak (``STATE_COPIES``
-full copies of the state) does not fit in the memory available is refused before it starts. Only the
+peak RSS to their sum (issue 7 asks for <= 1.2). A synthetic row whose estimated peak (the state, the
+data twice during setup, and FedNL's chunk-sized temporaries) does not fit in the memory available is
+refused before it starts. Only the
 u-FedNL rows run by default; the others when named with ``--only``.
 
 Per row, from the trace (rank 0's clock) and from timers this module puts around
@@ -69,11 +70,9 @@ TOL = 1e-14
 MAX_ROUNDS = 1000
 SHUFFLE_SEED = 123  # u-FedNL's default --reshuffle_train_seed
 FIXED_ROUNDS = 5    # scale, weak-scaling and gpu-scale rows: a few rounds, not to convergence
-# Full (clients x T) float64 arrays alive at once at the peak of a FedNL round with Top-K, counted in
-# the client state's size: H_i^0 kept by the setup's uplink, the previous round's S_i, then H_i^k,
-# grad^2 f_i, the difference, C(difference), alpha C(.) and H_i^{k+1} (measured: 7.6 per state for
-# 5,000 clients at d = 100). Used only to refuse a row that would not fit in memory.
-STATE_COPIES = 4
+# Chunk-sized (clients x T) temporaries a FedNL round holds besides the state: grad^2 f_i, the difference
+# and C(difference) (mpifed.algorithms.base.client_chunks), with room for the allocator's slack.
+CHUNK_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,8 @@ class _Timers:
 
     ``sync`` (the cupy backend) waits for the GPU before reading the clock, so a phase is its work,
     not the time to queue it. Also keeps the last client state and block the method's
-    ``client_step`` returned and received (``captured``), to measure what a rank holds.
+    ``client_step`` returned and received (``captured``), to measure what a rank holds, and the time
+    each client step spent in the timed functions (``in_step``: a chunked step calls them once per chunk).
     """
 
     def __init__(self, method=None, sync=None):
@@ -196,6 +196,7 @@ class _Timers:
         self._sync = sync
         self._method = method
         self.captured = {}
+        self.in_step = {"hessian": [], "compress": []}
         self._saved = []
 
     def __enter__(self):
@@ -208,8 +209,11 @@ class _Timers:
             self._saved.append((self._method, "client_step", original))
 
             def client_step(params, block, state, x, streams):
+                before = {key: len(self.calls[key]) for key in self.in_step}
                 new_state, uplink = original(params, block, state, x, streams)
                 self.captured.update(state=new_state, block=block)
+                for key, calls in self.in_step.items():
+                    calls.append(float(np.sum(self.calls[key][before[key]:])))
                 return new_state, uplink
 
             self._method.client_step = client_step
@@ -306,20 +310,24 @@ def _local_ranks(comm) -> int:
 def check_fits(row: Row, cfg: dict, comm) -> None:
     """Refuse, on every rank with one line, a synthetic row whose FedNL state would not fit in memory.
 
-    Estimate per rank: STATE_COPIES full (clients x T) float64 arrays plus the data (the clients' rows,
-    held twice during setup), against MemAvailable shared by the node's ranks (host) or the GPU's
+    Estimate per rank: the (clients x T) float64 state, CHUNK_COPIES chunk-sized temporaries and the data
+    (the clients' rows, held twice during setup), against MemAvailable shared by the node's ranks (host) or the GPU's
     free memory (cupy).
     """
     if cfg["dataset"] != "synthetic":
         return
+    from .algorithms.base import CLIENT_CHUNK_BYTES, GPU_CLIENT_CHUNK_BYTES
     from .comm import client_range
     from .driver import collective
 
     def check():
         lo, hi = client_range(cfg["clients"], comm.size, comm.rank)
         d = cfg["features"]
-        state = (hi - lo) * (d * (d + 1) // 2) * 8
-        need = STATE_COPIES * state + 2 * (hi - lo) * cfg["samples_per_client"] * d * 8
+        T = d * (d + 1) // 2
+        state = (hi - lo) * T * 8
+        budget = GPU_CLIENT_CHUNK_BYTES if row.backend == "cupy" else CLIENT_CHUNK_BYTES
+        chunk = min(state, max(1, budget // (8 * T)) * 8 * T)  # as client_chunks cuts the block
+        need = state + CHUNK_COPIES * chunk + 2 * (hi - lo) * cfg["samples_per_client"] * d * 8
         if row.backend == "cupy":
             import cupy
 
@@ -334,7 +342,7 @@ def check_fits(row: Row, cfg: dict, comm) -> None:
         if need / 2**20 > 0.85 * free:
             raise MpifedError(
                 f"row {row.name}: {cfg['clients']} clients at d = {d} need about {need / 2**30:.1f} GB per rank "
-                f"({STATE_COPIES} copies of the {state / 2**30:.2f} GB FedNL state during a round) but {where}; "
+                f"(the {state / 2**30:.2f} GB FedNL state and its round's temporaries) but {where}; "
                 f"use more ranks or nodes, or fewer clients ({'--per-rank' if row.per_rank else '--clients'} N)")
 
     collective(comm, check)
@@ -439,8 +447,8 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     upto = slice(0, k + 1)
     seconds = float(np.sum(m["time_client"][upto] + m["time_comm"][upto] + m["time_server"][upto]))
     phase = {"client": m["time_client"], "comm": m["time_comm"], "server": m["time_server"],
-             "hessian": _per_round(timers.calls["hessian"], 1, rows_done),  # call 0 is the setup's H_i^0
-             "compress": _per_round(timers.calls["compress"], 0, rows_done),
+             "hessian": _per_round(timers.in_step["hessian"], 0, rows_done),
+             "compress": _per_round(timers.in_step["compress"], 0, rows_done),
              "trace": _per_round(timers.calls["trace"], 0, rows_done)}
     phase["client_other"] = phase["client"] - phase["hessian"] - phase["compress"]
     mean = {name: float(np.mean(np.asarray(phase[name])[upto])) for name in PHASES}

@@ -65,8 +65,9 @@ def collective(comm, fn):
 def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     """Sum an uplink over all clients of all ranks; the Aggregate on rank 0, None elsewhere.
 
-    The summed columns are loss | grad | value bits | index bits | participation | fields;
-    ``uplink.gathered`` goes to rank 0 row by row, in global client order.
+    The summed columns are loss | grad | value bits | index bits | participation | fields | sums
+    (``uplink.sums``: fields the block summed itself); ``uplink.gathered`` goes to rank 0 row by row,
+    in global client order.
     """
     xp, n = fed.backend.xp, fed.block.n
     names = sorted(uplink.fields)
@@ -77,6 +78,10 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     columns += [uplink.fields[k].reshape(n, -1) for k in names]
     # the few small columns together, each (clients x T) field on its own: no copy of the whole uplink
     hi, lo = dd_sum_blocks([xp.concatenate(columns[:5], axis=1)] + columns[5:], xp)
+    summed = sorted(uplink.sums)
+    if summed:
+        hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
+        lo = xp.concatenate([lo] + [uplink.sums[k][1].ravel() for k in summed])
     pairs = np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1)
     # one more entry: whether this rank caught SIGTERM/SIGINT (the root then checkpoints and stops)
     pairs = np.ascontiguousarray(np.vstack([pairs, [[float(bool(SIGNALS.requested)), 0.0]]]))
@@ -86,8 +91,8 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
         return None
     d = fed.d
     fields, at = {}, d + 4
-    for k in names:
-        shape = uplink.fields[k].shape[1:]
+    shapes = [(k, uplink.fields[k].shape[1:]) for k in names] + [(k, uplink.sums[k][0].shape) for k in summed]
+    for k, shape in shapes:
         size = int(np.prod(shape))
         fields[k] = total[at:at + size].reshape(shape)
         at += size

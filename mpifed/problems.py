@@ -117,6 +117,32 @@ class LogisticBlock:
         self._A3, self._W, self._b3 = xp.asarray(A3), xp.asarray(W), xp.asarray(b3)
         self._tri_rows, self._tri_cols = (xp.asarray(a) for a in tri.rows_cols(self.d))
 
+    def clients(self, lo: int, hi: int) -> "LogisticBlock":
+        """The block's clients lo..hi-1 as a block of their own (FedNL's chunked client step).
+
+        Dense data are views; sparse data get their rows of the scatter matrices (a client's slots only
+        ever receive its own rows, so the pieces are row ranges with shifted column indices). Every
+        number a client gets is the one the whole block gives it.
+        """
+        if lo == 0 and hi == self.n:
+            return self
+        sub = object.__new__(LogisticBlock)
+        sub.__dict__.update(self.__dict__)
+        r0, r1 = int(self.sizes[:lo].sum()), int(self.sizes[:hi].sum())
+        sub.n, sub.N, sub.sizes = hi - lo, r1 - r0, self.sizes[lo:hi]
+        sub.row_client = self.row_client[r0:r1] - lo
+        sub.b = self.b[r0:r1]
+        sub._R = _row_range(self._R, lo, hi, r0, r1 - r0)
+        if self.dense:
+            sub._A3, sub._W, sub._b3 = self._A3[lo:hi], self._W[lo:hi], self._b3[lo:hi]
+        else:
+            sub._A = self._A[r0:r1]
+            a0, a1 = int(self._A.indptr[r0]), int(self._A.indptr[r1])
+            sub._row_of_nnz, sub._client_of_nnz = self._row_of_nnz[a0:a1] - r0, self._client_of_nnz[a0:a1] - lo
+            sub._G = _row_range(self._G, lo * self.d, hi * self.d, r0, r1 - r0)
+            sub._M = _row_range(self._M, lo * self.T, hi * self.T, r0, r1 - r0)
+        return sub
+
     # -------------------------------------------------------------- per round
     def margins(self, x):
         """a_ij^T x for every row: (N,) sparse, (n, m_max) dense; x is (d,) or per client (n, d)."""
@@ -175,9 +201,7 @@ class LogisticBlock:
         if self.dense:
             # a few clients at a time: the full (clients, d, d) products are never held for the whole block
             xp, d = self.bk.xp, self.d
-            # column-major, as the one-shot ``full[:, rows, cols]`` was: later row sums (tri.frobenius)
-            # follow the memory layout, so a different layout would change their last bits
-            packed = xp.empty((self.n, self.T), order="F")
+            packed = xp.empty((self.n, self.T))
             budget = CHUNK_BYTES if xp is np else tri.GPU_CHUNK_BYTES
             step = max(1, budget // (8 * d * max(d, self._A3.shape[1])))
             for lo in range(0, self.n, step):
@@ -213,6 +237,14 @@ class LogisticBlock:
         packed = self.hessians_from_coefficients(ones)
         packed[:, self._diag] -= self.lam
         return packed
+
+
+def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):
+    """Rows r0..r1-1 of a CSR matrix whose non-zeros there all lie in columns c0..c0+columns-1, as a
+    (r1 - r0) x columns CSR matrix (scipy or cupyx) with the same entries in the same order."""
+    start, stop = int(matrix.indptr[r0]), int(matrix.indptr[r1])
+    return type(matrix)((matrix.data[start:stop], matrix.indices[start:stop] - c0,
+                         matrix.indptr[r0:r1 + 1] - start), shape=(r1 - r0, columns))
 
 
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB

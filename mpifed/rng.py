@@ -45,6 +45,10 @@ class ClientStreams:
         self.client_ids = np.asarray(client_ids, dtype=np.uint64)
         self.active = np.ones(len(self.client_ids), dtype=bool) if active is None else np.asarray(active, dtype=bool)
 
+    def clients(self, lo: int, hi: int) -> "ClientStreams":
+        """The streams of the block's clients lo..hi-1 (their draws are theirs whatever the block)."""
+        return ClientStreams(self.seed, self.client_ids[lo:hi], self.round, self.active[lo:hi])
+
     def bits(self, stream: str, n: int) -> np.ndarray:
         """Uniform 64-bit integers, shape (clients, n), for the named stream."""
         with np.errstate(over="ignore"):

@@ -68,29 +68,22 @@ def frobenius(packed, xp=np):
     """Frobenius norm of each packed matrix along the last axis."""
     weights = xp.asarray(multiplicity(_dim(packed.shape[-1])))
     # A row-wise sum (not a BLAS gemv) so a client's norm never depends on the batch it is in;
-    # a batch goes a few rows at a time, so its (n, T) temporaries are never all allocated.
+    # a batch goes a few rows at a time, so its (n, T) temporaries are never all allocated. Each piece
+    # is made row-major first: a row's sum is then pairwise along it whatever the block's layout
+    # (column-major dense-path Hessians, a slice of a chunked block), so the bits never depend on it.
     if packed.ndim != 2:
         return xp.sqrt((packed * packed * weights).sum(axis=-1))
     out = xp.empty(packed.shape[0], dtype=xp.result_type(packed.dtype, weights.dtype))
     for rows in row_chunks(*packed.shape, gpu=xp is not np):
-        part = packed[rows]
+        part = xp.ascontiguousarray(packed[rows])
         out[rows] = xp.sqrt((part * part * weights).sum(axis=-1))
     return out
 
 
 def row_chunks(n: int, T: int, gpu: bool = False) -> list:
-    """Slices of rows covering 0..n-1, each about ROW_CHUNK_BYTES of float64, for row-wise work on (n, T).
-
-    A row's sum runs in the order the block's memory layout gives: pairwise along a contiguous row,
-    left to right when the rows are strided (column-major), except in a block of one row, where it is
-    pairwise again. So a chunk has one row only when the whole block has: the sums are then those of
-    the whole block, bit for bit, in either layout.
-    """
-    step = max(2, (GPU_CHUNK_BYTES if gpu else ROW_CHUNK_BYTES) // (8 * max(T, 1)))
-    cuts = list(range(0, n, step))
-    if len(cuts) > 1 and n - cuts[-1] == 1:  # no lone last row: it joins the chunk before
-        cuts.pop()
-    return [slice(lo, hi) for lo, hi in zip(cuts, cuts[1:] + [n])]
+    """Slices of rows covering 0..n-1, each about ROW_CHUNK_BYTES of float64, for row-wise work on (n, T)."""
+    step = max(1, (GPU_CHUNK_BYTES if gpu else ROW_CHUNK_BYTES) // (8 * max(T, 1)))
+    return [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
 def _dim(t: int) -> int:

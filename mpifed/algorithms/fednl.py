@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import compressors, tri
 from ..errors import ConfigError
-from .base import Aggregate, Uplink, bits_for, solve_projected, solve_spd
+from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, solve_projected, solve_spd
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,19 @@ class ServerState:
 
 
 def client_init(p: Params, block, x0, streams):
-    """H_i^0 = grad^2 f_i(x^0), uploaded once (counted in the setup bits)."""
-    loss, grad, hess = block.derivatives(x0)
+    """H_i^0 = grad^2 f_i(x^0), uploaded once (counted in the setup bits).
+
+    Chunk by chunk of clients (:func:`~mpifed.algorithms.base.client_chunks`): each chunk's Hessians go
+    into the block's H and into the running sum, so no second (clients x T) array is ever held.
+    """
+    xp = block.bk.xp
+    loss, grad = xp.empty(block.n), xp.empty((block.n, block.d))
+    H, sums = xp.empty((block.n, block.T)), BlockSums()
+    for lo, hi in client_chunks(block):
+        loss[lo:hi], grad[lo:hi], H[lo:hi] = block.clients(lo, hi).derivatives(x0)
+        sums.add("hess", H[lo:hi], xp)
     values, index = bits_for(block.n, block.T, p.float_bits)
-    return ClientState(hess), Uplink(loss, grad, values, index, {"hess": hess})
+    return ClientState(H), Uplink(loss, grad, values, index, sums=sums)
 
 
 def server_init(p: Params, agg: Aggregate, x0):
@@ -82,20 +93,30 @@ def server_init(p: Params, agg: Aggregate, x0):
 
 
 def client_step(p: Params, block, state: ClientState, x, streams):
-    loss, grad, hess = block.derivatives(x)
-    diff = hess - state.H
-    del hess  # at most three (clients x T) arrays at once: H_i^k, the difference, C(difference)
-    message = p.compressor.compress(diff, streams)
-    fields = {"S": message.values}
-    scalars = 0
-    if p.option == 2:
-        fields["l"] = tri.frobenius(diff, block.bk.xp)
-        scalars = 1
-    del diff
-    values, _ = bits_for(block.n, block.d + scalars, p.float_bits)
-    uplink = Uplink(loss, grad, values + message.value_bits, message.index_bits, fields)
-    step = message.values if p.alpha == 1.0 else p.alpha * message.values  # 1.0 * S == S exactly
-    return ClientState(state.H + step), uplink
+    """One round of Algorithm 1 on the block, a chunk of clients at a time.
+
+    H_i^{k+1} overwrites H_i^k in place (the driver holds no other reference to the state), and S_i^k
+    is summed chunk by chunk: besides the state, a round holds three chunk-sized (clients x T) arrays
+    (grad^2 f_i, the difference, C(difference)), whatever the number of clients.
+    """
+    xp, n = block.bk.xp, block.n
+    loss, grad, H = xp.empty(n), xp.empty((n, block.d)), state.H
+    value_bits, index_bits, sums = np.empty(n), np.empty(n), BlockSums()
+    fields = {"l": xp.empty(n)} if p.option == 2 else {}
+    for lo, hi in client_chunks(block):
+        loss[lo:hi], grad[lo:hi], hess = block.clients(lo, hi).derivatives(x)
+        diff = hess - H[lo:hi]
+        del hess
+        message = p.compressor.compress(diff, streams.clients(lo, hi))
+        if p.option == 2:
+            fields["l"][lo:hi] = tri.frobenius(diff, xp)
+        del diff
+        sums.add("S", message.values, xp)
+        value_bits[lo:hi], index_bits[lo:hi] = message.value_bits, message.index_bits
+        H[lo:hi] += message.values if p.alpha == 1.0 else p.alpha * message.values  # 1.0 * S == S exactly
+        del message
+    values, _ = bits_for(n, block.d + len(fields), p.float_bits)
+    return ClientState(H), Uplink(loss, grad, values + value_bits, index_bits, fields, sums=sums)
 
 
 def server_step(p: Params, state: ServerState, x, agg: Aggregate):
