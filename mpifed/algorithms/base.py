@@ -58,7 +58,7 @@ class Uplink:
     sums: dict = field(default_factory=dict)
 
 
-CLIENT_CHUNK_BYTES = 1 << 26  # a chunked client step holds about this much of each (clients x T) temporary
+CLIENT_CHUNK_BYTES = 1 << 24  # a chunked client step holds about this much of each (clients x T) temporary
 GPU_CLIENT_CHUNK_BYTES = 1 << 30  # on a GPU: fewer, larger kernels
 
 
