@@ -144,8 +144,8 @@ def _ufednl(s_per_round, rounds, seconds, rss_mb):
             "source": "u-FedNL bin_fednl_local, 2 workers, 2-core machine (issue 7)"}
 
 
-# mpifed's own w8a s/round on this 2-core CPU at 2 ranks (load 1.3, 2026-11-21 08:49 UTC); the GPU row's target is 10x less
-CPU_W8A_S_PER_ROUND = 0.0944
+# mpifed's own w8a s/round on this 2-core CPU at 2 ranks (2026-11-21 11:31 UTC, README's latest table); the GPU row's target is 10x less
+CPU_W8A_S_PER_ROUND = 0.0816
 _SCALE = {"features": 100, "intercept": False}
 
 ROWS = {row.name: row for row in [
