@@ -96,10 +96,18 @@ def expand(path: str | Path, out: str | Path | None = None, overwrite: bool = Fa
 
 
 def write(sweep: Sweep, grid_path: str | Path, overwrite: bool = False) -> None:
-    """DIR/configs/NNNN.toml and DIR/sweep.json; refuses an existing sweep unless ``overwrite``."""
+    """DIR/configs/NNNN.toml and DIR/sweep.json; refuses an existing sweep unless ``overwrite``.
+
+    Replacing a sweep removes the traces (and checkpoints) of its tasks that the new grid no longer
+    names: ``mpifed info DIR/traces`` and ``plot`` read every trace in the folder, and an old grid
+    point would show up among the new ones. Traces the new grid names again are kept until their run
+    replaces them.
+    """
     index = sweep.folder / "sweep.json"
     if (index.exists() or (sweep.folder / "configs").exists()) and not overwrite:
         raise MpifedError(f"{sweep.folder} already holds a sweep; pass --overwrite to replace its configs")
+    if index.exists():
+        _remove_dropped_traces(index, {values["out"] for _, _, values, _ in sweep.runs})
     configs = sweep.folder / "configs"
     if configs.exists():
         shutil.rmtree(configs)
@@ -113,6 +121,22 @@ def write(sweep: Sweep, grid_path: str | Path, overwrite: bool = False) -> None:
         entries.append({"task": i, "name": name, "point": point, "config": str(file), "trace": values["out"]})
     index.write_text(json.dumps({"grid_file": str(Path(grid_path).resolve()), "grid": sweep.grid,
                                  "runs": entries}, indent=1) + "\n")
+
+
+def _remove_dropped_traces(index: Path, kept: set) -> None:
+    """Delete the traces and checkpoints that the old index ``index`` lists and ``kept`` does not."""
+    from .checkpoint import path_for
+
+    try:
+        old = [entry["trace"] for entry in json.loads(index.read_text())["runs"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise MpifedError(f"{index} is not a sweep index ({type(err).__name__}: {err}); remove it to start over") from None
+    dropped = [Path(t) for t in old if t not in kept and (Path(t).exists() or path_for(t).exists())]
+    for trace in dropped:
+        trace.unlink(missing_ok=True)
+        path_for(trace).unlink(missing_ok=True)
+    if dropped:
+        print(f"sweep: removed {len(dropped)} trace(s) of the replaced grid that the new one does not name")
 
 
 def sbatch_command(sweep: Sweep, script: str | Path, wait: bool = False) -> list[str]:

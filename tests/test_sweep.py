@@ -69,6 +69,25 @@ def test_default_names_and_an_existing_sweep(tmp_path, capsys):
     assert tomllib.loads((folder / "configs" / "0001.toml").read_text())["overwrite"] is True
 
 
+def test_replacing_a_sweep_removes_the_traces_its_new_grid_drops(tmp_path, capsys):
+    """--overwrite with a smaller grid: the dropped point's trace and checkpoint go (the folder's
+    tables read every trace in it), the kept point's trace stays, and nothing else is touched."""
+    folder = tmp_path / "sw"
+    path = write_grid(tmp_path, "[base]\nrounds = 2\n[grid]\nseed = [5, 6]\n")
+    assert sweep([path, "--out", folder], capsys)[0] == 0
+    traces = [Path(r["trace"]) for r in json.loads((folder / "sweep.json").read_text())["runs"]]
+    for t in traces:
+        t.write_bytes(b"trace")
+    Path(f"{traces[1]}.ckpt").write_bytes(b"checkpoint")
+    other = folder / "traces" / "mine.h5"
+    other.write_bytes(b"not the sweep's")
+    path = write_grid(tmp_path, "[base]\nrounds = 2\n[grid]\nseed = [5]\n")
+    code, out, _ = sweep([path, "--out", folder, "--overwrite"], capsys)
+    assert code == 0 and "removed 1 trace(s)" in out
+    assert traces[0].read_bytes() == b"trace" and other.exists()
+    assert not traces[1].exists() and not Path(f"{traces[1]}.ckpt").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("[base]\nrounds = 2\nstepsize = 1\n[grid]\nseed = [0, 1]\n",
      "unknown configuration key(s) stepsize; valid: dataset, features,"),
