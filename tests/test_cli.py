@@ -268,6 +268,34 @@ def test_info_folder(traces):
         assert any(abs(v - metrics["grad_norm"][-1]) <= 1e-3 * abs(metrics["grad_norm"][-1]) for v in numbers)
 
 
+def test_info_on_networks_shows_accuracy_not_an_optimum(tmp_path):
+    """Network traces (--model) have no f*, x* or gradient target: `info` shows the loss and test
+    columns, and a folder of them its best test accuracy, the round and the bits spent by then."""
+    base = ["--quiet", "--dataset", "mnist-synthetic", "--model", "mlp:hidden=8", "--clients", 3, "--partition", "iid",
+            "--batch-size", 8, "--local-steps", 2, "--rounds", 3, "--reference-iterations", 0, "--step-size", 0.05]
+    for name, algorithm in (("avg", "fedavg"), ("rco", "fedrco")):
+        proc = mpifed(tmp_path, "run", *base, "--algorithm", algorithm, "--out", tmp_path / f"{name}.h5")
+        assert proc.returncode == 0, proc.stderr
+    proc = mpifed(tmp_path, "info", tmp_path / "rco.h5")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "f* =" not in proc.stdout and "model mlp:hidden=8 with" in proc.stdout
+    head = next(i for i, line in enumerate(lines) if line.split()[:1] == ["round"])
+    columns = lines[head].split()
+    assert {"loss", "test_accuracy", "rollbacks"} <= set(columns) and not {"f_gap", "dist_to_opt"} & set(columns)
+    proc = mpifed(tmp_path, "info", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("best test accuracy") and len(lines) == 2 + 2
+    for line in lines[2:]:
+        row = line.split()
+        _, metrics = read_trace(tmp_path / f"{row[0]}.h5")
+        acc = metrics["test_accuracy"]
+        best = int(np.nanargmax(acc))
+        assert float(row[4]) == float(f"{acc[best]:.4f}") and int(row[5]) == best
+        assert float(row[6]) == float(f"{metrics['bits_up'][best]:.4e}")
+
+
 def test_info_missing_trace(tmp_path):
     proc = mpifed(tmp_path, "info", tmp_path / "none.h5")
     assert proc.returncode == 2
