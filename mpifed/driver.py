@@ -163,7 +163,10 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             break
         streams = fed.streams(k)
         t0 = time.perf_counter()
-        state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
+        if k >= rounds and hasattr(method, "client_metrics"):  # x^R's row: its metrics only, no local work
+            uplink = _client(fed, lambda: method.client_metrics(params, fed.block, state, bk.asarray(x), streams))
+        else:
+            state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
         t1 = time.perf_counter()
         agg = exchange(fed, uplink, streams.active)
         uplink = None  # summed: its (clients x T) fields are not held through the next client step

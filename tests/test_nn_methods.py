@@ -313,8 +313,8 @@ def test_monitor_resets_exploding_client_and_without_it_the_model_degrades(tmp_p
     high = score >= 1000
     assert np.all(action[high] == 2)                                  # tau_high -> hard reset
     assert np.any(high & (client == 0) & (rnd == 2))                  # as soon as the corruption starts
-    # every corrupted round: 2, 3 and 4 (the driver also runs the clients at the final x^4 for its metrics)
-    assert set(rnd[high & (client == 0)].tolist()) == {2.0, 3.0, 4.0}
+    # every corrupted round that takes steps: 2 and 3 (x^4's row only evaluates mini-batch 0, no steps, no events)
+    assert set(rnd[high & (client == 0)].tolist()) == {2.0, 3.0} and not np.any(rnd >= 4)
     assert not np.any(high & ((client != 0) | (rnd < 2)))             # nobody else, never before
     acc_on, acc_off = on.metrics["test_accuracy"], off.metrics["test_accuracy"]
     assert np.all(np.isfinite(on.x)) and np.abs(on.x).max() < 1e3 and np.all(np.isfinite(acc_on))
@@ -323,6 +323,18 @@ def test_monitor_resets_exploding_client_and_without_it_the_model_degrades(tmp_p
     assert acc_off[-1] <= 0.12                                         # ... to chance accuracy
     with h5py.File(tmp_path / "off.h5", "r") as f:
         assert "events" not in f
+
+
+@pytest.mark.parametrize("algorithm", ["fedrco", "scaffold", "fedpm"])
+def test_the_final_row_is_the_next_rounds_first_evaluation(algorithm, tmp_path):
+    """rounds = R records x^R from mini-batch 0 only (no local steps); its loss, gradient norm and test
+    accuracy are those that round R of a longer run computes before its steps."""
+    conf = {key: v for key, v in MONITOR.items() if key not in ("corrupt", "inverse_every")}
+    conf.update(algorithm=algorithm, **{"fedrco": {"inverse_every": 2}, "fedpm": {"damping": 0.1}}.get(algorithm, {}))
+    short = run({**conf, "rounds": 3, "out": str(tmp_path / "short.h5")}, comm=SerialComm())
+    long = run({**conf, "rounds": 4, "out": str(tmp_path / "long.h5")}, comm=SerialComm())
+    for key in ("loss", "grad_norm", "test_accuracy", "bits_up"):
+        assert short.metrics[key].tobytes() == long.metrics[key][:4].tobytes(), key
 
 
 # -------------------------------------------------------------------------------------- 5. bad input

@@ -44,6 +44,7 @@ from ..nn.factors import Factor, Inverse, rows_of
 from .base import to_participants
 from .fedavg import _or, check_local
 from .nn_local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
+from .nn_local import client_metrics  # noqa: F401  (x^R's row: metrics only)
 
 XI = 1e-12  # xi of eq. 10
 MIN_HISTORY = 3  # accepted steps in H before a score is taken (mean(H) of one or two norms is too noisy a baseline)

@@ -29,7 +29,7 @@ from . import fedadam
 from .base import to_participants
 from .fedavg import _or
 from .nn_fedavg import client_step  # noqa: F401  (FedAvg's clients)
-from .nn_local import COMMON_USES, client_init, common_fields, timing_report  # noqa: F401  (stateless clients)
+from .nn_local import COMMON_USES, client_init, client_metrics, common_fields, timing_report  # noqa: F401
 
 DEFAULT_SERVER_LR = 0.1  # as :mod:`.fedadam`
 

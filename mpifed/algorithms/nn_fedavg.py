@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .nn_local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
-from .nn_local import ServerState, client_init, server_init  # noqa: F401  (stateless clients)
+from .nn_local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 from .base import to_participants
 from .fedavg import _or, check_local, check_positive
 

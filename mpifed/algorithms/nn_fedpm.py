@@ -27,7 +27,7 @@ import scipy.linalg
 from ..nn.factors import damped_solve, gram, rows_of
 from .base import Uplink, to_participants
 from .nn_local import Clock, start, timing_report, uplink
-from .nn_local import ServerState, client_init, server_init  # noqa: F401  (stateless clients)
+from .nn_local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 from .nn_localnewton import Params as _LocalNewtonParams, local_foof
 
 

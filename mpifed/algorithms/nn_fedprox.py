@@ -22,7 +22,7 @@ from . import fedprox
 from .base import to_participants
 from .fedavg import _or
 from .nn_local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
-from .nn_local import ServerState, client_init, server_init  # noqa: F401  (stateless clients)
+from .nn_local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,14 @@ def start(block, x, streams, clock: Clock) -> Start:
     return Start(loss, grad, participation(xp, streams)[0])
 
 
+def client_metrics(p, block, state, x, streams) -> Uplink:
+    """The row of the final x^R, of which the driver reads only the metrics: every client's mini-batch 0 loss
+    and gradient at x^R, as a round's :func:`start` gives them, without the local steps nobody would use (nor
+    FedRCO monitor events for a round that updates nothing); nothing is sent."""
+    first = start(block, x, streams, Clock())
+    return Uplink(first.loss, first.grad, np.zeros(block.n), np.zeros(block.n))
+
+
 def uplink(p, block, first: Start, rows: dict, clock: Clock, gathered: dict | None = None,
            extra_floats=None) -> Uplink:
     """The participants' rows (``rows``: name -> (|S|, ...)) scattered into (n, ...) zeros and summed by the

@@ -20,7 +20,7 @@ from ..nn.factors import foof_step
 from .base import to_participants
 from .fedavg import _or, check_local
 from .nn_local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
-from .nn_local import ServerState, client_init, server_init  # noqa: F401  (stateless clients)
+from .nn_local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 
 DEFAULT_DAMPING = 0.03  # FedRCO App. E.3, "damping eps = 0.03 for all second-order methods"
 

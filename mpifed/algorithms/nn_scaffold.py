@@ -31,7 +31,7 @@ from . import scaffold
 from .base import Query, to_participants
 from .fedavg import _or
 from .nn_fedprox import local_sgd
-from .nn_local import Clock, common_fields, start, timing_report, uplink
+from .nn_local import Clock, client_metrics, common_fields, start, timing_report, uplink  # noqa: F401
 from .scaffold import ClientState, client_init, client_query  # noqa: F401  (c_i (n, P) and c (P,))
 
 
