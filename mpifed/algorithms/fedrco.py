@@ -17,7 +17,9 @@ Round t, participant c, global model theta^t:
    * Preconditioned gradient (eq. 8) per layer: A_d^{-1} grad_W G_d^{-1}; its norm (eq. 9) is the sum over
      layers of the Frobenius norms.
    * Look-ahead monitor (eq. 10): S_k = ||g~_k|| / (mean(H) + xi), H the last ``monitor_window`` norms of
-     accepted steps. The paper gives no warm-up; here a client is scored once H holds 3 norms (at a start, after a
+     accepted steps. mean(H) is the mean of the norms: the paper's line under eq. 10 writes squared norms, which
+     would make S_k scale as 1/||g~|| instead of the "relative divergence of the current step compared to
+     recent steps" it describes, with thresholds tau_low 10 and tau_high 1000 on a ratio. No warm-up is given; here a client is scored once H holds 3 norms (at a start, after a
      reset): a baseline of one norm, taken when the inverse is fresh, flags the healthy steps that follow with a
      stale inverse as anomalies (scores 10-800 on MNIST at b = 32).
    * Resilience (eq. 11): S_k <= tau_low: theta -= eta g~; tau_low < S_k < tau_high: soft rollback,
