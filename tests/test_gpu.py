@@ -1,10 +1,13 @@
-"""Issue 7, target 2: FedNL through cupy gives numpy's trace (skipped without a GPU).
+"""The cupy backend against numpy (skipped without a GPU). On a GPU machine:
 
-The client step runs in chunks of clients on both backends (``CLIENT_CHUNK_BYTES`` and its GPU twin set
-small), so the cupyx row ranges of the scatter matrices and the double-double chunk sums on the device are
-exercised on the sparse path (a9a) and the dense path (synthetic). On a GPU machine:
+    MPIFED_DATA=../shared/datasets .venv/bin/python -m pytest -q -s tests/test_gpu.py
 
-    MPIFED_DATA=../shared/datasets .venv/bin/python -m pytest -q tests/test_gpu.py
+* Issue 7, target 2: FedNL through cupy gives numpy's trace. The client step runs in chunks of clients on both
+  backends (``CLIENT_CHUNK_BYTES`` and its GPU twin set small), so the cupyx row ranges of the scatter matrices
+  and the double-double chunk sums on the device are exercised, on the sparse path (a9a) and the dense path
+  (synthetic).
+* Issue 5, done-when 4: FedRCO and FedAvg on a CNN through cupy give numpy's per-round accuracy, and print the
+  per-round client time of both backends.
 """
 import numpy as np
 import pytest
@@ -43,3 +46,20 @@ def test_fednl_on_cupy_in_client_chunks_is_numpy_fednl(monkeypatch, tmp_path, se
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-12)
     np.testing.assert_array_equal(b["bits_up"], a["bits_up"])
     np.testing.assert_allclose(out["cupy"].x, out["numpy"].x, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm,step", [("fedavg", 0.03), ("fedrco", 0.01)])
+def test_cupy_matches_numpy_per_round(tmp_path, algorithm, step):
+    common = dict(dataset="mnist-synthetic", model="cnn", algorithm=algorithm, clients=20, participation=0.8,
+                  partition="dirichlet:alpha=0.1", step_size=step, local_steps=3, batch_size=32, lam=0.0,
+                  reference_iterations=0, rounds=4, quiet=True)
+    out = {}
+    for backend in ("numpy", "cupy"):
+        res = run({**common, "backend": backend, "out": str(tmp_path / f"{backend}.h5")})
+        out[backend] = res
+    a, b = out["numpy"].metrics, out["cupy"].metrics
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-8)
+    np.testing.assert_allclose(b["test_accuracy"], a["test_accuracy"], atol=1e-3)  # a flipped argmax at most
+    np.testing.assert_allclose(out["cupy"].x, out["numpy"].x, rtol=1e-6, atol=1e-8)
+    for name, m in (("numpy", a), ("cupy", b)):
+        print(f"{algorithm} {name}: client s/round {np.nanmean(m['time_client']):.3f}")
