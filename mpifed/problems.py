@@ -199,19 +199,38 @@ class LogisticBlock:
     def hessians_from_coefficients(self, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
         if self.dense:
-            # a few clients at a time: the full (clients, d, d) products are never held for the whole block
-            xp, d = self.bk.xp, self.d
-            packed = xp.empty((self.n, self.T))
-            budget = CHUNK_BYTES if xp is np else tri.GPU_CHUNK_BYTES
-            step = max(1, budget // (8 * d * max(d, self._A3.shape[1])))
-            for lo in range(0, self.n, step):
-                at = slice(lo, lo + step)
-                weighted = self._A3[at] * (self._W[at] * h[at])[:, :, None]
-                full = weighted.transpose(0, 2, 1) @ self._A3[at]
-                packed[at] = full[:, self._tri_rows, self._tri_cols]
+            packed = self._dense_hessians(self._A3, self._W, h)
         else:
             packed = (self._M @ h).reshape(self.n, self.T)
         packed[:, self._diag] += self.lam
+        return packed
+
+    def hessians_of(self, clients, h):
+        """:meth:`hessians_from_coefficients` for the block's clients ``clients`` only (host ints), from the
+        coefficients h of all rows: (len(clients), T), each row the bits the whole block gives that client
+        (FedNL-PP: only the round's participants need their Hessians)."""
+        xp, clients = self.bk.xp, np.asarray(clients, dtype=np.int64)
+        if self.dense:
+            at = xp.asarray(clients)
+            packed = self._dense_hessians(self._A3[at], self._W[at], h[at])
+        else:
+            rows = (clients[:, None] * self.T + np.arange(self.T)).ravel()
+            packed = (_select_rows(self._M, xp.asarray(rows), xp) @ h).reshape(len(clients), self.T)
+        packed[:, self._diag] += self.lam
+        return packed
+
+    def _dense_hessians(self, A3, W, h):
+        """Packed (1/m_i) sum_j h_ij a_ij a_ij^T (no lam) of dense client rows A3 (c, m, d), a few clients at a
+        time: the full (clients, d, d) products are never held for the whole block."""
+        xp, d, c = self.bk.xp, self.d, A3.shape[0]
+        packed = xp.empty((c, self.T))
+        budget = CHUNK_BYTES if xp is np else tri.GPU_CHUNK_BYTES
+        step = max(1, budget // (8 * d * max(d, A3.shape[1])))
+        for lo in range(0, c, step):
+            at = slice(lo, lo + step)
+            weighted = A3[at] * (W[at] * h[at])[:, :, None]
+            full = weighted.transpose(0, 2, 1) @ A3[at]
+            packed[at] = full[:, self._tri_rows, self._tri_cols]
         return packed
 
     def rows(self, J):
@@ -245,6 +264,18 @@ def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):
     start, stop = int(matrix.indptr[r0]), int(matrix.indptr[r1])
     return type(matrix)((matrix.data[start:stop], matrix.indices[start:stop] - c0,
                          matrix.indptr[r0:r1 + 1] - start), shape=(r1 - r0, columns))
+
+
+def _select_rows(matrix, rows, xp):
+    """Rows ``rows`` (device ints, any order) of a CSR matrix (scipy or cupyx), same entries in the same order."""
+    ptr = matrix.indptr
+    start = ptr[rows]
+    count = ptr[rows + 1] - start
+    new_ptr = xp.concatenate([xp.zeros(1, dtype=count.dtype), xp.cumsum(count)])
+    at = xp.arange(int(new_ptr[-1]))
+    row = xp.searchsorted(new_ptr[1:], at, side="right")  # which selected row each entry comes from
+    pos = start[row] + (at - new_ptr[row])
+    return type(matrix)((matrix.data[pos], matrix.indices[pos], new_ptr), shape=(len(rows), matrix.shape[1]))
 
 
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB

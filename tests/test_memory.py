@@ -169,6 +169,17 @@ def test_a_range_of_clients_is_a_block_with_the_same_numbers():
                 assert p.tobytes() == w[lo:hi].tobytes()
 
 
+def test_hessians_of_some_clients_are_their_rows_of_the_whole_block():
+    """FedNL-PP computes Hessians for the round's participants only: the same bits as the whole block's rows."""
+    (dense, sparse), rng = _blocks()
+    for block in (dense, sparse):
+        h = block.coefficients(rng.standard_normal(block.d))
+        whole = block.hessians_from_coefficients(h)
+        for clients in ([0], [9], [2, 3, 7], [8, 1, 4], list(range(10)), []):
+            got = block.hessians_of(clients, h)
+            assert got.shape == (len(clients), block.T) and got.tobytes() == whole[clients].tobytes()
+
+
 @pytest.mark.parametrize("compressor,option", [("topk:k=2d", 2), ("randk:k=1d", 1), ("natural", 2)])
 def test_fednl_chunked_client_step_is_algorithm_1(monkeypatch, compressor, option):
     """FedNL's client step, a few clients at a time, against Algorithm 1 written here for the whole block:
@@ -204,17 +215,23 @@ def test_fednl_chunked_client_step_is_algorithm_1(monkeypatch, compressor, optio
                 assert (hi + lo).tolist() == exact
 
 
-@pytest.mark.parametrize("algorithm", ["fednl", "fednl-bc"])
-def test_a_run_in_client_chunks_is_the_run_in_one(monkeypatch, tmp_path, algorithm):
-    """The whole trace of FedNL (and FedNL-BC, which runs its client step) is the same, bit for bit,
-    whether a rank's clients go through a round in one piece or two at a time."""
+@pytest.mark.parametrize("algorithm,dataset", [("fednl", "synthetic"), ("fednl-bc", "synthetic"),
+                                               ("fednl-pp", "synthetic"), ("fednl-pp", "a9a")])
+def test_a_run_in_client_chunks_is_the_run_in_one(monkeypatch, tmp_path, algorithm, dataset):
+    """The whole trace of FedNL (and FedNL-BC, which runs its client step, and FedNL-PP with 4 of 7 clients per
+    round, dense and sparse data) is the same, bit for bit, whether a rank's clients go through a round in one
+    piece or two at a time."""
     from mpifed.algorithms import base
     from mpifed.driver import run
 
-    config = {"dataset": "synthetic", "clients": 7, "samples_per_client": 12, "features": 10, "algorithm": algorithm,
+    config = {"dataset": dataset, "clients": 7, "samples_per_client": 12, "algorithm": algorithm,
               "compressor": "topk:k=2d", "rounds": 8, "seed": 4, "quiet": True}
+    if dataset == "synthetic":
+        config["features"] = 10
+    if algorithm == "fednl-pp":
+        config["participation"] = 4
     results = []
-    for chunk in (1 << 26, 8 * tri.size(11) * 2):
+    for chunk in (1 << 26, 8 * tri.size(11 if dataset == "synthetic" else 123) * 2):
         monkeypatch.setattr(base, "CLIENT_CHUNK_BYTES", chunk)
         results.append(run({**config, "out": str(tmp_path / f"{chunk}.h5")}))
     one, chunked = results

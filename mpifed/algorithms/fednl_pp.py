@@ -40,7 +40,7 @@ import numpy as np
 from .. import tri
 from ..rng import ClientStreams
 from . import fednl
-from .base import Aggregate, Uplink, bits_for, solve_spd, to_participants
+from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, solve_spd, to_participants
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,16 @@ def _shifted_model(xp, H, l, x, grad):
 
 
 def client_init(p: Params, block, x0, streams):
-    xp = block.bk.xp
-    loss, grad, hess = block.derivatives(x0)
-    l0 = xp.zeros(block.n)
-    g0 = _shifted_model(xp, hess, l0, x0, grad)
-    values, index = bits_for(block.n, block.T + block.d, p.fednl.float_bits)
-    return ClientState(hess, l0, g0), Uplink(loss, grad, values, index, {"hess": hess, "g": g0})
+    """w_i = x^0, H_i^0 = grad^2 f_i(x^0), l_i^0 = 0, g_i^0; a chunk of clients at a time (as FedNL's)."""
+    xp, n = block.bk.xp, block.n
+    loss, grad, g0 = xp.empty(n), xp.empty((n, block.d)), xp.empty((n, block.d))
+    H, l0, sums = xp.empty((n, block.T)), xp.zeros(n), BlockSums()
+    for lo, hi in client_chunks(block):
+        loss[lo:hi], grad[lo:hi], H[lo:hi] = block.clients(lo, hi).derivatives(x0)
+        g0[lo:hi] = _shifted_model(xp, H[lo:hi], l0[lo:hi], x0, grad[lo:hi])
+        sums.add("hess", H[lo:hi], xp)
+    values, index = bits_for(n, block.T + block.d, p.fednl.float_bits)
+    return ClientState(H, l0, g0), Uplink(loss, grad, values, index, {"g": g0}, sums=sums)
 
 
 def server_init(p: Params, agg: Aggregate, x0):
@@ -93,27 +97,32 @@ def server_init(p: Params, agg: Aggregate, x0):
 
 
 def client_step(p: Params, block, state: ClientState, x, streams):
+    """The participants update, a chunk of them at a time: only they compute Hessians, H_i is updated in
+    place, and their S_i are summed as they go (every rank sends the sum, zeros without participants)."""
     xp, n, d = block.bk.xp, block.n, block.d
     who = np.flatnonzero(np.asarray(streams.active)) if streams.round > 0 else np.zeros(0, dtype=np.int64)
-    loss, grad, hess = block.derivatives(x, hessian=len(who) > 0)
-    # Every rank sends the same fields (the reduce packs them by name); non-participants send zeros.
-    S, dl, dg = xp.zeros((n, block.T)), xp.zeros(n), xp.zeros((n, d))
+    loss, grad, _ = block.derivatives(x, hessian=False)
+    dl, dg = xp.zeros(n), xp.zeros((n, d))
     value_bits, index_bits = np.zeros(n), np.zeros(n)
-    if len(who) == 0:
-        return state, Uplink(loss, grad, value_bits, index_bits, {"S": S, "l": dl, "g": dg})
-    at = xp.asarray(who)
-    # The participants' own streams: keyed by client id, so Rand-K draws as in a full round.
-    sub = ClientStreams(streams.seed, streams.client_ids[who], streams.round)
-    message = p.fednl.compressor.compress(hess[at] - state.H[at], sub)
-    H_new = state.H[at] + p.fednl.alpha * message.values
-    l_new = tri.frobenius(H_new - hess[at], xp)
-    g_new = _shifted_model(xp, H_new, l_new, x, grad[at])
-    S[at], dl[at], dg[at] = message.values, l_new - state.l[at], g_new - state.g[at]
-    value_bits[who] = message.value_bits + (d + 1) * p.fednl.float_bits
-    index_bits[who] = message.index_bits
-    H, l, g = state.H.copy(), state.l.copy(), state.g.copy()
-    H[at], l[at], g[at] = H_new, l_new, g_new
-    return ClientState(H, l, g), Uplink(loss, grad, value_bits, index_bits, {"S": S, "l": dl, "g": dg})
+    sums = BlockSums(S=(xp.zeros(block.T), xp.zeros(block.T)))
+    H, l, g = state.H, state.l.copy(), state.g.copy()
+    h = block.coefficients(x) if len(who) else None
+    step = client_chunks(block)[0][1] or 1  # clients per chunk
+    for part in (who[j:j + step] for j in range(0, len(who), step)):
+        at = xp.asarray(part)
+        hess = block.hessians_of(part, h)
+        # The participants' own streams: keyed by client id, so Rand-K draws as in a full round.
+        sub = ClientStreams(streams.seed, streams.client_ids[part], streams.round)
+        message = p.fednl.compressor.compress(hess - H[at], sub)
+        H_new = H[at] + p.fednl.alpha * message.values
+        l_new = tri.frobenius(H_new - hess, xp)
+        g_new = _shifted_model(xp, H_new, l_new, x, grad[at])
+        sums.add("S", message.values, xp)
+        dl[at], dg[at] = l_new - l[at], g_new - g[at]
+        value_bits[part] = message.value_bits + (d + 1) * p.fednl.float_bits
+        index_bits[part] = message.index_bits
+        H[at], l[at], g[at] = H_new, l_new, g_new
+    return ClientState(H, l, g), Uplink(loss, grad, value_bits, index_bits, {"l": dl, "g": dg}, sums=sums)
 
 
 def server_step(p: Params, state: ServerState, x, agg: Aggregate):
