@@ -2,7 +2,7 @@
 
     MPIFED_DATA=../shared/datasets .venv/bin/python -m pytest -q -s tests/test_gpu.py
 
-* Issue 7, target 2: FedNL through cupy gives numpy's trace. The client step runs in chunks of clients on both
+* Issue 7, target 2: FedNL and FedNL-PP through cupy give numpy's trace. The client step runs in chunks of clients on both
   backends (``CLIENT_CHUNK_BYTES`` and its GPU twin set small), so the cupyx row ranges of the scatter matrices
   and the double-double chunk sums on the device are exercised, on the sparse path (a9a) and the dense path
   (synthetic).
@@ -32,12 +32,15 @@ pytestmark = pytest.mark.skipif(not _gpu(), reason="cupy with a usable GPU is no
     dict(dataset="a9a", clients=20, samples_per_client=50, intercept=True),
     dict(dataset="synthetic", clients=12, samples_per_client=30, features=30, intercept=False),
 ])
-def test_fednl_on_cupy_in_client_chunks_is_numpy_fednl(monkeypatch, tmp_path, setup):
+@pytest.mark.parametrize("algorithm", ["fednl", "fednl-pp"])
+def test_fednl_on_cupy_in_client_chunks_is_numpy_fednl(monkeypatch, tmp_path, setup, algorithm):
     d = 124 if setup["dataset"] == "a9a" else setup["features"]
     for name in ("CLIENT_CHUNK_BYTES", "GPU_CLIENT_CHUNK_BYTES"):
         monkeypatch.setattr(base, name, 8 * tri.size(d) * 3)  # 3 clients per chunk
-    common = dict(setup, algorithm="fednl", compressor="topk:k=4d", rounds=8, lam=1e-3, quiet=True,
+    common = dict(setup, algorithm=algorithm, compressor="topk:k=4d", rounds=8, lam=1e-3, quiet=True,
                   reference_iterations=5)
+    if algorithm == "fednl-pp":  # the participants' Hessians from their rows of the scatter matrix on the device
+        common["participation"] = 5
     out = {backend: run({**common, "backend": backend, "out": str(tmp_path / f"{backend}.h5")})
            for backend in ("numpy", "cupy")}
     a, b = out["numpy"].metrics, out["cupy"].metrics
