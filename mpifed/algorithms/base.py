@@ -75,6 +75,14 @@ def client_chunks(block) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, block.n)) for lo in range(0, block.n, step)] or [(0, 0)]
 
 
+def hessians_in_chunks(block, x, loss, grad):
+    """For each chunk of :func:`client_chunks`: fill loss[lo:hi] (n,) and grad[lo:hi] (n, d) with f_i(x) and
+    grad f_i(x), and yield (lo, hi, the chunk's packed Hessians (hi - lo, T))."""
+    for lo, hi in client_chunks(block):
+        loss[lo:hi], grad[lo:hi], hess = block.clients(lo, hi).derivatives(x)
+        yield lo, hi, hess
+
+
 class BlockSums(dict):
     """Running double-double sums over the block's clients, chunk by chunk: name -> (hi, lo).
 

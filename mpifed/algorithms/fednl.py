@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import compressors, tri
 from ..errors import ConfigError
-from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, solve_projected, solve_spd
+from .base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_projected, solve_spd
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ def client_init(p: Params, block, x0, streams):
     xp = block.bk.xp
     loss, grad = xp.empty(block.n), xp.empty((block.n, block.d))
     H, sums = xp.empty((block.n, block.T)), BlockSums()
-    for lo, hi in client_chunks(block):
-        loss[lo:hi], grad[lo:hi], H[lo:hi] = block.clients(lo, hi).derivatives(x0)
-        sums.add("hess", H[lo:hi], xp)
+    for lo, hi, hess in hessians_in_chunks(block, x0, loss, grad):
+        H[lo:hi] = hess
+        sums.add("hess", hess, xp)
     values, index = bits_for(block.n, block.T, p.float_bits)
     return ClientState(H), Uplink(loss, grad, values, index, sums=sums)
 
@@ -103,8 +103,7 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     loss, grad, H = xp.empty(n), xp.empty((n, block.d)), state.H
     value_bits, index_bits, sums = np.empty(n), np.empty(n), BlockSums()
     fields = {"l": xp.empty(n)} if p.option == 2 else {}
-    for lo, hi in client_chunks(block):
-        loss[lo:hi], grad[lo:hi], hess = block.clients(lo, hi).derivatives(x)
+    for lo, hi, hess in hessians_in_chunks(block, x, loss, grad):
         diff = hess - H[lo:hi]
         del hess
         message = p.compressor.compress(diff, streams.clients(lo, hi))

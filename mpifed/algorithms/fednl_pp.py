@@ -40,7 +40,7 @@ import numpy as np
 from .. import tri
 from ..rng import ClientStreams
 from . import fednl
-from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, solve_spd, to_participants
+from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, hessians_in_chunks, solve_spd, to_participants
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def client_init(p: Params, block, x0, streams):
     xp, n = block.bk.xp, block.n
     loss, grad, g0 = xp.empty(n), xp.empty((n, block.d)), xp.empty((n, block.d))
     H, l0, sums = xp.empty((n, block.T)), xp.zeros(n), BlockSums()
-    for lo, hi in client_chunks(block):
-        loss[lo:hi], grad[lo:hi], H[lo:hi] = block.clients(lo, hi).derivatives(x0)
-        g0[lo:hi] = _shifted_model(xp, H[lo:hi], l0[lo:hi], x0, grad[lo:hi])
-        sums.add("hess", H[lo:hi], xp)
+    for lo, hi, hess in hessians_in_chunks(block, x0, loss, grad):
+        H[lo:hi] = hess
+        g0[lo:hi] = _shifted_model(xp, hess, l0[lo:hi], x0, grad[lo:hi])
+        sums.add("hess", hess, xp)
     values, index = bits_for(n, block.T + block.d, p.fednl.float_bits)
     return ClientState(H, l0, g0), Uplink(loss, grad, values, index, {"g": g0}, sums=sums)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import tri
-from .base import Aggregate, Uplink, bits_for, solve_spd
+from .base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_spd
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,14 @@ def server_init(p: Params, agg, x0):
 
 
 def client_step(p: Params, block, state, x, streams):
-    loss, grad, hess = block.derivatives(x)
+    """The block's Hessians are summed a chunk of clients at a time (never all held at once: the reference
+    solve for x* runs this on every federation, however many clients a rank hosts)."""
+    xp = block.bk.xp
+    loss, grad, sums = xp.empty(block.n), xp.empty((block.n, block.d)), BlockSums()
+    for _, _, hess in hessians_in_chunks(block, x, loss, grad):
+        sums.add("hess", hess, xp)
     values, index = bits_for(block.n, block.d + block.T, p.float_bits)
-    return state, Uplink(loss, grad, values, index, {"hess": hess})
+    return state, Uplink(loss, grad, values, index, sums=sums)
 
 
 def server_step(p: Params, state, x, agg: Aggregate):
