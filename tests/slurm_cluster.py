@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -158,6 +159,14 @@ class SlurmCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
         env.update(SLURM_CONF=str(self.conf), **extra)
         return env
+
+    def exit_code(self, job_id: int) -> int | None:
+        """A finished job's exit status as slurmctld logged it ("_job_complete: JobId=N WEXITSTATUS S"), None if
+        not logged. ``sbatch --wait`` polls every 2 s and the record lives MinJobAge = 4 s: on a loaded machine
+        the poll can come after the purge, and sbatch then exits 0 with "Job N no longer found"."""
+        log = (self.scratch / "slurmctld.log").read_text(errors="replace")
+        found = re.findall(rf"_job_complete: JobId={int(job_id)} WEXITSTATUS (\d+)", log)
+        return int(found[-1]) if found else None
 
     def logs(self, lines: int = 15) -> str:
         """The last lines of every daemon's log and console output (for failure messages)."""

@@ -51,6 +51,11 @@ def sbatch(cluster, args, timeout=JOB_TIMEOUT):
         done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{' '.join(map(str, args))} did not finish in {timeout} s\n{cluster.logs()}")
+    submitted = re.search(r"Submitted batch job (\d+)", done.stdout)
+    if "--wait" in args and submitted and "no longer found" in done.stderr:  # sbatch polled after the purge
+        code = cluster.exit_code(int(submitted.group(1)))
+        if code is not None:
+            done = subprocess.CompletedProcess(done.args, code, done.stdout, done.stderr)
     print(f"{' '.join(map(str, args[:3]))} ...: exit {done.returncode} in {time.perf_counter() - start:.1f} s")
     return done
 
