@@ -279,9 +279,9 @@ def _peak_mb(method: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _per_round(calls: list, first: int, rows: int) -> np.ndarray:
-    """One entry per trace row: the calls from ``first`` on, or NaN if they do not line up."""
-    got = np.asarray(calls[first:first + rows], dtype=float)
+def _per_round(calls: list, rows: int) -> np.ndarray:
+    """One entry per trace row, or NaN if the calls do not line up with the rows."""
+    got = np.asarray(calls[:rows], dtype=float)
     return got if got.size == rows else np.full(rows, np.nan)
 
 
@@ -316,7 +316,7 @@ def check_fits(row: Row, cfg: dict, comm) -> None:
     """
     if cfg["dataset"] != "synthetic":
         return
-    from .algorithms.base import CLIENT_CHUNK_BYTES, GPU_CLIENT_CHUNK_BYTES
+    from .algorithms.base import clients_per_chunk
     from .comm import client_range
     from .driver import collective
 
@@ -325,8 +325,7 @@ def check_fits(row: Row, cfg: dict, comm) -> None:
         d = cfg["features"]
         T = d * (d + 1) // 2
         state = (hi - lo) * T * 8
-        budget = GPU_CLIENT_CHUNK_BYTES if row.backend == "cupy" else CLIENT_CHUNK_BYTES
-        chunk = min(state, max(1, budget // (8 * T)) * 8 * T)  # as client_chunks cuts the block
+        chunk = min(state, clients_per_chunk(T, row.backend == "cupy") * 8 * T)
         need = state + CHUNK_COPIES * chunk + 2 * (hi - lo) * cfg["samples_per_client"] * d * 8
         if row.backend == "cupy":
             import cupy
@@ -447,9 +446,9 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     upto = slice(0, k + 1)
     seconds = float(np.sum(m["time_client"][upto] + m["time_comm"][upto] + m["time_server"][upto]))
     phase = {"client": m["time_client"], "comm": m["time_comm"], "server": m["time_server"],
-             "hessian": _per_round(timers.in_step["hessian"], 0, rows_done),
-             "compress": _per_round(timers.in_step["compress"], 0, rows_done),
-             "trace": _per_round(timers.calls["trace"], 0, rows_done)}
+             "hessian": _per_round(timers.in_step["hessian"], rows_done),
+             "compress": _per_round(timers.in_step["compress"], rows_done),
+             "trace": _per_round(timers.calls["trace"], rows_done)}
     phase["client_other"] = phase["client"] - phase["hessian"] - phase["compress"]
     mean = {name: float(np.mean(np.asarray(phase[name])[upto])) for name in PHASES}
     s_per_round = seconds / (k + 1)

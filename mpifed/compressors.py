@@ -123,7 +123,6 @@ class TopK(Compressor):
         if self.k >= self.T:  # everything, in order: no indices on the wire
             return self._message(X, self.T)
         # a few rows at a time: the scores, their partitioned copy and the masks are never (n, T) arrays
-        # X's memory layout, as ``where(mask, X, 0.0)`` on the whole block gave (later row sums follow it)
         kept = xp.empty_like(X, dtype=xp.result_type(X.dtype, 0.0))
         for rows in tri.row_chunks(len(X), self.T, gpu=xp is not np):
             part = X[rows]

@@ -30,7 +30,7 @@ PIECE_BYTES = 1 << 22  # dd_sum_rows on host arrays works on ~4 MB row-major pie
 def dd_sum_rows(X, xp=np, chunks: int = 32):
     """Double-double sum over the first axis: (hi, lo), each of shape X.shape[1:].
 
-    A 2-D host array that is not row-major (FedNL's dense-path Hessians are column-major) is summed a
+    A 2-D host array that is not row-major (a transposed or column-major block) is summed a
     few columns at a time, each piece copied row-major, instead of through strided row slices (3.6x
     faster on 20,000 x 5,050): every column's sum is its own, so the bits are those of the one-shot sum.
     """

@@ -176,19 +176,26 @@ class LogisticBlock:
 
         The Hessian is skipped (None) when ``hessian`` is False.
         """
+        loss, grad, t = self._loss_grad(x)
+        hess = self.hessians_from_coefficients(phi_second(t, self.bk.xp)) if hessian else None
+        return loss, grad, hess
+
+    def derivatives_and_coefficients(self, x):
+        """(f_i(x), grad f_i(x), the Hessian coefficients h_ij(x) = phi''(a_ij^T x) of every row (paper 004,
+        Sec. 3)) from one pass over the margins: what Newton-Learn learns, and what FedNL-PP's participants
+        build their Hessians from (:meth:`hessians_of`)."""
+        loss, grad, t = self._loss_grad(x)
+        return loss, grad, phi_second(t, self.bk.xp)
+
+    def _loss_grad(self, x):
+        """(f_i(x), grad f_i(x), the margins a_ij^T x)."""
         xp = self.bk.xp
         t = self.margins(x)
         labels = self._b3 if self.dense else self.b
         z = labels * t
         loss = self._client_sum(phi(z, xp)) + self._ridge(x)
-        coef = phi_prime(z, xp) * labels
-        grad = self._weighted_rows(coef) + self.lam * x
-        hess = self.hessians_from_coefficients(phi_second(t, xp)) if hessian else None
-        return loss, grad, hess
-
-    def coefficients(self, x):
-        """Hessian coefficients h_ij(x) = phi''(a_ij^T x) for every row (paper 004, Sec. 3)."""
-        return phi_second(self.margins(x), self.bk.xp)
+        grad = self._weighted_rows(phi_prime(z, xp) * labels) + self.lam * x
+        return loss, grad, t
 
     def _weighted_rows(self, coef):
         """(1/m_i) sum_j coef_ij a_ij for each client, shape (n, d)."""

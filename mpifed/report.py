@@ -36,12 +36,11 @@ def info(path: Path, every: int | None = None, target: float = 1e-10) -> None:
         hosts = sorted({r["host"] for r in env.get("ranks", [])})
         backends = sorted({r["backend"] for r in env.get("ranks", [])})
         print(f"where      {', '.join(hosts)}; {env.get('mpi_library')}; backend {', '.join(backends)}")
+    problem = f"problem    {cfg.get('dataset')} ({t.attrs.get('data_source')}): n = {t.attrs.get('n_clients')} clients, "
     if is_network(t):
-        print(f"problem    {cfg.get('dataset')} ({t.attrs.get('data_source')}): n = {t.attrs.get('n_clients')} clients, "
-              f"model {cfg.get('model')} with {t.attrs.get('dimension')} parameters")
+        print(problem + f"model {cfg.get('model')} with {t.attrs.get('dimension')} parameters")
     else:
-        print(f"problem    {cfg.get('dataset')} ({t.attrs.get('data_source')}): n = {t.attrs.get('n_clients')} clients, "
-              f"d = {t.attrs.get('dimension')}, lam = {cfg.get('lam')}, f* = {t.attrs.get('f_star')}")
+        print(problem + f"d = {t.attrs.get('dimension')}, lam = {cfg.get('lam')}, f* = {t.attrs.get('f_star')}")
     part = t.attrs.get("partition")
     if isinstance(part, dict):
         print(f"partition  {part.get('spec')} (seed {part.get('seed')}): m_i in [{part.get('m_min')}, "
@@ -91,10 +90,15 @@ def _nanmax(values) -> float:
 
 def comparison(folder: Path, target: float) -> list[dict]:
     """:func:`to_target` for every trace in a folder, sorted by name."""
+    return [to_target(t, target) for t in _traces(folder)]
+
+
+def _traces(folder: Path) -> list:
+    """Every trace in a folder, sorted by name (an error if there is none)."""
     paths = sorted(Path(folder).glob("*.h5"))
     if not paths:
         raise MpifedError(f"no .h5 traces in {folder}")
-    return [to_target(tracemod.load(p), target) for p in paths]
+    return [tracemod.load(p) for p in paths]
 
 
 def best_accuracy(t: tracemod.Trace) -> dict:
@@ -111,12 +115,11 @@ def best_accuracy(t: tracemod.Trace) -> dict:
 
 
 def _folder(folder: Path, target: float = 1e-10) -> None:
-    paths = sorted(Path(folder).glob("*.h5"))
-    traces = [tracemod.load(p) for p in paths]
-    if traces and all(is_network(t) for t in traces):
+    traces = _traces(folder)
+    if all(is_network(t) for t in traces):
         _network_folder(traces)
         return
-    rows = comparison(folder, target)
+    rows = [to_target(t, target) for t in traces]
     print(f"to ||grad P|| <= {target:g}: rounds, bits per client (uplink incl. indices; downlink), seconds "
           f"(client + comm + server); '-' = not reached")
     print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'bits_up':>11} {'bits_down':>11} "

@@ -243,8 +243,7 @@ def environment(comm, backend) -> dict:
     ranks = comm.allgather(mine)
     import scipy
 
-    # the trace's writer (rank 0) records the h5py version; the other ranks do not load h5py for it
-
+    # only rank 0, the trace's writer, loads h5py to record its version
     return {"ranks": ranks, "mpi_library": comm.library(),
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "h5py": _h5py().__version__ if comm.rank == 0 else "", "platform": platform.platform()}

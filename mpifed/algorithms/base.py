@@ -67,11 +67,15 @@ CLIENT_CHUNK_BYTES = 1 << 24  # a chunked client step holds about this much of e
 GPU_CLIENT_CHUNK_BYTES = 1 << 30  # on a GPU: fewer, larger kernels
 
 
+def clients_per_chunk(T: int, gpu: bool = False) -> int:
+    """How many clients' rows of T float64 fit in about CLIENT_CHUNK_BYTES (on a GPU: GPU_CLIENT_CHUNK_BYTES)."""
+    return max(1, (GPU_CLIENT_CHUNK_BYTES if gpu else CLIENT_CHUNK_BYTES) // (8 * T))
+
+
 def client_chunks(block) -> list[tuple[int, int]]:
-    """Ranges (lo, hi) of the block's clients whose (clients x T) float64 arrays take at most about
-    CLIENT_CHUNK_BYTES each (one range for all but large blocks: w8a's 71 clients per rank take 26 MB)."""
-    budget = CLIENT_CHUNK_BYTES if block.bk.xp is np else GPU_CLIENT_CHUNK_BYTES
-    step = max(1, budget // (8 * block.T))
+    """Ranges (lo, hi) of the block's clients of :func:`clients_per_chunk` clients each (w8a's 71 clients per
+    rank, 26 MB per array, go in two; a block without clients is one empty range)."""
+    step = clients_per_chunk(block.T, block.bk.xp is not np)
     return [(lo, min(lo + step, block.n)) for lo in range(0, block.n, step)] or [(0, 0)]
 
 

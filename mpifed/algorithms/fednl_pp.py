@@ -40,7 +40,8 @@ import numpy as np
 from .. import tri
 from ..rng import ClientStreams
 from . import fednl
-from .base import Aggregate, BlockSums, Uplink, bits_for, client_chunks, hessians_in_chunks, solve_spd, to_participants
+from .base import Aggregate, BlockSums, Uplink, bits_for, clients_per_chunk, hessians_in_chunks, solve_spd
+from .base import to_participants
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,12 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     place, and their S_i are summed as they go (every rank sends the sum, zeros without participants)."""
     xp, n, d = block.bk.xp, block.n, block.d
     who = np.flatnonzero(np.asarray(streams.active)) if streams.round > 0 else np.zeros(0, dtype=np.int64)
-    loss, grad, _ = block.derivatives(x, hessian=False)
+    loss, grad, h = block.derivatives_and_coefficients(x)
     dl, dg = xp.zeros(n), xp.zeros((n, d))
     value_bits, index_bits = np.zeros(n), np.zeros(n)
     sums = BlockSums(S=(xp.zeros(block.T), xp.zeros(block.T)))
     H, l, g = state.H, state.l.copy(), state.g.copy()
-    h = block.coefficients(x) if len(who) else None
-    step = client_chunks(block)[0][1] or 1  # clients per chunk
+    step = clients_per_chunk(block.T, xp is not np)
     for part in (who[j:j + step] for j in range(0, len(who), step)):
         at = xp.asarray(part)
         hess = block.hessians_of(part, h)

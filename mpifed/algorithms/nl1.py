@@ -172,8 +172,7 @@ def client_max(block, values):
 # ------------------------------------------------------------------------------- NL1
 def client_init(p: Params, block, x0, streams):
     """h_i^0 = h_i(x^0) >= 0; H_i^0 + lam I uploaded once (one packed matrix per client)."""
-    loss, grad, _ = block.derivatives(x0, hessian=False)
-    h0 = block.coefficients(x0)
+    loss, grad, h0 = block.derivatives_and_coefficients(x0)
     values, index = bits_for(block.n, block.T, p.float_bits)
     return ClientState(h0), Uplink(loss, grad, values, index, {"H0": block.hessians_from_coefficients(h0)})
 
@@ -183,8 +182,8 @@ def server_init(p: Params, agg: Aggregate, x0):
 
 
 def client_step(p: Params, block, state: ClientState, x, streams):
-    loss, grad, _ = block.derivatives(x, hessian=False)
-    J, old, new, sent, h = learn(p, block, state.h, block.coefficients(x), streams, positive=True)
+    loss, grad, target = block.derivatives_and_coefficients(x)
+    J, old, new, sent, h = learn(p, block, state.h, target, streams, positive=True)
     return ClientState(h), uplink(p, block, loss, grad, J, old, new, sent)
 
 

@@ -75,8 +75,7 @@ class ServerState:
 
 def client_init(p, block, x0, streams, extra=None):
     """h_i^0 = h_i(x^0); uploads (1/m_i) sum_j (h_ij^0 + 2 gamma) a_ij a_ij^T + lam I and A_i^T A_i / m_i."""
-    loss, grad, _ = block.derivatives(x0, hessian=False)
-    h0 = block.coefficients(x0)
+    loss, grad, h0 = block.derivatives_and_coefficients(x0)
     values, index = bits_for(block.n, 2 * block.T, p.float_bits)
     fields = {"A0": block.hessians_from_coefficients(h0 + 2 * p.gamma), "gram": block.gram()}
     return nl1.ClientState(h0), Uplink(loss, grad, values, index, fields, extra or {})
@@ -90,8 +89,7 @@ def server_init(p, agg: Aggregate, x0):
 
 def client_step(p, block, state, x, streams):
     xp = block.bk.xp
-    loss, grad, _ = block.derivatives(x, hessian=False)
-    target = block.coefficients(x)
+    loss, grad, target = block.derivatives_and_coefficients(x)
     if bool((state.h + 2 * p.gamma <= 0).any()):
         raise MpifedError(f"a learned coefficient fell below -2 gamma = {-2 * p.gamma:g} (Assumption 3.4 "
                           "|h_ij^k| <= gamma fails): lower --eta or raise --gamma")
