@@ -1,7 +1,7 @@
 """mpifed: second-order federated optimization simulated over MPI."""
 import os as _os
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (setup.cfg reads it from mpifed.version)
 
 
 def _one_blas_thread() -> None:

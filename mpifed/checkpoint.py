@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .comm import collective
 from .errors import ConfigError
 
 MAGIC, VERSION = "mpifed-checkpoint", 1
@@ -99,8 +100,6 @@ class Checkpointer:
 
     def save(self, k: int, x, server, client, bits: dict) -> None:
         """Gather every rank's client state to rank 0 and write the checkpoint there atomically."""
-        from .driver import collective
-
         blob = pickle.dumps(_to_host(client), protocol=pickle.HIGHEST_PROTOCOL)
         blobs = self.comm.gather_objects(blob)
         collective(self.comm, lambda: self._write(k, x, server, bits, blobs) if self.comm.is_root else None)

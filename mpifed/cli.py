@@ -18,27 +18,33 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .config import RunConfig
 from .errors import MpifedError
 
 HELP = {
-    "dataset": "'synthetic' (default), a registry name (mpifed datasets list) or a LIBSVM file path",
+    "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
+                "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
-    "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32)",
+    "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
     "shuffle": "permute the rows with this seed before splitting (default: file order, as the papers)",
     "intercept": "append a constant-1 feature (d+1 dimensions)",
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | gd (default fednl)"),
+                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam "
+                  "(default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
-                   "randseqk:k=8d ('d' = dimension); Newton-Learn: randk:k=1 (r coefficients per client)"),
+                   "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
+                   "Newton-Learn: randk:k=1 (r coefficients per client)"),
     "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam)",
-    "step_size": "GD step size (default 1/L)",
+    "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
+                  "networks: local step eta_l (default 0.03 for SGD-type methods and FedRCO, 0.3 for the FOOF methods "
+                  "localnewton and fedpm; from 25 centralised steps on FedRCO's CNN, see jobs/mnist-cnn.toml)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
     "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
     "local_steps": "FedPM / LocalNewton: local Newton steps K per round (default 1)",
@@ -72,7 +78,8 @@ HELP = {
     "stable_norm": "FedRCO: norm bound of the rolled-back step (the paper's grad_stable = 10)",
     "aggregation": "FedRCO: 'curvature' (eq. 12-13, default) or 'mean' (FedRCO-ori)",
     "eval_batch": "FedRCO: samples per client for the local/global accuracies of eq. 12-13 (default: --batch-size)",
-    "partition": "how rows go to clients: paper (default: consecutive blocks), iid, dirichlet:alpha=0.1, pathological:k=2",
+    "partition": ("how rows go to clients: paper (default: consecutive blocks in file order), iid, dirichlet:alpha=0.1, "
+                  "pathological:k=2; image sets: iid (default), dirichlet, pathological"),
     "min_client_size": "Dirichlet / pathological partitions: redraw until every client has at least this many rows",
     "test_dataset": "held-out LIBSVM set for test accuracy/loss (default: the registry's test split, if any)",
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
@@ -81,10 +88,12 @@ HELP = {
     "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
-    "tol": "stop once ||grad P(x^k)|| <= tol (default 0: run every round)",
+    "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "
+            "default 0)"),
     "seed": "seed of every client's random stream (default 0)",
     "float_bits": "bits per transmitted float in the bit count: 16, 32 (default) or 64",
-    "reference_iterations": "Newton iterations for x*, f* (default 20; 0 skips f_gap and dist_to_opt)",
+    "reference_iterations": ("Newton iterations for x*, f* (default 20, as the papers; 0 skips f_gap and dist_to_opt; "
+                             "networks: 0, there is no x*)"),
     "backend": "numpy (default), cupy (GPU) or auto",
     "out": "trace path (default runs/<algorithm>-<dataset>-<n>.h5)",
     "overwrite": "replace an existing --out",
@@ -135,14 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--overwrite", action="store_true", help="replace the plan's existing traces")
     sweep = sub.add_parser("sweep", help="expand a grid of configs for a SLURM array job (and submit it)",
                            description="Write DIR/configs/NNNN.toml for every point of GRID.toml's [grid] product "
-                                       "(on top of [base]) and print the sbatch --array command (see mpifed/sweep.py).")
+                                       "(on top of [base]) and print the sbatch --array command (see docs/running.md).")
     sweep.add_argument("grid", help="grid TOML: optional name pattern, [base] and [grid] tables")
     sweep.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default runs/<grid file stem>)")
     sweep.add_argument("--submit", action="store_true", help="run the sbatch command instead of printing it")
     sweep.add_argument("--wait", action="store_true", help="with --submit: sbatch --wait, then print the traces' table")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing sweep's configs and traces")
     sweep.add_argument("--script", default=None, help="array job script (default jobs/slurm-sweep.sbatch)")
-    from .plots import X_AXES, Y_AXES
+    from .analysis.plots import X_AXES, Y_AXES
 
     rep = sub.add_parser("report", help="plot convergence curves of traces (one line per trace) to PNG/PDF/SVG",
                          description="Plot metrics of traces: log-scale y (linear for test_acc), one line per trace.")
@@ -159,12 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("path", metavar="TRACE", help="a trace (.h5)")
     export.add_argument("--csv", action="store_true", help="CSV (the default and only format)")
     export.add_argument("-o", "--out", default=None, help="CSV file (default: standard output)")
-    from .bench import DEFAULT as BENCH_ROWS, FIXED_ROUNDS, LISTED as BENCH_LISTED, MAX_ROUNDS
+    from .ops.bench import DEFAULT as BENCH_ROWS, FIXED_ROUNDS, LISTED as BENCH_LISTED, MAX_ROUNDS
 
     bench = sub.add_parser("bench", help="benchmark FedNL against the C++ u-FedNL figures (under mpiexec -n 2)",
                            description="Run the u-FedNL reference setups (142 clients, Top-K 8d, option 2, tol 1e-14) "
                                        "and print per-round time by phase, rounds/s and memory; the scale, weak-scaling "
-                                       "and GPU rows run only when named with --only (see mpifed/bench.py).")
+                                       "and GPU rows run only when named with --only (see docs/benchmarks.md).")
     bench.add_argument("--only", nargs="+", default=None, metavar="ROW",
                        help=f"run only these rows (rows: {', '.join(BENCH_LISTED)}; default {', '.join(BENCH_ROWS)})")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the table and the machine as JSON")
@@ -205,22 +214,22 @@ def main(argv=None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "info":
-            from .report import info
+            from .analysis.report import info
 
             info(Path(args.path), args.every, args.target)
             return 0
         if args.command == "compare":
             return _compare(args)
         if args.command == "bench":
-            from . import bench
+            from .ops import bench
 
             return bench.main(args.only, args.json, args.rounds, args.list, args.clients, args.per_rank, args.append)
         if args.command == "sweep":
-            from . import sweep
+            from .ops import sweep
 
             return sweep.main(args.grid, args.out, args.submit, args.wait, args.overwrite, args.script)
         if args.command in ("report", "export"):
-            from . import plots
+            from .analysis import plots
 
             if args.command == "export":
                 sys.stdout.write(plots.export(args.path, args.out) or "")
@@ -268,8 +277,8 @@ def _run(args) -> int:
 
 
 def _compare(args) -> int:
-    from .compare import load_plan, run_plan
-    from .report import info
+    from .ops.compare import load_plan, run_plan
+    from .analysis.report import info
 
     plan = load_plan(args.plan, args.only, args.overwrite)
     results = run_plan(plan)

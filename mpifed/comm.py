@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .ddsum import dd_add
-from .errors import ConfigError
+from .errors import ConfigError, MpifedError
 
 
 def client_range(n_clients: int, size: int, rank: int) -> tuple[int, int]:
@@ -24,6 +24,21 @@ def client_range(n_clients: int, size: int, rank: int) -> tuple[int, int]:
         raise ConfigError(f"{n_clients} clients cannot be spread over {size} MPI ranks; "
                           f"use at most {n_clients} ranks or more clients")
     return rank * n_clients // size, (rank + 1) * n_clients // size
+
+
+def collective(comm, fn):
+    """Run ``fn`` on every rank; if it fails anywhere, raise the first failure everywhere."""
+    result, error = None, None
+    try:
+        result = fn()
+    except MpifedError as err:
+        error = str(err)
+    except Exception as err:  # a bug must not leave the other ranks waiting
+        error = f"internal error on rank {comm.rank}: {type(err).__name__}: {err}"
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise MpifedError(errors[0])
+    return result
 
 
 class SerialComm:

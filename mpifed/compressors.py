@@ -4,7 +4,7 @@
 row per client, and the result carries the decompressed rows together with the exact
 number of bits each client puts on the wire (values at the configured float width;
 indices, ceil(log2 T) bits each, counted separately). Classes (FedNL, Safaryan et al.
-2022, Sec. 2 and Appendix; ALGORITHMS.md):
+2022, Sec. 2 and Appendix):
 
 * contractive, ||C(X) - X||_F^2 <= (1 - delta) ||X||_F^2: identity (delta = 1),
   Top-K (delta = K/T), Rank-R (delta = R/d), and u-FedNL's Top-LEK (delta = K/T, met in
@@ -155,7 +155,7 @@ class RandK(Compressor):
 
 @dataclass(frozen=True)
 class RankR(Compressor):
-    """Rank-R: the R eigenpairs of largest |eigenvalue| (contractive, delta = R/d)."""
+    """Rank-R: the R eigenpairs of largest ``|eigenvalue|`` (contractive, delta = R/d)."""
 
     r: int = 1
 
@@ -184,8 +184,8 @@ _EXPONENT_BITS = {16: 5, 32: 8, 64: 11}
 class Natural(Compressor):
     """Natural compression (Horvath et al. 2019, Def. 1): unbiased, omega = 1/8.
 
-    An entry t != 0 with 2^a <= |t| < 2^(a+1) becomes sign(t) 2^a with probability
-    (2^(a+1) - |t|) / 2^a and sign(t) 2^(a+1) otherwise; zeros stay zero. The result has no
+    An entry t != 0 with ``2^a <= |t| < 2^(a+1)`` becomes sign(t) 2^a with probability
+    ``(2^(a+1) - |t|) / 2^a`` and sign(t) 2^(a+1) otherwise; zeros stay zero. The result has no
     mantissa, so each of the T entries costs sign + exponent bits: 9 at float_bits 32 (paper
     004, Sec. 6: "9d bits"), 12 at 64 (u-FedNL packs two FP64 entries in 3 bytes), 6 at 16.
     Nothing is dropped, so no indices are sent.
@@ -322,7 +322,8 @@ VECTOR_COMPRESSORS = ("identity", "topk", "randk", "natural", "randseqk")
 
 
 def make(spec: str, d: int, float_bits: int = 32, vector: bool = False) -> Compressor:
-    """Build a compressor from ``name[:param=value]``; a value ``8d`` means 8 times the dimension d.
+    """Build a compressor from ``name[:param=value]``; a value ``d``, ``8d`` or ``0.5d`` is that multiple of the
+    dimension d (rounded to the nearest integer).
 
     By default it acts on packed symmetric d x d matrices (T = d(d+1)/2 entries); with
     ``vector=True`` on plain d-vectors (T = d: FedNL-BC's model compression).
@@ -343,7 +344,8 @@ def make(spec: str, d: int, float_bits: int = 32, vector: bool = False) -> Compr
         return cls(d=d, float_bits=float_bits, entries=entries)
     key, _, raw = args.partition("=")
     if key != param or not raw:
-        raise ConfigError(f"compressor {name!r} needs {param}=<int> or {param}=<int>d, got {spec!r}")
+        raise ConfigError(f"compressor {name!r} needs {param}=<int> or a multiple of d ({param}=d, {param}=8d), "
+                          f"got {spec!r}")
     value = _parse_count(raw, d, spec)
     upper = (d if vector else tri.size(d)) if param == "k" else d
     if not 1 <= value <= upper:
@@ -354,7 +356,14 @@ def make(spec: str, d: int, float_bits: int = 32, vector: bool = False) -> Compr
 
 
 def _parse_count(raw: str, d: int, spec: str) -> int:
+    """An integer, or a multiple of d: ``d``, ``8d``, ``0.5d`` (rounded to the nearest integer)."""
     try:
-        return int(raw[:-1]) * d if raw.endswith("d") else int(raw)
+        if not raw.endswith("d"):
+            return int(raw)
+        factor = float(raw[:-1]) if raw[:-1] else 1.0
+        if not 0 < factor < float("inf"):
+            raise ValueError
+        return int(round(factor * d))
     except ValueError:
-        raise ConfigError(f"compressor {spec!r}: cannot read {raw!r} as an integer or <int>d") from None
+        raise ConfigError(f"compressor {spec!r}: cannot read {raw!r} as an integer or a multiple of d "
+                          f"(d, 8d, 0.5d)") from None

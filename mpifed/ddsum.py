@@ -3,7 +3,7 @@
 Summing client messages in plain floating point gives answers that depend on the order,
 hence on how clients are spread over ranks. Carrying each partial sum as an unevaluated
 pair hi + lo (about 106 bits) makes the rounded total independent of the order for all
-practical purposes, so traces agree at any number of ranks (DESIGN.md rule 8).
+practical purposes, so traces agree at any number of ranks (results must not depend on the rank count).
 """
 from __future__ import annotations
 

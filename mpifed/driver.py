@@ -24,13 +24,15 @@ from threadpoolctl import threadpool_limits
 from . import checkpoint as ckpt
 from . import config as cfgmod
 from . import trace as tracemod
-from .algorithms import method_for, newton
+from .algorithms import method_for
 from .algorithms.base import Aggregate, Query
+from .algorithms.second_order import newton
 from .checkpoint import SIGNALS
-from .comm import world
+from .comm import collective, world
 from .ddsum import dd_sum_blocks
 from .errors import MpifedError
-from .federation import LABELS, Federation, build_federation
+from .federation import Federation, build_federation
+from .plan import resolve
 
 CONTINUE, STOP, QUERY, SUSPEND = 0.0, 1.0, 2.0, 3.0
 
@@ -45,21 +47,6 @@ class RunResult:
     rounds: int
     metrics: dict
     path: Path | None
-
-
-def collective(comm, fn):
-    """Run ``fn`` on every rank; if it fails anywhere, raise the first failure everywhere."""
-    result, error = None, None
-    try:
-        result = fn()
-    except MpifedError as err:
-        error = str(err)
-    except Exception as err:  # a bug must not leave the other ranks waiting
-        error = f"internal error on rank {comm.rank}: {type(err).__name__}: {err}"
-    errors = [e for e in comm.allgather(error) if e]
-    if errors:
-        raise MpifedError(errors[0])
-    return result
 
 
 def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
@@ -323,16 +310,17 @@ def _resume_point(comm, trace: Path, overrides: dict):
 
 
 def _run(config, comm, start=None) -> RunResult:
-    fed = collective(comm, lambda: _federation(config, comm))
-    method = method_for(config)
-    params = collective(comm, lambda: method.Params.from_config(config, fed))
+    plan = collective(comm, lambda: resolve(config))
+    fed = collective(comm, lambda: build_federation(plan.data, comm))
+    method = method_for(config.algorithm, config.model is not None)
+    params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations)
     else:  # the checkpoint's x*, f* (no second reference solve)
         x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
         params = dataclasses.replace(params, x_star=x_star)
-    x0 = fed.initial_point() if hasattr(fed, "initial_point") else start_point(config, fed.d, x_star)
+    x0 = fed.x0 if fed.x0 is not None else start_point(config, fed.d, x_star)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
         histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
@@ -391,14 +379,6 @@ def _run(config, comm, start=None) -> RunResult:
     return result
 
 
-def _federation(config, comm):
-    if config.model is not None:  # an image federation trained by a neural-network method
-        from .nn.federation import build_image_federation
-
-        return build_image_federation(config, comm)
-    return build_federation(config, comm)
-
-
 EVENT_COLUMNS = ("round", "client", "step", "score", "action")  # action: 1 soft rollback, 2 hard reset
 
 
@@ -443,7 +423,7 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
     writer = tracemod.TraceWriter(path, {
         "config": config.to_json(), "mpi_size": fed.comm.size, "environment": env, "f_star": f_star,
         "method": repr(params), "n_clients": fed.n_clients, "dimension": fed.d, "data_source": fed.source,
-        "partition": {**fed.partition, "labels": list(getattr(fed, "labels", LABELS)), "m_min": fed.m_min,
+        "partition": {**fed.partition, "labels": list(fed.labels), "m_min": fed.m_min,
                       "m_max": fed.m_max},
         "test_set": test,
     }, overwrite=config.overwrite)
@@ -495,8 +475,11 @@ class _Progress:
         m, c = result.metrics, self.config
         if self.live and self.last:
             print()  # end the live line
-        print(f"{c.algorithm} on {c.dataset}: {result.status} after {result.rounds} rounds"
-              + (f" ({result.message})" if result.message else ""))
+        why = result.message
+        if result.status == "converged":
+            why = f"||grad P|| = {m['grad_norm'][-1]:.3e} <= --tol {c.tol:g}" + (
+                ", the default; --tol 0 runs every round" if c.tol == cfgmod.DEFAULT_TOL else "")
+        print(f"{c.algorithm} on {c.dataset}: {result.status} after {result.rounds} rounds" + (f" ({why})" if why else ""))
         if not len(m.get("round", ())):
             print(f"trace: {result.path}", flush=True)
             return

@@ -13,7 +13,7 @@ stops the daemons by their process ids (cancelling any job left first), also whe
 start fails. Every step has a time limit; a failure raises :class:`ClusterError` with the
 reason and the tail of the daemon logs, which a test turns into a skip.
 
-The configuration follows the facts in ``shared/ENVIRONMENT.md`` (SLURM 22.05, no
+The configuration matches the target machine (SLURM 22.05, no
 systemd, ``proctrack/linuxproc``, ``task/none``, ``select/cons_tres`` with ``CR_Core``,
 ``MpiDefault=pmi2`` for the pip MPICH).
 """

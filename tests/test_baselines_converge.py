@@ -1,4 +1,4 @@
-"""Issue 4, criterion 1: every first-order baseline converges at a tuned step size.
+"""Every first-order baseline converges at a tuned step size.
 
 (a) ``step_decay``: the iterates equal a plain client-by-client loop written here with
     eta_t = eta_0 / (1 + c t) (Li, Huang, Yang, Wang, Zhang, ICLR 2020, Theorem 1), the same at
@@ -156,6 +156,7 @@ TUNED = {  # config, the step of the GD-like contraction (1 - gamma_eff mu) per 
 }
 
 
+@pytest.mark.data("a9a")
 @pytest.mark.parametrize("method", sorted(TUNED))
 def test_linear_rate_baselines_reach_1e6_within_the_contraction_budget(method):
     """GD, DIANA (whose shifts remove the compression variance at x*, Mishchenko et al. 2019),
@@ -192,7 +193,7 @@ def test_decaying_steps_are_rank_count_independent(method, extra, tmp_path):
 
 
 def test_a_negative_decay_is_a_one_line_error():
-    from mpifed.algorithms import fedavg
+    from mpifed.algorithms.first_order import fedavg
     from mpifed.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"step_decay c = -0.5 is out of range; valid: c >= 0") as err:

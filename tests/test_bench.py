@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from mpifed import bench, cli
+from mpifed import cli
+
+from mpifed.ops import bench
 from mpifed.comm import SerialComm
 from mpifed.driver import run
 
@@ -69,7 +71,8 @@ def test_json_has_every_column_and_consistent_numbers(tiny):
 
 
 def test_rounds_match_an_ordinary_run_and_timers_are_removed(tiny, tmp_path):
-    from mpifed import compressors, problems, trace
+    from mpifed import compressors, trace
+    from mpifed.problems import logistic as problems
 
     (r,) = tiny["rows"]
     cfg = bench.ROWS["tiny"].config()
@@ -116,8 +119,8 @@ def test_bench_under_mpi_sums_every_rank_and_matches_a_serial_run():
         assert report is None
 
 
-def test_scale_rows_are_the_issue_setups():
-    """Issue 7 targets 2 and 3: 10^5 clients at d = 100, weak scaling per rank, GPU rows on cupy."""
+def test_scale_rows_are_the_scale_and_gpu_setups():
+    """The scale and GPU rows: 10^5 clients at d = 100, weak scaling per rank, GPU rows on cupy."""
     scale, weak = bench.ROWS["scale"].config(), bench.ROWS["weak"].config(size=4)
     assert (scale["dataset"], scale["clients"], scale["features"]) == ("synthetic", 100_000, 100)
     assert (weak["clients"], weak["features"]) == (4 * 25_000, 100)

@@ -1,4 +1,4 @@
-"""Checkpoint and resume (issue 6): a run stopped by a signal and resumed writes the same trace as
+"""Checkpoint and resume: a run stopped by a signal and resumed writes the same trace as
 an uninterrupted run, every metric of every round (timings aside), for every method; real SIGTERM and
 SIGKILL through mpiexec; bad resumes are refused without touching the files."""
 import hashlib
@@ -20,6 +20,7 @@ from mpifed import checkpoint, trace
 from mpifed.checkpoint import EXIT_SUSPENDED, SIGNALS
 from mpifed.comm import MPIComm, SerialComm
 from mpifed.driver import run
+from conftest import data_params
 from test_mpi import EVERY_METHOD
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -52,9 +53,9 @@ def signal_at_round(monkeypatch, k: int, ranks=None):
     monkeypatch.setattr(checkpoint.Checkpointer, "due", due)
 
 
-@pytest.mark.parametrize("name", sorted(EVERY_METHOD))
+@pytest.mark.parametrize("name", data_params(sorted(EVERY_METHOD), EVERY_METHOD))
 def test_every_method_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
-    config = {"rounds": 8, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
+    config = {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
     full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
     assert full.status != "failed", full.message
     signal_at_round(monkeypatch, 2)
@@ -73,9 +74,10 @@ def test_every_method_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeyp
     assert resume["round"] == stopped.rounds and resume["mpi_size"] == 1 and resume["environment"]["ranks"]
 
 
+@pytest.mark.data("a9a")
 def test_periodic_checkpoints_and_what_they_hold(tmp_path):
     out = tmp_path / "t.h5"
-    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": 30, "quiet": True, "checkpoint_every": 4,
+    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": 30, "tol": 0.0, "quiet": True, "checkpoint_every": 4,
               "reference_iterations": 3, "out": str(out)}
     seen = {}
     original = checkpoint.Checkpointer.save
@@ -107,20 +109,21 @@ def test_periodic_checkpoints_and_what_they_hold(tmp_path):
 
 def x_at(out, k):
     """x^k recomputed by a run of k rounds (an independent path to the same iterate)."""
-    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": k, "quiet": True, "reference_iterations": 3,
+    config = {"dataset": "a9a", "algorithm": "fednl", "rounds": k, "tol": 0.0, "quiet": True, "reference_iterations": 3,
               "out": str(out.with_name(f"x{k}.h5"))}
     return run(config, comm=SerialComm()).x
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name", ["fednl-pp", "nl1", "scaffold", "fednl-ls-backtracking", "adiana-partial"])
+@pytest.mark.parametrize("name", data_params(["fednl-pp", "nl1", "scaffold", "fednl-ls-backtracking", "adiana-partial"],
+                                             EVERY_METHOD))
 def test_a_signal_on_one_rank_suspends_every_rank(name, tmp_path, monkeypatch):
     """Only the last rank "catches" SIGTERM: the request reaches rank 0 in the exchange and every rank
     checkpoints at the same round; resuming at this size gives the serial uninterrupted trace."""
     comm = MPIComm()
     assert comm.size > 1
     shared = Path(comm.comm.bcast(str(tmp_path) if comm.is_root else None))
-    config = {"rounds": 8, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
+    config = {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3, **EVERY_METHOD[name]}
     signal_at_round(monkeypatch, 2, ranks={comm.size - 1})
     stopped = run({**config, "out": str(shared / "part.h5")}, comm=comm)
     assert stopped.status == "suspended"
@@ -166,9 +169,10 @@ def finish(proc, timeout=120):
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+@pytest.mark.data("a9a")
 @pytest.mark.parametrize("ranks", [1, 4])
 def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path):
-    """Issue 6, done-when 2: SIGTERM at a random round -> exit 75 with a checkpoint; --resume ->
+    """SIGTERM at a random round -> exit 75 with a checkpoint; --resume ->
     the uninterrupted trace (computed serially: traces do not depend on the rank count)."""
     args = A9A_PP + ["--rounds", "150"]
     when = random.Random().randint(3, 40)
@@ -188,6 +192,7 @@ def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path):
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+@pytest.mark.data("a9a")
 def test_sigkill_leaves_a_readable_trace_and_a_usable_checkpoint(tmp_path):
     args = A9A_PP + ["--rounds", "150", "--checkpoint-every", "10"]
     proc = start(2, args + ["--out", "part.h5"], tmp_path)
@@ -214,7 +219,7 @@ def digest(*paths):
 def suspended(tmp_path, monkeypatch):
     out = tmp_path / "s.h5"
     signal_at_round(monkeypatch, 2)
-    r = run({"dataset": "a9a", "algorithm": "fednl", "rounds": 20, "quiet": True, "reference_iterations": 3,
+    r = run({"dataset": "a9a", "algorithm": "fednl", "rounds": 20, "tol": 0.0, "quiet": True, "reference_iterations": 3,
              "out": str(out)}, comm=SerialComm())
     monkeypatch.undo()
     assert r.status == "suspended"
@@ -227,6 +232,7 @@ def cli(*args):
     return main(["run", *args])
 
 
+@pytest.mark.data("a9a")
 def test_a_resume_that_disagrees_with_the_checkpoint_lists_the_differences(suspended, capsys):
     before = digest(suspended, checkpoint.path_for(suspended))
     assert cli("--resume", str(suspended), "--lam", "0.01", "--compressor", "randk:k=5") == 2
@@ -238,6 +244,7 @@ def test_a_resume_that_disagrees_with_the_checkpoint_lists_the_differences(suspe
     assert trace.load(suspended).rounds == 26
 
 
+@pytest.mark.data("a9a")
 def test_resume_without_a_usable_checkpoint(suspended, tmp_path, capsys):
     ck = checkpoint.path_for(suspended)
     ck.write_bytes(ck.read_bytes()[:1000])  # truncated, as by a full disk
@@ -250,6 +257,7 @@ def test_resume_without_a_usable_checkpoint(suspended, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+@pytest.mark.data("a9a")
 def test_resume_on_another_rank_count_is_refused(suspended, tmp_path):
     before = digest(suspended, checkpoint.path_for(suspended))
     code, err = finish(start(2, ["--resume", str(suspended)], tmp_path))

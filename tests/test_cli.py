@@ -1,7 +1,7 @@
 """Tests of the ``mpifed`` command, launched as a subprocess like a user would (exit codes, stderr, files).
 
 Oracles: the valid ranges stated in the CLI's documentation and the FedNL setting (d = 20 gives
-d(d+1)/2 = 210 packed entries), the row and feature counts in the shared datasets' README, hand-written
+d(d+1)/2 = 210 packed entries), the row and feature counts in datasets/README.md, hand-written
 LIBSVM and TOML files, and traces read back with h5py directly.
 """
 import json
@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
+from mpifed.data import cache_dir
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-needs_data = pytest.mark.skipif(not (SHARED / "libsvm" / "phishing").is_file(),
-                                reason=f"shared LIBSVM files not found under {SHARED / 'libsvm'}")
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 needs_mpiexec = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}")
 TIMEOUT = 120
@@ -26,7 +26,8 @@ TIMEOUT = 120
 
 def env():
     e = dict(os.environ)
-    e["MPIFED_DATA"] = str(SHARED)
+    # the data the tests' `data` marker found: MPIFED_DATA (../shared/datasets when present), or the cache
+    e["MPIFED_DATA"] = os.pathsep.join(p for p in (os.environ.get("MPIFED_DATA"), str(cache_dir())) if p)
     e["MPIFED_CACHE"] = "/nonexistent-mpifed-cache"
     e.pop("PMI_RANK", None)
     return e
@@ -94,12 +95,12 @@ def test_non_integer_rounds_names_the_valid_range(tmp_path):
     assert "2.5" in line and "integer" in line
 
 
-@needs_data
+@pytest.mark.data("phishing")
 def test_more_clients_than_rows(tmp_path):
     proc = mpifed(tmp_path, "run", "--dataset", "phishing", "--clients", 1000, "--samples-per-client", 100)
     assert proc.returncode == 2
     line = one_error_line(proc)
-    assert "1000" in line and "11055" in line  # 11,055 rows: the README's count for phishing
+    assert "1000" in line and "11055" in line  # 11,055 rows: datasets/README.md's count for phishing
 
 
 def test_missing_dataset_file(tmp_path):
@@ -192,7 +193,8 @@ def test_toml_fills_config_and_flag_overrides(tmp_path):
 # ------------------------------------------------------------------ run with defaults
 
 def test_run_without_arguments(tmp_path):
-    """The embedded default: FedNL on 32 synthetic clients x 100 samples, d = 20, 100 rounds."""
+    """The embedded default: FedNL on 32 synthetic clients x 100 samples, d = 20, until ||grad P|| <= 1e-14
+    (at most 100 rounds), and the summary says it stopped at the default tolerance."""
     proc = mpifed(tmp_path, "run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
@@ -200,7 +202,10 @@ def test_run_without_arguments(tmp_path):
     assert first.is_file()
     assert "fednl on synthetic" in proc.stdout and str(Path("runs", "fednl-synthetic-1.h5")) in proc.stdout
     attrs, metrics = read_trace(first)
-    assert len(metrics["round"]) == 101
+    g = metrics["grad_norm"]
+    last = len(g) - 1
+    assert 1 < last < 100 and g[-1] <= 1e-14 < g[-2]  # stopped at the first round at the tolerance
+    assert f"converged after {last} rounds (||grad P|| = {g[-1]:.3e} <= --tol 1e-14, the default" in proc.stdout
     assert attrs["n_clients"] == 32 and attrs["dimension"] == 20
     assert metrics["bits_up"][0] == 210 * 32  # the initial Hessians' d(d+1)/2 entries
     # the result table: a header, rows from round 0 to the last, values as in the trace
@@ -208,7 +213,7 @@ def test_run_without_arguments(tmp_path):
     assert header[0] == "round" and "bits_up" in header
     rows = [line.split() for line in proc.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+)+", line)]
     shown = [int(r[0]) for r in rows]
-    assert len(rows) >= 2 and shown[0] == 0 and shown[-1] == 100 and shown == sorted(set(shown))
+    assert len(rows) >= 2 and shown[0] == 0 and shown[-1] == last and shown == sorted(set(shown))
     for name in ("grad_norm", "bits_up"):
         col = header.index(name)
         np.testing.assert_allclose([float(r[col]) for r in rows], metrics[name][shown], rtol=1e-4, err_msg=name)
@@ -226,7 +231,7 @@ def test_run_without_arguments(tmp_path):
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
-    for name, args in (("a.h5", ["--rounds", 40, "--lam", 0.02, "--compressor", "rankr:r=1"]),
+    for name, args in (("a.h5", ["--rounds", 40, "--tol", 0, "--lam", 0.02, "--compressor", "rankr:r=1"]),
                        ("b.h5", ["--rounds", 2, "--algorithm", "gd"])):
         proc = mpifed(folder, "run", "--quiet", "--reference-iterations", 5, "--out", folder / name, *args)
         assert proc.returncode == 0, proc.stderr
@@ -308,7 +313,7 @@ def test_datasets_list(tmp_path):
     proc = mpifed(tmp_path, "datasets", "list")
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
-    assert rows["a9a"][1:3] == ["123", "32561"]  # the README's counts
+    assert rows["a9a"][1:3] == ["123", "32561"]  # datasets/README.md's counts
     assert rows["w8a"][1:3] == ["300", "49749"]
     if (SHARED / "libsvm" / "a9a").is_file():
         assert rows["a9a"][3] == str(SHARED / "libsvm" / "a9a")

@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from mpifed.compare import load_plan, run_plan
+from mpifed.ops.compare import load_plan, run_plan
 from mpifed.errors import ConfigError
-from mpifed.report import comparison
+from mpifed.analysis.report import comparison
 
 PLAN = """
 out = "{out}"
@@ -21,6 +21,7 @@ clients = 6
 samples_per_client = 30
 features = 5
 rounds = 12
+tol = 0.0
 quiet = true
 [runs.newton]
 algorithm = "newton"

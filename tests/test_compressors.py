@@ -83,7 +83,9 @@ def test_theoretical_alpha_per_class():
     ("topk:k=79", [str(T)]),
     ("topk:k=0", ["1.." + str(T)]),
     ("rankr:r=13", ["1..12"]),
-    ("topk:x=3", ["k=<int>"]),
+    ("topk:x=3", ["k=<int>", "k=d"]),
+    ("topk:k=0d", ["0d", "multiple of d"]),
+    ("topk:k=-2d", ["-2d"]),
     ("randk:k=abc", ["abc"]),
     ("randseqk:k=0", ["k = 0", "1.." + str(T)]),
     ("randseqk:k=79", ["k = 79", "1.." + str(T)]),
@@ -91,6 +93,7 @@ def test_theoretical_alpha_per_class():
     ("toplek:k=7d", ["k = 84", "1.." + str(T)]),
     ("natural:k=3", ["natural", "no parameters"]),
     ("toplek:r=2", ["k=<int>"]),
+    ("rankr:r=1.5d", ["r = 18", "1..12"]),
 ])
 def test_bad_specs_name_the_value_and_range(spec, words):
     with pytest.raises(ConfigError) as err:
@@ -245,6 +248,12 @@ def test_new_specs_round_trip_through_make():
         assert compressors.make(spec, D).spec() == spec
     assert compressors.make("toplek:k=17", D).k == 17 and compressors.make("randseqk:k=78", D).k == 78
     assert compressors.make("toplek:k=2d", D).k == 24 and compressors.make("randseqk:k=2d", D).spec() == "randseqk:k=24"
+
+
+def test_a_multiple_of_d_may_omit_the_factor_or_be_fractional():
+    assert compressors.make("topk:k=d", D).k == D == compressors.make("topk:k=1d", D).k
+    assert compressors.make("randk:k=0.5d", D).k == D // 2 and compressors.make("rankr:r=d", D).r == D
+    assert compressors.make("topk:k=d", D, vector=True).k == D  # FedNL-BC's model compressor: all d entries
 
 
 def test_full_k_randseqk_and_toplek_are_the_identity_in_a_fednl_run():

@@ -1,4 +1,4 @@
-"""Tests of mpifed.data against independent oracles: the counts recorded in the shared datasets' README,
+"""Tests of mpifed.data against independent oracles: the row and feature counts in datasets/README.md,
 the SHA256SUMS file, hand-parsed raw lines, and hand-written small files."""
 
 import hashlib
@@ -15,10 +15,9 @@ from mpifed.data.registry import data_dirs
 from mpifed.data.synthetic import ground_truth
 from mpifed.errors import DataError
 
+from conftest import real_data
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-LIBSVM = SHARED / "libsvm"
-needs_data = pytest.mark.skipif(not (LIBSVM / "a9a").is_file(),
-                                reason=f"shared LIBSVM files not found under {LIBSVM}")
 
 
 @pytest.fixture(autouse=True)
@@ -41,26 +40,26 @@ def hand_parse(line):
 
 
 def raw_lines(name):
-    return (LIBSVM / name).read_text().splitlines()
+    return real_data(name).read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
 def a9a():
-    return read_libsvm(LIBSVM / "a9a")
+    return read_libsvm(real_data("a9a"))
 
 
-# ---------------------------------------------------------------- real files (counts from the README)
+# ---------------------------------------------------------------- real files (counts from datasets/README.md)
 
-@needs_data
+@pytest.mark.data("a9a")
 def test_a9a_counts(a9a):
     assert a9a.A.shape == (32561, 123)
     assert (np.sum(a9a.b == -1), np.sum(a9a.b == 1)) == (24720, 7841)
     assert a9a.A.dtype == np.float64 and a9a.b.dtype == np.float64
     assert a9a.A.has_canonical_format
-    assert a9a.name == "a9a" and a9a.source == str((LIBSVM / "a9a").resolve())
+    assert a9a.name == "a9a" and a9a.source == str(real_data("a9a").resolve())
 
 
-@needs_data
+@pytest.mark.data("a9a")
 def test_a9a_rows_match_hand_parse(a9a):
     lines = raw_lines("a9a")
     for k in (0, 999, 32560):
@@ -71,16 +70,16 @@ def test_a9a_rows_match_hand_parse(a9a):
         assert a9a.b[k] == label
 
 
-@needs_data
+@pytest.mark.data("w8a")
 def test_w8a_shape():
-    ds = read_libsvm(LIBSVM / "w8a")
+    ds = read_libsvm(real_data("w8a"))
     assert ds.A.shape == (49749, 300)
     assert (np.sum(ds.b == -1), np.sum(ds.b == 1)) == (48270, 1479)
 
 
-@needs_data
+@pytest.mark.data("phishing")
 def test_phishing_zero_one_labels_map_to_pm1():
-    ds = read_libsvm(LIBSVM / "phishing")
+    ds = read_libsvm(real_data("phishing"))
     assert set(np.unique(ds.b)) == {-1.0, 1.0}
     assert (np.sum(ds.b == -1), np.sum(ds.b == 1)) == (4898, 6157)
     label, entries = hand_parse(raw_lines("phishing")[0])  # label 0 -> -1; 30 entries of 0.18257
@@ -89,16 +88,16 @@ def test_phishing_zero_one_labels_map_to_pm1():
     np.testing.assert_array_equal(ds.A[0].data, [0.18257] * 30)
 
 
-@needs_data
+@pytest.mark.data("mushrooms")
 def test_mushrooms_one_two_labels_map_to_pm1():
-    ds = read_libsvm(LIBSVM / "mushrooms")
+    ds = read_libsvm(real_data("mushrooms"))
     assert (np.sum(ds.b == -1), np.sum(ds.b == 1)) == (3916, 4208)
 
 
-@needs_data
+@pytest.mark.data("a7a")
 def test_a7a_without_final_newline():
-    assert not (LIBSVM / "a7a").read_bytes().endswith(b"\n")
-    ds = read_libsvm(LIBSVM / "a7a", n_features=123)
+    assert not real_data("a7a").read_bytes().endswith(b"\n")
+    ds = read_libsvm(real_data("a7a"), n_features=123)
     assert ds.A.shape == (16100, 123)
     label, entries = hand_parse(raw_lines("a7a")[-1])
     assert ds.b[-1] == label
@@ -107,7 +106,8 @@ def test_a7a_without_final_newline():
 
 # ---------------------------------------------------------------- registry
 
-@needs_data
+@pytest.mark.skipif(not (SHARED / "SHA256SUMS").is_file(),
+                    reason=f"needs the shared data folder's checksum list {SHARED / 'SHA256SUMS'} (not a registry dataset)")
 def test_registry_hashes_equal_sha256sums():
     sums = {}
     for line in (SHARED / "SHA256SUMS").read_text().splitlines():
@@ -129,25 +129,27 @@ def test_registry_dimensions_and_test_splits():
     assert DATASETS["phishing"].test is None
 
 
-@needs_data
-@pytest.mark.parametrize("folder", [SHARED, LIBSVM])
-def test_resolve_via_mpifed_data(monkeypatch, folder):
-    monkeypatch.setenv("MPIFED_DATA", str(folder))
+@pytest.mark.data("a1a")
+@pytest.mark.parametrize("folder", [".", "libsvm"])
+def test_resolve_via_mpifed_data(monkeypatch, tmp_path, folder):
+    (tmp_path / "libsvm").mkdir()
+    (tmp_path / "libsvm" / "a1a").symlink_to(real_data("a1a"))  # a datasets folder with a libsvm/ subfolder
+    monkeypatch.setenv("MPIFED_DATA", str(tmp_path / folder))
     path, info = resolve("a1a")
-    assert path.resolve() == (LIBSVM / "a1a").resolve()
+    assert path.resolve() == real_data("a1a").resolve()
     assert info is DATASETS["a1a"]
     assert dict((r[0], r[3]) for r in describe())["a1a"] == str(path)
 
 
-@needs_data
+@pytest.mark.data("a9a.t")
 def test_load_uses_registry_width(monkeypatch):
-    # a9a.t never uses feature 123 (README: max idx 122); the registry's width makes it match a9a.
-    assert read_libsvm(LIBSVM / "a9a.t").A.shape == (16281, 122)
-    monkeypatch.setenv("MPIFED_DATA", str(SHARED))
+    # a9a.t never uses feature 123 (its largest index is 122, datasets/README.md); the registry's width makes it match a9a.
+    assert read_libsvm(real_data("a9a.t")).A.shape == (16281, 122)
+    monkeypatch.setenv("MPIFED_DATA", str(real_data("a9a.t").parent))
     ds = load("a9a.t")
     assert ds.A.shape == (16281, 123) and ds.name == "a9a.t"
     assert (np.sum(ds.b == -1), np.sum(ds.b == 1)) == (12435, 3846)
-    assert load(LIBSVM / "a9a.t").A.shape == (16281, 123)  # a path to an unmodified registered file
+    assert load(real_data("a9a.t")).A.shape == (16281, 123)  # a path to an unmodified registered file
 
 
 def test_missing_name_says_how_to_fetch():
@@ -190,27 +192,27 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert data_dirs() == [tmp_path / "d", tmp_path / "d" / "libsvm", cache_dir()]
 
 
-@needs_data
+@pytest.mark.data("a1a")
 def test_fetch_file_url_verifies_and_skips(monkeypatch, tmp_path):
     dest = tmp_path / "cache"
-    path = fetch("a1a", url=(LIBSVM / "a1a").as_uri(), dest_dir=dest)
+    path = fetch("a1a", url=real_data("a1a").as_uri(), dest_dir=dest)
     assert path == dest / "a1a"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == DATASETS["a1a"].sha256
     assert os.listdir(dest) == ["a1a"]
     # A verified copy is reused: a dead URL is never opened.
     assert fetch("a1a", url=(tmp_path / "gone").as_uri(), dest_dir=dest) == path
     # The default destination is the cache, where resolve() then finds it.
-    fetch("a1a", url=(LIBSVM / "a1a").as_uri())
+    fetch("a1a", url=real_data("a1a").as_uri())
     assert resolve("a1a")[0] == cache_dir() / "a1a"
 
 
-@needs_data
 def test_fetch_wrong_checksum_leaves_nothing(tmp_path):
     dest = tmp_path / "cache"
+    other = write(tmp_path, "1 1:1\n-1 2:1\n", name="not-a1a")
     with pytest.raises(DataError) as err:
-        fetch("a1a", url=(LIBSVM / "a7a").as_uri(), dest_dir=dest)
+        fetch("a1a", url=other.as_uri(), dest_dir=dest)
     msg = str(err.value)
-    assert DATASETS["a1a"].sha256 in msg and DATASETS["a7a"].sha256 in msg
+    assert DATASETS["a1a"].sha256 in msg and hashlib.sha256(other.read_bytes()).hexdigest() in msg
     assert os.listdir(dest) == []
     with pytest.raises(DataError, match="could not download a1a"):
         fetch("a1a", url=(tmp_path / "gone").as_uri(), dest_dir=dest)

@@ -15,13 +15,14 @@ from mpifed.data import synthetic_clients
 from mpifed.driver import iterate, run
 from mpifed.federation import build_federation
 from mpifed.rng import participants
+from mpifed.plan import participants as plan_participants, resolve
 
 
 
 def toy_run(comm, rounds=6):
     cfg = cfgmod.build({"dataset": "synthetic", "clients": 7, "samples_per_client": 20, "features": 4,
                         "quiet": True, "reference_iterations": 0})
-    fed = build_federation(cfg, comm)
+    fed = build_federation(resolve(cfg).data, comm)
     rows = []
 
     def record(k, agg, x, timing, bits):
@@ -68,7 +69,7 @@ def test_participants_are_tau_clients_drawn_uniformly_and_independent_of_blocks(
 
 @pytest.mark.parametrize("value, tau", [(0.5, 16), (1.0, 32), (5, 5), (0.01, 1)])
 def test_participation_fraction_or_count(value, tau):
-    assert cfgmod.RunConfig(participation=value).participants(32) == tau
+    assert plan_participants(value, 32) == tau
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, 2.5])
@@ -79,7 +80,7 @@ def test_participation_out_of_range_is_refused(value):
 
 def test_participation_above_n_is_refused():
     with pytest.raises(cfgmod.ConfigError, match="at most n = 32"):
-        cfgmod.RunConfig(participation=40).participants(32)
+        plan_participants(40, 32)
 
 
 def test_start_point_near_the_solution(tmp_path):

@@ -1,4 +1,4 @@
-"""Held-out evaluation (mpifed.federation.HeldOutSet, driver record) against a plain numpy computation on a
+"""Held-out evaluation (mpifed.federation.tabular.HeldOutSet, driver record) against a plain numpy computation on a
 hand-parsed test file, and the setup errors for mismatched features and non-binary labels."""
 import numpy as np
 import pytest
@@ -70,6 +70,7 @@ def test_test_accuracy_and_loss_equal_numpy_at_every_evaluated_iterate(files, in
     assert "test.svm" in t.attrs["test_set"] and "lam/2" in t.attrs["test_set"]
 
 
+@pytest.mark.data("a9a", "a9a.t")
 def test_default_test_split_of_a9a_is_evaluated(tmp_path):
     r = run({"dataset": "a9a", "algorithm": "newton", "rounds": 3, "reference_iterations": 0, "quiet": True,
              "out": str(tmp_path / "a9a.h5")})
@@ -99,6 +100,7 @@ def test_a_wider_test_file_is_refused_before_the_first_round(files):
     assert not out.exists()
 
 
+@pytest.mark.data("a9a", "w8a.t")
 def test_a_registered_test_file_of_another_width_is_refused(tmp_path):
     with pytest.raises(MpifedError, match="300 features but the training set a9a has 123"):
         run({"dataset": "a9a", "test_dataset": "w8a.t", "rounds": 1, "quiet": True, "out": str(tmp_path / "x.h5")})
@@ -119,7 +121,7 @@ def test_labels_that_are_not_binary_are_refused_before_the_first_round(files, wh
 
 
 def test_folder_report_gives_the_best_evaluated_test_accuracy(files):
-    from mpifed.report import to_target
+    from mpifed.analysis.report import to_target
 
     tmp, train, test, _ = files
     common = {"dataset": str(train), "clients": 5, "samples_per_client": 60, "algorithm": "gd", "rounds": 6,

@@ -9,7 +9,7 @@ import scipy.optimize
 
 from mpifed import compressors
 from mpifed import config as cfgmod
-from mpifed.algorithms import fednl, fednl_bc, fednl_cr, fednl_ls
+from mpifed.algorithms.second_order import fednl, fednl_bc, fednl_cr, fednl_ls
 from mpifed.algorithms.base import Aggregate
 from mpifed.comm import SerialComm
 from mpifed.data import load, paper_split, synthetic_clients
@@ -17,6 +17,7 @@ from mpifed.driver import run
 from mpifed.errors import MpifedError
 from mpifed.federation import build_federation
 from mpifed.rng import ClientStreams, participants
+from mpifed.plan import resolve
 
 LAM, SEED = 1e-3, 0
 SYNTH = {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "features": 5, "seed": SEED}
@@ -133,7 +134,7 @@ def plain_pp(clients, x0, rounds, tau, alpha, compress):
 
 @pytest.mark.parametrize("cfg, spec, compress, tau", [
     (SYNTH, "topk:k=6", topk(6), 3),
-    (PHISH, "randk:k=200", randk(200), 4),
+    pytest.param(PHISH, "randk:k=200", randk(200), 4, marks=pytest.mark.data("phishing")),
 ], ids=["synthetic-topk", "phishing-randk"])
 def test_pp_matches_a_plain_loop_and_its_bit_ledger(cfg, spec, compress, tau):
     clients = clients_of(cfg)
@@ -147,6 +148,7 @@ def test_pp_matches_a_plain_loop_and_its_bit_ledger(cfg, spec, compress, tau):
     np.testing.assert_allclose(r.metrics["bits_down"], np.arange(rounds + 1) * tau / n * d * 32)
 
 
+@pytest.mark.data("phishing")
 def test_pp_with_all_clients_identity_and_alpha_one_is_newton():
     """tau = n: every g_i = grad^2 f_i(x^k) x^k - grad f_i(x^k), l_i = 0, so x^{k+1} is Newton's step."""
     newton = go(PHISH, algorithm="newton", rounds=6)
@@ -212,6 +214,7 @@ def _start(result):
         return f["x/start"][()]
 
 
+@pytest.mark.data("phishing")
 @pytest.mark.parametrize("option", [1, 2])
 def test_ls_whose_unit_step_is_always_accepted_is_fednl(option):
     """Near x* (x0 = x* + N(0, I)) with c tiny the Armijo test passes at t = 1 every round:
@@ -269,7 +272,7 @@ def plain_cr(clients, x0, rounds, L, alpha, compress):
 
 @pytest.mark.parametrize("cfg, spec, compress, L", [
     (SYNTH, "topk:k=6", topk(6), 2.0),
-    (PHISH, "randk:k=300", randk(300), None),
+    pytest.param(PHISH, "randk:k=300", randk(300), None, marks=pytest.mark.data("phishing")),
 ], ids=["synthetic-topk", "phishing-randk-default-L"])
 def test_cr_matches_a_plain_loop(cfg, spec, compress, L):
     clients = clients_of(cfg)
@@ -289,11 +292,13 @@ def logistic_bound(clients):
     return np.mean([np.mean(np.linalg.norm(c.A, axis=1) ** 3) for c in clients]) / (6 * math.sqrt(3))
 
 
-@pytest.mark.parametrize("cfg", [SYNTH, PHISH], ids=["dense-block", "sparse-block"])
+@pytest.mark.parametrize("cfg", [SYNTH, pytest.param(PHISH, marks=pytest.mark.data("phishing"))],
+                         ids=["dense-block", "sparse-block"])
 def test_cr_default_L_bounds_the_change_of_the_hessian(cfg):
     clients = clients_of(cfg)
-    fed = build_federation(cfgmod.build({**cfg, "algorithm": "fednl-cr", "compressor": "identity"}), SerialComm())
-    L = fednl_cr.Params.from_config(fed.config, fed).L
+    plan = resolve(cfgmod.build({**cfg, "algorithm": "fednl-cr", "compressor": "identity"}))
+    fed = build_federation(plan.data, SerialComm())
+    L = fednl_cr.Params.from_options(plan.method, fed).L
     assert L == pytest.approx(logistic_bound(clients), rel=1e-13)
     rng = np.random.default_rng(1)
     hess_P = lambda x: np.mean([c.hess(x) for c in clients], axis=0)  # noqa: E731
@@ -302,6 +307,7 @@ def test_cr_default_L_bounds_the_change_of_the_hessian(cfg):
         assert np.linalg.norm(hess_P(x) - hess_P(y), 2) <= L * np.linalg.norm(x - y)
 
 
+@pytest.mark.data("phishing")
 def test_cr_tends_to_fednl_option_2_as_L_vanishes():
     """The cubic step -(A + L r/2 I)^{-1} g differs from FedNL Option 2's by O(L): the gap after
     6 rounds falls tenfold with L (identity compressor: no Top-K choice can flip)."""
@@ -366,7 +372,7 @@ def plain_bc(clients, x0, rounds, option, alpha, compress, K, p, eta):
 @pytest.mark.parametrize("cfg, spec, compress, option, eta", [
     (SYNTH, "topk:k=6", topk(6), 2, None),
     (SYNTH, "topk:k=6", topk(6), 1, 1.0),
-    (PHISH, "randk:k=300", randk(300), 2, 1.0),
+    pytest.param(PHISH, "randk:k=300", randk(300), 2, 1.0, marks=pytest.mark.data("phishing")),
 ], ids=["synthetic-opt2-theory-eta", "synthetic-opt1", "phishing-randk"])
 def test_bc_matches_a_plain_loop_and_its_bit_ledger(cfg, spec, compress, option, eta):
     clients = clients_of(cfg)
@@ -385,6 +391,7 @@ def test_bc_matches_a_plain_loop_and_its_bit_ledger(cfg, spec, compress, option,
     np.testing.assert_allclose(np.diff(r.metrics["bits_down"]), sparse_bits(K, d) + 1)
 
 
+@pytest.mark.data("phishing")
 @pytest.mark.parametrize("option", [1, 2])
 def test_bc_with_identity_model_compressor_and_p_one_is_fednl(option):
     base = {**PHISH, "compressor": "topk:k=2d", "alpha": 1.0, "option": option, "rounds": 8}

@@ -1,4 +1,4 @@
-"""FedPM (paper 002, eq. (9)-(10)) and LocalNewton (eq. (5)) against plain client-by-client
+"""FedPM (Ishii et al. 2026, eq. (9)-(10)) and LocalNewton (eq. (5)) against plain client-by-client
 re-implementations written here from the paper's equations, Newton's method, and the
 behaviour of the paper's Test 1 (w8a, a9a; K = 1; x0 ~ N(x*, 0.1^2); T = 50)."""
 import numpy as np
@@ -7,7 +7,7 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from mpifed import tri
-from mpifed.algorithms import fednl, fedpm, localnewton, newton
+from mpifed.algorithms.second_order import fednl, fedpm, localnewton, newton
 from mpifed.algorithms.base import SolverError
 from mpifed.comm import SerialComm
 from mpifed.config import build
@@ -15,6 +15,7 @@ from mpifed.data import load, paper_split, synthetic_clients
 from mpifed.driver import iterate, reference_solution, run, start_point
 from mpifed.errors import ConfigError, MpifedError
 from mpifed.federation import build_federation
+from mpifed.plan import resolve
 
 LAM = 1e-3
 
@@ -89,6 +90,7 @@ def superlinear(errors):
 
 
 # ------------------------------------------------------------------ 1. FedPM K = 1 is Newton
+@pytest.mark.data("a9a")
 def test_fedpm_k1_eta1_equals_newton_on_a9a():
     base = {"dataset": "a9a", "rounds": 8, "quiet": True, "reference_iterations": 0, "out": None}
     exact = run({**base, "algorithm": "newton"})
@@ -120,6 +122,7 @@ def test_fedpm_multiple_local_steps_match_eq10_client_by_client(K, eta):
     assert np.allclose(result.metrics["bits_up"][1], (10 + 55) * 32)
 
 
+@pytest.mark.data("a9a")
 def test_fedpm_k2_on_an_a9a_subset_matches_eq10():
     """Sparse one-hot data (the CSR path of the batched local steps)."""
     ds = load("a9a")
@@ -146,6 +149,7 @@ def test_localnewton_matches_simple_mixing_client_by_client(K, eta, search):
     assert np.allclose(result.metrics["bits_up"][-1], 8 * 10 * 32)  # theta_i only
 
 
+@pytest.mark.data("a9a")
 def test_localnewton_line_search_with_a9a_clients_and_custom_armijo():
     ds = load("a9a")
     rows = paper_split(ds.A.shape[0], 5, 50).rows
@@ -163,13 +167,13 @@ def paper_test1(dataset, methods, rounds=50, tol=1e-12):
     """One federation and one x* (20 Newton steps, as the paper) for several methods from
     x0 = x* + 0.1 N(0, I): the per-round ||grad P(x^k)|| and ||x^k - x*|| of each."""
     config = build({"dataset": dataset, "x0_noise": 0.1, "quiet": True})
-    fed = build_federation(config, SerialComm())
+    fed = build_federation(resolve(config).data, SerialComm())
     x_star, _ = reference_solution(fed, 20)
     x0 = start_point(config, fed.d, x_star)
     out = {}
     for name, module, fields in methods:
-        params = module.Params.from_config(build({"dataset": dataset, "algorithm": module.__name__.split(".")[-1],
-                                                  **fields}), fed)
+        params = module.Params.from_options(resolve(build({"dataset": dataset, "algorithm": module.__name__.split(".")[-1],
+                                                           **fields})).method, fed)
         g, dist = [], []
 
         def record(k, agg, x, timing, bits):
@@ -187,7 +191,7 @@ TEST1_METHODS = [("newton", newton, {}), ("fedpm", fedpm, {}),
                  ("fednl-updated", fednl, {"compressor": "identity", "step_hessian": "updated"})]
 
 
-@pytest.mark.parametrize("dataset", ["a9a", "w8a"])
+@pytest.mark.parametrize("dataset", [pytest.param(n, marks=pytest.mark.data(n), id=n) for n in ("a9a", "w8a")])
 def test1_newton_fedpm_fednl_converge_superlinearly(dataset):
     """FedPM paper, Test 1: from x0 ~ N(x*, 0.1^2) all three reach ||grad P|| <= 1e-12 well within
     T = 50 rounds, with shrinking contraction factors. FedPM (K = 1) is Newton; FedNL-identity
@@ -204,6 +208,7 @@ def test1_newton_fedpm_fednl_converge_superlinearly(dataset):
     np.testing.assert_allclose(runs["fedpm"][2], runs["newton"][2], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.data("a9a")
 def test1_localnewton_stalls_at_its_simple_mixing_fixed_point_on_a9a():
     """Simple mixing (eq. (7)) converges to theta with mean_i P_i(theta)^{-1} g_i(theta) = 0,
     not to x*: on a9a it stops at ||grad P|| ~ 2e-3 for every eta (the fixed point does not
@@ -232,7 +237,7 @@ def test1_localnewton_stalls_at_its_simple_mixing_fixed_point_on_a9a():
     ({"algorithm": "fedpm", "alpha": 0.5}, "--alpha does not apply"),
 ])
 def test_bad_configuration_is_one_line(fields, words):
-    with pytest.raises(MpifedError) as err:  # from_config's errors arrive through the collective setup
+    with pytest.raises(MpifedError) as err:  # from_options's errors arrive through the collective setup
         run({**SYNTH, "rounds": 1, "quiet": True, "reference_iterations": 0, **fields})
     assert words in str(err.value) and "\n" not in str(err.value)
 
@@ -288,7 +293,7 @@ def test_partial_participation_mixes_only_the_participants(algorithm):
               "local_steps": 2, "rounds": 1, "quiet": True, "reference_iterations": 0, "out": None}
     part = run({**common, "participation": 3})
     chosen = np.flatnonzero(participants(0, 8, 3, 0))
-    fed = build_federation(cfgmod.build(common), SerialComm())
+    fed = build_federation(resolve(cfgmod.build(common)).data, SerialComm())
     block = fed.block
     # the plain re-implementation: K local Newton steps per chosen client from x0 = 0, then mix
     thetas, Ps = [], []

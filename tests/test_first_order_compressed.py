@@ -94,6 +94,7 @@ def plain_diana(clients, C, alpha, gamma, rounds, tau=N):
     return x
 
 
+@pytest.mark.data("phishing")
 def test_dcgd_identity_is_gd(clients):
     L, _ = smoothness(clients)
     x = np.zeros(clients[0][0].shape[1])
@@ -106,6 +107,7 @@ def test_dcgd_identity_is_gd(clients):
     np.testing.assert_array_equal(dcgd.metrics["bits_up"], gd.metrics["bits_up"])
 
 
+@pytest.mark.data("phishing")
 def test_diana_identity_is_gd_with_the_same_step():
     diana = go({**SMALL, "algorithm": "diana", "compressor": "identity", "step_size": 0.7, "rounds": 25})
     gd = go({**SMALL, "algorithm": "gd", "step_size": 0.7, "rounds": 25})
@@ -115,6 +117,7 @@ def test_diana_identity_is_gd_with_the_same_step():
 
 
 @pytest.mark.parametrize("tau", [N, 4])
+@pytest.mark.data("phishing")
 def test_dcgd_randk_matches_plain_loop(clients, tau):
     d, K = clients[0][0].shape[1], 17
     L, L_max = smoothness(clients)
@@ -150,6 +153,7 @@ def test_dcgd_topk_with_a_given_step_matches_plain_loop():
 
 
 @pytest.mark.parametrize("compressor,tau", [("randk:k=17", N), ("natural", N), ("randk:k=17", 6)])
+@pytest.mark.data("phishing")
 def test_diana_matches_plain_loop_with_theoretical_parameters(clients, compressor, tau):
     d = clients[0][0].shape[1]
     _, L_max = smoothness(clients)
@@ -167,6 +171,7 @@ def test_diana_matches_plain_loop_with_theoretical_parameters(clients, compresso
     np.testing.assert_allclose(r.metrics["bits_up"][-1], 20 * tau / N * per_message)
 
 
+@pytest.mark.data("phishing")
 def test_adiana_matches_plain_algorithm_1(clients):
     d, K, rounds = clients[0][0].shape[1], 17, 25
     _, L = smoothness(clients)  # each f_i L-smooth: L = max_i L_i
@@ -201,6 +206,7 @@ def test_adiana_matches_plain_algorithm_1(clients):
     np.testing.assert_allclose(r.metrics["bits_down"][-1], (rounds + sends) * d * 32)
 
 
+@pytest.mark.data("phishing")
 def test_adiana_identity_partial_participation_matches_plain_loop(clients):
     """tau = 4 of 10: g = h + (1/tau) sum_S Delta_i, h += alpha/n sum_S delta_i; omega = 0 gives p = 1."""
     d, tau, rounds = clients[0][0].shape[1], 4, 15
@@ -228,6 +234,7 @@ def test_adiana_identity_partial_participation_matches_plain_loop(clients):
 A9A = {"dataset": "a9a", "quiet": True, "reference_iterations": 0, "lam": 1e-3}
 
 
+@pytest.mark.data("a9a")
 def test_convergence_on_a9a():
     """a9a, 80 x 407, lam = 1e-3, natural compression, theoretical parameters, 200 rounds.
 
@@ -255,6 +262,7 @@ def test_convergence_on_a9a():
     ({"algorithm": "dcgd", "alpha": 0.5}, "does not apply to algorithm 'dcgd'"),
     ({"algorithm": "diana", "compressor": "randk:k=500"}, "outside 1..68"),
 ])
+@pytest.mark.data("phishing")
 def test_bad_input_is_one_line(config, message):
     with pytest.raises(MpifedError, match=".*") as err:
         go({**SMALL, "rounds": 1, **config})

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from mpifed import config as cfgmod
-from mpifed.algorithms import fedavg, fedadam, fedavgm, fedprox, scaffold
+from mpifed.algorithms.first_order import fedavg, fedadam, fedavgm, fedprox, scaffold
 from mpifed.comm import SerialComm
 from mpifed.data import load, paper_split, synthetic_clients
 from mpifed.driver import run
 from mpifed.errors import ConfigError, MpifedError
 from mpifed.federation import build_federation
 from mpifed.rng import ClientStreams, participants
+from mpifed.plan import resolve
 
 LAM = 1e-3
 SYN = {"dataset": "synthetic", "clients": 6, "samples_per_client": 25, "features": 5}
@@ -121,6 +122,7 @@ def test_matches_the_plain_client_loop(name, tau):
 
 
 @pytest.mark.parametrize("method", ["fedavg", "scaffold"])
+@pytest.mark.data("a9a")
 def test_sparse_block_with_participation_matches_the_plain_loop(method):
     cfg = {**A9A_SMALL, **BASE, "algorithm": method, "rounds": 4, "step_size": 1.5, "local_steps": 2,
            "participation": 4}
@@ -130,6 +132,7 @@ def test_sparse_block_with_participation_matches_the_plain_loop(method):
     np.testing.assert_allclose(r.metrics["grad_norm"], norms, rtol=1e-11)
 
 
+@pytest.mark.data("a9a")
 def test_fedavg_with_one_local_step_is_gd():
     """K = 1, eta_g = 1: x + mean_i((x - eta grad f_i(x)) - x) = x - eta grad P(x), on a9a 80 x 407."""
     common = {"dataset": "a9a", **BASE, "rounds": 12, "step_size": 1.3}
@@ -171,8 +174,8 @@ def test_fedprox_without_prox_and_fedavgm_without_momentum_are_fedavg(tau):
 
 def test_only_participants_change_state_and_send_bits():
     config = cfgmod.build({**SYN, "algorithm": "scaffold", "step_size": 0.5, "local_steps": 2})
-    fed = build_federation(config, SerialComm())
-    p = scaffold.Params.from_config(config, fed)
+    fed = build_federation(resolve(config).data, SerialComm())
+    p = scaffold.Params.from_options(resolve(config).method, fed)
     rng = np.random.default_rng(1)
     state = scaffold.ClientState(rng.standard_normal((6, 5)), rng.standard_normal(5))
     active = np.array([True, False, False, True, False, True])
@@ -194,14 +197,14 @@ def test_only_participants_change_state_and_send_bits():
     np.testing.assert_array_equal(up.value_bits, np.where(active, 5 * 32, 0))
 
 
-@pytest.mark.parametrize("cfg", [SYN, A9A_SMALL], ids=["dense", "sparse"])
+@pytest.mark.parametrize("cfg", [SYN, pytest.param(A9A_SMALL, marks=pytest.mark.data("a9a"))], ids=["dense", "sparse"])
 def test_default_local_step_is_one_over_the_largest_local_smoothness(cfg):
     config = cfgmod.build({**cfg, "algorithm": "fedprox", "prox_mu": 0.2})
-    fed = build_federation(config, SerialComm())
+    fed = build_federation(resolve(config).data, SerialComm())
     L = max(np.linalg.eigvalsh(A.T @ A / len(b))[-1] / 4 + LAM for A, b in client_data(cfg))
-    assert fedprox.Params.from_config(config, fed).eta_l == pytest.approx(1 / (L + 0.2), rel=1e-12)
+    assert fedprox.Params.from_options(resolve(config).method, fed).eta_l == pytest.approx(1 / (L + 0.2), rel=1e-12)
     config = cfgmod.build({**cfg, "algorithm": "fedavg"})
-    p = fedavg.Params.from_config(config, fed)
+    p = fedavg.Params.from_options(resolve(config).method, fed)
     n = cfg["clients"]
     assert (p.eta_l, p.K, p.eta_g, p.tau, p.n) == (pytest.approx(1 / L, rel=1e-12), 5, 1.0, n, n)
 

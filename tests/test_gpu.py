@@ -2,11 +2,11 @@
 
     MPIFED_DATA=../shared/datasets .venv/bin/python -m pytest -q -s tests/test_gpu.py
 
-* Issue 7, target 2: FedNL and FedNL-PP through cupy give numpy's trace. The client step runs in chunks of clients on both
+* FedNL and FedNL-PP through cupy give numpy's trace. The client step runs in chunks of clients on both
   backends (``CLIENT_CHUNK_BYTES`` and its GPU twin set small), so the cupyx row ranges of the scatter matrices
   and the double-double chunk sums on the device are exercised, on the sparse path (a9a) and the dense path
   (synthetic).
-* Issue 5, done-when 4: FedRCO and FedAvg on a CNN through cupy give numpy's per-round accuracy, and print the
+* FedRCO and FedAvg on a CNN through cupy give numpy's per-round accuracy, and print the
   per-round client time of both backends.
 """
 import numpy as np
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not _gpu(), reason="cupy with a usable GPU is no
 
 
 @pytest.mark.parametrize("setup", [
-    dict(dataset="a9a", clients=20, samples_per_client=50, intercept=True),
+    pytest.param(dict(dataset="a9a", clients=20, samples_per_client=50, intercept=True), marks=pytest.mark.data("a9a")),
     dict(dataset="synthetic", clients=12, samples_per_client=30, features=30, intercept=False),
 ])
 @pytest.mark.parametrize("algorithm", ["fednl", "fednl-pp"])

@@ -23,8 +23,8 @@ def launch(n, args, cwd, timeout=180):
 
 
 @pytest.mark.parametrize("dataset, extra", [
-    ("w8a", ["--intercept", "--compressor", "topk:k=8d", "--rounds", "8"]),
-    ("a9a", ["--compressor", "randk:k=4d", "--rounds", "8"]),
+    pytest.param("w8a", ["--intercept", "--compressor", "topk:k=8d", "--rounds", "8"], marks=pytest.mark.data("w8a")),
+    pytest.param("a9a", ["--compressor", "randk:k=4d", "--rounds", "8"], marks=pytest.mark.data("a9a")),
 ], ids=["w8a-topk", "a9a-randk"])
 def test_traces_are_the_same_at_1_2_3_and_4_ranks(dataset, extra, tmp_path):
     curves = {}
@@ -64,8 +64,9 @@ def test_quick_start_default_run_under_mpiexec(tmp_path):
     assert t.metrics["grad_norm"][-1] < 1e-10
 
 
+@pytest.mark.data("w8a")
 def test_fednl_topk_and_randk_reach_1e_14_on_w8a(tmp_path):
-    """Issue 3, done-when 2: FedNL with Top-K and Rand-K (K = 8d) on w8a (142 x 350, intercept,
+    """FedNL with Top-K and Rand-K (K = 8d) on w8a (142 x 350, intercept,
     lam = 1e-3, Option 2, theoretical alpha) reaches ||grad P|| <= 1e-14; the bit ledger per round
     is the one the compressors promise, and Top-K needs fewer rounds and bits than Rand-K (FedNL, Sec. 7)."""
     d, T = 301, 301 * 302 // 2

@@ -1,4 +1,4 @@
-"""Memory work of issue 7: what a rank imports, and the chunked versions of the big per-round and setup
+"""Memory: what a rank imports, and the chunked versions of the big per-round and setup
 computations, which must give the very bits of the one-shot ones (checked against plain re-implementations
 and dense oracles written here)."""
 import subprocess
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mpifed import compressors, problems, tri
+from mpifed import compressors, tri
+
+from mpifed.problems import logistic as problems
 from mpifed.backend import local_rank_and_size
 from mpifed.data.libsvm import read_libsvm
 
@@ -16,7 +18,7 @@ from mpifed.data.libsvm import read_libsvm
 def test_a_rank_does_not_import_what_only_rank_0_or_other_commands_need():
     """h5py (the trace writer, rank 0), matplotlib (plots), scipy.special (synthetic data) and cupy stay
     unloaded by the driver, the CLI and the bench: each would add to every rank's resident set."""
-    code = ("import sys, mpifed.driver, mpifed.cli, mpifed.bench, mpifed.federation; "
+    code = ("import sys, mpifed.driver, mpifed.cli, mpifed.ops.bench, mpifed.federation; "
             "print(sorted(m for m in ('h5py', 'matplotlib', 'scipy.special', 'cupy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -187,7 +189,9 @@ def test_fednl_chunked_client_step_is_algorithm_1(monkeypatch, compressor, optio
     chunk-by-chunk double-double sums of S_i and H_i^0 round to the exact (Fraction) sums over clients."""
     from fractions import Fraction
 
-    from mpifed.algorithms import base, fednl
+    from mpifed.algorithms import base
+
+    from mpifed.algorithms.second_order import fednl
     from mpifed.rng import ClientStreams
 
     (dense, sparse), rng = _blocks()
@@ -216,7 +220,9 @@ def test_fednl_chunked_client_step_is_algorithm_1(monkeypatch, compressor, optio
 
 
 @pytest.mark.parametrize("algorithm,dataset", [("fednl", "synthetic"), ("fednl-bc", "synthetic"),
-                                               ("fednl-pp", "synthetic"), ("fednl-pp", "a9a"), ("newton", "a9a")])
+                                               ("fednl-pp", "synthetic"),
+                                               pytest.param("fednl-pp", "a9a", marks=pytest.mark.data("a9a")),
+                                               pytest.param("newton", "a9a", marks=pytest.mark.data("a9a"))])
 def test_a_run_in_client_chunks_is_the_run_in_one(monkeypatch, tmp_path, algorithm, dataset):
     """The whole trace of FedNL (and FedNL-BC, which runs its client step, FedNL-PP with 4 of 7 clients per
     round, and Newton, dense and sparse data) is the same, bit for bit, whether a rank's clients go through a

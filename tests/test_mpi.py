@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import data_params
 from mpifed.comm import MPIComm, SerialComm, client_range
 from mpifed.driver import run
 
@@ -36,16 +37,16 @@ def test_reduce_equals_the_correctly_rounded_sum_of_all_clients():
         assert total is None
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize("config", data_params([
     {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "intercept": True, "compressor": "topk:k=2d"},
     {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "compressor": "randk:k=3d"},
     {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "compressor": "rankr:r=2", "option": 1},
     {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "newton"},
     {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "gd"},
-], ids=["topk-sparse", "randk", "rankr-dense", "newton", "gd"])
+]), ids=["topk-sparse", "randk", "rankr-dense", "newton", "gd"])
 def test_distributed_run_equals_the_serial_run(config, tmp_path):
     """Every rank runs its block; rank 0 then runs all clients alone: the traces must agree."""
-    config = {"rounds": 10, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"), **config}
+    config = {"rounds": 10, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"), **config}
     distributed = run(config, comm=MPIComm())
     np.testing.assert_array_equal(distributed.x, MPIComm().comm.bcast(distributed.x, root=0))
     if distributed.metrics:  # rank 0
@@ -118,7 +119,7 @@ EVERY_METHOD = {
     "dirichlet-fednl-pp": {"dataset": "a9a", "partition": "dirichlet:alpha=0.5", "clients": 10, "algorithm": "fednl-pp",
                            "participation": 0.5},
     "localnewton": {**SYNTH, "algorithm": "localnewton", "local_steps": 2, "eta": 1.9, "local_line_search": True},
-    # neural networks (issue 5): small MLP on the synthetic digits, mini-batches of 8
+    # neural networks: small MLP on the synthetic digits, mini-batches of 8
     "nn-fedpm-foof": {**NN, "algorithm": "fedpm", "step_size": 0.02},
     "nn-localnewton-foof": {**NN, "algorithm": "localnewton", "step_size": 0.02},
     "nn-scaffold": {**NN, "algorithm": "scaffold", "step_size": 0.05},
@@ -127,10 +128,10 @@ EVERY_METHOD = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EVERY_METHOD))
+@pytest.mark.parametrize("name", data_params(sorted(EVERY_METHOD), EVERY_METHOD))
 def test_every_method_distributed_equals_serial(name, tmp_path):
-    """Issue 3, done-when 1: each method's trace is the same at 1, 2 and 4 ranks."""
-    config = {"rounds": 8, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"),
+    """Each method's trace is the same at 1, 2 and 4 ranks."""
+    config = {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"),
               **EVERY_METHOD[name]}
     assert MPIComm().size > 1  # else "distributed" would be the serial run and the test could not fail
     distributed = run(config, comm=MPIComm())

@@ -1,9 +1,9 @@
-"""NEWTON-STAR, NL1, NL2 and CNL (paper 004) against plain client-by-client loops written here.
+"""NEWTON-STAR, NL1, NL2 and CNL (Islamov, Qian, Richtarik, ICML 2021) against plain client-by-client loops written here.
 
 The plain loops follow the algorithm boxes with full matrices: H^k (or A^k) is recomputed
 from the coefficient vectors h_i^k every round (an oracle for the server's rank-one
 updates), and the random coordinates are re-derived from ClientStreams with the stream
-names that mpifed.algorithms.nl1 documents ("nl-sample", "nl-send").
+names that mpifed.algorithms.second_order.nl1 documents ("nl-sample", "nl-send").
 """
 import math
 
@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from mpifed.algorithms import cnl, nl1, nl2
-from mpifed.algorithms.lowrank import LowRankSPD
+from conftest import data_params
+from mpifed.algorithms.second_order import cnl, nl1, nl2
+from mpifed.algorithms.second_order.lowrank import LowRankSPD
 from mpifed.backend import NUMPY
 from mpifed.comm import SerialComm
-from mpifed.config import RunConfig
 from mpifed.data import load, paper_split, synthetic_clients
 from mpifed.driver import iterate, run
 from mpifed.errors import MpifedError
 from mpifed.federation import Federation
-from mpifed.problems import LogisticBlock
+from mpifed.problems.logistic import LogisticBlock
 from mpifed.rng import ClientStreams
 
 LAM = 1e-3
@@ -116,7 +116,7 @@ CASES = {  # dataset, n, m, algorithm, extra config
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", data_params(list(CASES), {case: {"dataset": v[0]} for case, v in CASES.items()}))
 def test_newton_learn_matches_a_plain_loop_over_clients(case, tmp_path):
     dataset, n, m, algorithm, extra = CASES[case]
     rounds = 12
@@ -137,6 +137,7 @@ def test_newton_learn_matches_a_plain_loop_over_clients(case, tmp_path):
     np.testing.assert_allclose(result.metrics["bits_down"], 32 * d * np.arange(rounds + 1))
 
 
+@pytest.mark.data("a9a")
 def test_unequal_client_sizes_use_a_per_client_one_over_m_i_weight():
     """The driver loop on one block with m_i = 17..43 (sparse a9a rows and dense synthetic rows)."""
     sizes = [17, 43, 25, 31, 20]
@@ -146,7 +147,7 @@ def test_unequal_client_sizes_use_a_per_client_one_over_m_i_weight():
     for A, b, dense in [(ds.A[:offsets[-1]], ds.b[:offsets[-1]], False), (A_syn, b_syn, True)]:
         block = LogisticBlock(A, b, offsets, LAM, m_max=max(sizes), dense=dense)
         assert block.dense == dense
-        fed = Federation(RunConfig(), SerialComm(), NUMPY, block, np.arange(5), 5, block.d, "test",
+        fed = Federation(0, SerialComm(), NUMPY, block, np.arange(5), 5, block.d, "test",
                          m_min=min(sizes), m_max=max(sizes))
         clients = [Client(A[lo:hi], b[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
         for module, variant, params in [(nl1, "nl1", nl1.Params(r=3)), (nl2, "nl2", nl2.Params(r=2)),
@@ -158,6 +159,7 @@ def test_unequal_client_sizes_use_a_per_client_one_over_m_i_weight():
             np.testing.assert_allclose(x, xs[-1], rtol=1e-10, atol=1e-12, err_msg=f"{variant} dense={dense}")
 
 
+@pytest.mark.data("phishing")
 def test_newton_star_matches_plain_numpy(tmp_path):
     n, m = 6, 40
     clients = split_clients("phishing", n, m)
@@ -178,6 +180,7 @@ def test_newton_star_matches_plain_numpy(tmp_path):
     np.testing.assert_allclose(result.metrics["bits_up"], 32 * T + 32 * d * np.arange(7))
 
 
+@pytest.mark.data("phishing")
 def test_cnl_never_increases_P_from_a_far_start(tmp_path):
     """H^k + lam I >= grad^2 P(x^k) (NL2's beta) and H_* = nu R^3 make CNL's cubic model an upper
     bound of P, so P(x^k) is non-increasing; NL1's plain step from the same start is not."""
@@ -233,13 +236,14 @@ def test_bad_input_is_refused_with_one_line(config, message, tmp_path):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-# ------------------------------------------------------------------ the issue's acceptance test
+# ------------------------------------------------------------------ end to end on a9a: rounds and bits
+@pytest.mark.data("a9a")
 def test_nl1_nl2_reach_1e12_on_a9a_and_their_bits_against_newton_and_fednl(tmp_path):
     """a9a, 80 clients x 407, lam = 1e-3, x^0 = 0, r = 1. Bits per client, setup included.
 
     Measured: Newton 6 rounds / 1.49e6 bits, FedNL (Top-K 8d) 19 / 1.16e6, NL1 164 / 1.54e6,
     NL2 170 / 1.83e6. NL sends ~31x fewer bits per round than Newton but needs ~27x more
-    rounds: on a9a (d = 123) it is no cheaper in total. Paper 004's orders-of-magnitude gap
+    rounds: on a9a (d = 123) it is no cheaper in total. The paper's orders-of-magnitude gap
     to Newton is its Figure 1 (artificial data); it also counts Newton's matrix as d^2
     floats, not the d(d+1)/2 of the upper triangle mpifed sends.
     """
@@ -262,5 +266,5 @@ def test_nl1_nl2_reach_1e12_on_a9a_and_their_bits_against_newton_and_fednl(tmp_p
         assert low <= last <= high < fednl[2] / 6 < newton[2] / 25  # per round: ~2d floats, not 9d or d^2 / 2
         assert setup + k * low <= total <= setup + k * high, alg
         assert newton[0] < k < 400, alg                         # it gets there, in more rounds than Newton
-    # The totals (NL1 1.54e6, NL2 1.83e6 vs Newton 1.49e6 bits) are findings reported in the README,
+    # The totals (NL1 1.54e6, NL2 1.83e6 vs Newton 1.49e6 bits) are findings reported in the docs,
     # not asserted: they follow from the round counts, which the paper does not give for a9a.

@@ -14,7 +14,7 @@ import pytest
 
 from mpifed.data import mnist
 from mpifed.errors import ConfigError, DataError
-from mpifed.nn import (build_model, damped, ema, foof_direction, foof_factor, kfac_direction, kfac_factors,
+from mpifed.problems.nn import (build_model, damped, ema, foof_direction, foof_factor, kfac_direction, kfac_factors,
                        kfac_inverses, kfac_precondition, pi_correction, sample_labels)
 
 # spec, sample shape, classes: small float64 versions of the three models. 11x11 makes the pool crop a row.
@@ -243,7 +243,7 @@ def test_malformed_idx_is_a_clear_error(tmp_path, case):
     _one_line(e, str(path), *words)
 
 
-needs_mnist = pytest.mark.skipif(not mnist.available(), reason="MNIST not found under MPIFED_DATA")
+needs_mnist = pytest.mark.data("mnist")  # the four IDX files: found, fetched, or a skip (tests/conftest.py)
 
 
 @needs_mnist

@@ -2,8 +2,8 @@
 
 Oracles: a loop of single-client forward/backward passes and central finite differences for the batched
 per-client model; ``numpy.linalg.solve`` / ``inv`` and a dense EMA recurrence for the factor storage of
-:mod:`mpifed.nn.factors`; plain re-implementations (one client at a time, dense per-layer matrices from
-:mod:`mpifed.nn.curvature`) of each method on the same mini-batches, compared with ``driver.run``.
+:mod:`mpifed.problems.nn.factors`; plain re-implementations (one client at a time, dense per-layer matrices from
+:mod:`mpifed.problems.nn.curvature`) of each method on the same mini-batches, compared with ``driver.run``.
 All runs are small (mnist-synthetic, 3-4 clients, batch 8, 2-4 rounds).
 """
 from pathlib import Path
@@ -16,10 +16,11 @@ from mpifed import config as cfgmod
 from mpifed.comm import MPIComm, SerialComm
 from mpifed.driver import run
 from mpifed.errors import ConfigError, MpifedError
-from mpifed.nn import build_model
-from mpifed.nn.curvature import foof_factor, kfac_factors, kfac_inverses
-from mpifed.nn.factors import Factor, damped_solve, rows_of
-from mpifed.nn.federation import build_image_federation
+from mpifed.problems.nn import build_model
+from mpifed.problems.nn.curvature import foof_factor, kfac_factors, kfac_inverses
+from mpifed.problems.nn.factors import Factor, damped_solve, rows_of
+from mpifed.federation import build_federation
+from mpifed.plan import resolve
 
 CNN = "cnn:conv=2-3,dense=6-5"   # 28x28 -> 26x26x2 -> 13x13x2 -> 11x11x3 -> 363 -> 6 -> 5 -> 10 (2,466 parameters)
 MLP = "mlp:hidden=16"
@@ -150,8 +151,8 @@ BASE = dict(dataset="mnist-synthetic", partition="iid", reference_iterations=0, 
 
 
 def _setup(conf):
-    fed = build_image_federation(cfgmod.build(conf), SerialComm())
-    return fed, fed.block, fed.block.model, np.array(fed.initial_point(), dtype=float)
+    fed = build_federation(resolve(cfgmod.build(conf)).data, SerialComm())
+    return fed, fed.block, fed.block.model, np.array(fed.x0, dtype=float)
 
 
 def _batches(fed, t, K):
@@ -351,7 +352,7 @@ BAD = dict(BASE, model=MLP, algorithm="fedrco", clients=4, rounds=1, step_size=0
     (dict(model="cnn:conv=4-4,kernel=12"), ["conv2", "8x8x4"]),
     (dict(model="cnn:conv=4"), ["conv"]),
     (dict(dataset="a9a"), ["--model", "a9a", "mnist, mnist-synthetic"]),
-    (dict(model=None), ["fedrco", "--model"]),
+    (dict(dataset="synthetic", model=None), ["fedrco", "--model"]),
     (dict(corrupt="clients=0-x,scale=2"), ["--corrupt", "malformed", "clients=LO-HI"]),
     (dict(corrupt="scale=2"), ["--corrupt", "malformed"]),
     (dict(corrupt="clients=3-1,scale=2"), ["--corrupt", "out of range"]),

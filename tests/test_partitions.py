@@ -12,6 +12,7 @@ from mpifed.data.partition import make_partition, parse_spec
 from mpifed.driver import run
 from mpifed.errors import ConfigError, DataError, MpifedError
 from mpifed.federation import build_federation
+from mpifed.plan import resolve
 
 
 def labels(counts, seed=0):
@@ -138,13 +139,14 @@ class FakeRank(SerialComm):
         self.rank, self.size = rank, size
 
 
+@pytest.mark.data("phishing")
 def test_every_rank_block_holds_its_clients_of_the_one_partition():
     """Built at 1, 2 and 3 ranks, the blocks concatenate to the same rows and labels in client order."""
     config = build({"dataset": "phishing", "clients": 11, "partition": "dirichlet:alpha=0.3", "seed": 5})
-    serial = build_federation(config, SerialComm())
+    serial = build_federation(resolve(config).data, SerialComm())
     whole = serial.block
     for size in (2, 3):
-        feds = [build_federation(config, FakeRank(r, size)) for r in range(size)]
+        feds = [build_federation(resolve(config).data, FakeRank(r, size)) for r in range(size)]
         assert [f.client_ids.tolist() for f in feds] == [list(range(*client_range(11, size, r))) for r in range(size)]
         np.testing.assert_array_equal(np.concatenate([f.block.sizes for f in feds]), whole.sizes)
         np.testing.assert_array_equal(np.concatenate([f.label_counts for f in feds]), serial.label_counts)
@@ -153,6 +155,7 @@ def test_every_rank_block_holds_its_clients_of_the_one_partition():
     assert serial.m_min < serial.m_max
 
 
+@pytest.mark.data("phishing")
 def test_partition_statistics_are_in_the_trace(tmp_path):
     from mpifed import trace
     from mpifed.data import load
@@ -175,6 +178,7 @@ def test_synthetic_refuses_label_partitions():
 
 
 @pytest.mark.mpi
+@pytest.mark.data("phishing")
 def test_partition_and_run_are_the_same_at_any_rank_count(tmp_path):
     config = {"dataset": "phishing", "clients": 9, "partition": "dirichlet:alpha=0.5", "algorithm": "gd",
               "rounds": 3, "reference_iterations": 2, "quiet": True, "out": str(tmp_path / "mpi.h5"), "seed": 1}

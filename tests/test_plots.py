@@ -1,4 +1,4 @@
-"""Tests of ``mpifed report`` / ``mpifed export`` (mpifed/plots.py) and the trace reader's Python API.
+"""Tests of ``mpifed report`` / ``mpifed export`` (mpifed/analysis/plots.py) and the trace reader's Python API.
 
 Oracles: the raw trace columns read here with h5py (independently of ``mpifed.trace.load``), the csv
 module parsing the export, the PNG/PDF formats (``matplotlib.image.imread``, the ``%PDF`` magic), and
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import mpifed
-from mpifed import plots
+from mpifed.analysis import plots
 from mpifed.cli import main
 from mpifed.driver import run
 from mpifed.errors import MpifedError
@@ -34,7 +34,7 @@ def folder(tmp_path_factory):
     """Three real synthetic traces (8 rounds each) in one folder, read-only for the tests."""
     d = tmp_path_factory.mktemp("traces")
     for name, fields in RUNS.items():
-        run({"lam": 0.01, "rounds": 8, "quiet": True, "out": str(d / f"{name}.h5"), **fields})
+        run({"lam": 0.01, "rounds": 8, "tol": 0.0, "quiet": True, "out": str(d / f"{name}.h5"), **fields})
     return d
 
 
@@ -81,6 +81,7 @@ def test_nonpositive_f_gap_is_dropped(folder):
     assert (ys > 0).all() and len(ys) == (gaps > 0).sum() < len(gaps)
 
 
+@pytest.mark.data("a9a", "a9a.t")
 def test_test_accuracy_is_linear_and_skips_unevaluated_rounds(a9a):
     fig = plots.figure([load(a9a)], "round", ["test_acc", "grad_norm"])
     acc_ax, grad_ax = fig.axes

@@ -5,11 +5,12 @@ import scipy.sparse
 
 from mpifed import tri
 from mpifed.data import add_intercept, load, paper_split
-from mpifed.problems import LogisticBlock, phi, phi_prime, phi_second
+from mpifed.problems.logistic import LogisticBlock, phi, phi_prime, phi_second
 
 
 def plain_client(A, b, x, lam):
-    """f_i, grad f_i, Hessian of one client, written out from the formulas of ALGORITHMS.md."""
+    """f_i, grad f_i, Hessian of one client, written out from the logistic-regression formulas
+    (mpifed.problems.logistic's docstring)."""
     A = A.toarray() if scipy.sparse.issparse(A) else A
     m = len(b)
     t = A @ x
@@ -29,6 +30,7 @@ def a9a_block():
 
 
 @pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.data("a9a")
 def test_block_matches_plain_per_client_formulas(a9a_block, dense):
     A, b, offsets = a9a_block
     block = LogisticBlock(A, b, offsets, lam=1e-3, dense=dense)
@@ -42,6 +44,7 @@ def test_block_matches_plain_per_client_formulas(a9a_block, dense):
         np.testing.assert_allclose(tri.unpack(hess[i], block.d), H, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.data("a9a")
 def test_gradient_and_hessian_match_finite_differences(a9a_block):
     A, b, offsets = a9a_block
     block = LogisticBlock(A, b, offsets, lam=1e-2)
@@ -66,6 +69,7 @@ def test_phi_derivatives_match_finite_differences_and_are_stable():
     assert phi(np.array([-800.0]))[0] == pytest.approx(800.0)
 
 
+@pytest.mark.data("a9a")
 def test_per_client_iterates_and_block_independence(a9a_block):
     """A client's numbers do not depend on the other clients in its block (rank independence)."""
     A, b, offsets = a9a_block
@@ -97,6 +101,7 @@ def test_packed_storage_round_trip_and_frobenius():
 
 
 @pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.data("a9a")
 def test_rows_and_row_norms_read_each_clients_own_rows(a9a_block, dense):
     A, b, offsets = a9a_block
     block = LogisticBlock(A, b, offsets, 1e-3, dense=dense, m_max=407)

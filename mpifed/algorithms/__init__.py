@@ -1,63 +1,61 @@
-"""One module per method; each exposes Params (frozen, paper symbols, ``from_config(config, fed)``),
-client_init, server_init, client_step and server_step (see :mod:`mpifed.algorithms.base`).
+"""The methods, grouped by family: ``second_order/``, ``first_order/`` and ``networks/`` (``--model``).
 
-Modules are imported on first use, so a method's import cost is paid only by runs that use it.
+Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
+``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
+first use, so a method's import cost is paid only by runs that use it.
 """
 import importlib
 from collections.abc import Mapping
 
+# --algorithm -> module, on the logistic problem
 _MODULES = {
-    "newton": "newton", "newton-star": "newton_star", "nl1": "nl1", "nl2": "nl2", "cnl": "cnl",
-    "fednl": "fednl", "fednl-ls": "fednl_ls", "fednl-pp": "fednl_pp", "fednl-cr": "fednl_cr", "fednl-bc": "fednl_bc",
-    "fedpm": "fedpm", "localnewton": "localnewton",
-    "gd": "gd", "dcgd": "dcgd", "diana": "diana", "adiana": "adiana",
-    "fedavg": "fedavg", "fedavgm": "fedavgm", "fedprox": "fedprox", "scaffold": "scaffold", "fedadam": "fedadam",
+    "newton": "second_order.newton", "newton-star": "second_order.newton_star", "nl1": "second_order.nl1",
+    "nl2": "second_order.nl2", "cnl": "second_order.cnl", "fednl": "second_order.fednl",
+    "fednl-ls": "second_order.fednl_ls", "fednl-pp": "second_order.fednl_pp", "fednl-cr": "second_order.fednl_cr",
+    "fednl-bc": "second_order.fednl_bc", "fedpm": "second_order.fedpm", "localnewton": "second_order.localnewton",
+    "gd": "first_order.gd", "dcgd": "first_order.dcgd", "diana": "first_order.diana", "adiana": "first_order.adiana",
+    "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
+    "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
 }
-
-
-class _Methods(Mapping):
-    """name -> method module, imported lazily; only methods whose module exists are listed."""
-
-    def _available(self):
-        from importlib.util import find_spec
-
-        return [k for k, mod in _MODULES.items() if find_spec(f"{__name__}.{mod}") is not None]
-
-    def __getitem__(self, name):
-        if name not in _MODULES:
-            raise KeyError(name)
-        return importlib.import_module(f"{__name__}.{_MODULES[name]}")
-
-    def __iter__(self):
-        return iter(self._available())
-
-    def __len__(self):
-        return len(self._available())
-
-    def __contains__(self, name):
-        return name in self._available()
-
-
-METHODS = _Methods()
-
-
-# Neural-network versions (``--model``): mini-batch clients on :mod:`mpifed.nn`.
-_NN_MODULES = {"fedavg": "nn_fedavg", "fedavgm": "nn_fedavgm", "fedprox": "nn_fedprox", "scaffold": "nn_scaffold",
-               "fedadam": "nn_fedadam", "localnewton": "nn_localnewton", "fedpm": "nn_fedpm",
-               "fedrco": "fedrco", "fedrco-ori": "fedrco"}
+# --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
+_NN_MODULES = {
+    "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",
+    "scaffold": "networks.scaffold", "fedadam": "networks.fedadam", "localnewton": "networks.localnewton",
+    "fedpm": "networks.fedpm", "fedrco": "networks.fedrco", "fedrco-ori": "networks.fedrco",
+}
 NN_METHODS = tuple(_NN_MODULES)
 
 
-def method_for(config):
-    """The method module of a run: the neural-network version when ``config.model`` is set."""
+class _Methods(Mapping):
+    """name -> method module, imported lazily."""
+
+    def __init__(self, modules: dict):
+        self._modules = modules
+
+    def __getitem__(self, name):
+        return importlib.import_module(f"{__name__}.{self._modules[name]}")
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __len__(self):
+        return len(self._modules)
+
+
+METHODS = _Methods(_MODULES)        # logistic regression
+NN_MODULES = _Methods(_NN_MODULES)  # neural networks
+
+
+def method_for(algorithm: str, network: bool):
+    """The module of ``algorithm``: its neural-network version when ``network`` (a run with ``--model``)."""
     from ..errors import ConfigError
 
-    if config.model is not None:
-        if config.algorithm not in _NN_MODULES:
-            raise ConfigError(f"--algorithm = {config.algorithm!r} has no neural-network version; valid with "
+    if network:
+        if algorithm not in _NN_MODULES:
+            raise ConfigError(f"--algorithm = {algorithm!r} has no neural-network version; valid with "
                               f"--model: {', '.join(NN_METHODS)}")
-        return importlib.import_module(f"{__name__}.{_NN_MODULES[config.algorithm]}")
-    if config.algorithm not in _MODULES:
-        raise ConfigError(f"--algorithm = {config.algorithm!r} trains a neural network; give --model "
+        return NN_MODULES[algorithm]
+    if algorithm not in _MODULES:
+        raise ConfigError(f"--algorithm = {algorithm!r} trains a neural network; give --model "
                           f"(e.g. --model cnn --dataset mnist)")
-    return METHODS[config.algorithm]
+    return METHODS[algorithm]

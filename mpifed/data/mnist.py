@@ -41,8 +41,9 @@ FILES = {
 }
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-MEAN, STD = 0.1307, 0.3081  # pixel mean/std of the training images (on [0, 1]); datasets README: 0.13066/0.30811
+MEAN, STD = 0.1307, 0.3081  # pixel mean/std of the training images (on [0, 1]); over all 60,000: 0.13066/0.30811
 _KIND = {2051: "images", 2049: "labels"}
+IMAGE_SETS = ("mnist", "mnist-synthetic")  # the image datasets of --model runs
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -171,10 +172,11 @@ def _normalize(images, how):
     raise DataError(f"unknown normalisation {how!r}; valid: standard, unit, none")
 
 
-def fetch_mnist(dest_dir=None, base_url: str | None = None) -> Path:
+def fetch_mnist(dest_dir=None, base_url: str | None = None, timeout: float = 60) -> Path:
     """Download the four files (``<base_url><name>.gz``; official URL, then the mirror) and verify them.
 
     Returns the folder. Verified copies already there are kept; nothing partial is left on disk.
+    ``timeout`` is the seconds to wait for each connection and read (default 60).
     """
     dest = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir() / "mnist"
     try:
@@ -194,7 +196,7 @@ def fetch_mnist(dest_dir=None, base_url: str | None = None) -> Path:
             url = base + f"{name}.gz"
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                     out.write(resp.read())
                 _load_file(name, Path(tmp))  # checksum of the decompressed content + IDX checks
                 os.chmod(tmp, 0o644)

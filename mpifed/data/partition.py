@@ -9,8 +9,8 @@ Schemes (``--partition``), all returning a :class:`Partition` over the whole fil
     A seeded permutation, then ``n`` nearly equal clients (sizes differ by at most one) over all rows, or ``n``
     clients of exactly ``m`` rows when ``--samples-per-client`` is given.
 ``dirichlet:alpha=<a>``
-    The label-Dirichlet split of Yurochkin et al. (2019) as used by FedPM (paper 002, Sec. "Datasets", after
-    Vogels et al. 2021) and FedRCO (paper 003, App. E.2): for every label c, draw ``q_c ~ Dir(alpha * 1_n)`` (a
+    The label-Dirichlet split of Yurochkin et al. (2019) as used by FedPM (Ishii et al. 2026, Sec. "Datasets", after
+    Vogels et al. 2021) and FedRCO (App. E.2): for every label c, draw ``q_c ~ Dir(alpha * 1_n)`` (a
     symmetric Dirichlet over the ``n`` clients, concentration ``alpha`` per client, *not* ``alpha / n``) and give
     client i the share ``q_{c,i}`` of label c's rows. Smaller ``alpha`` = stronger skew (``alpha -> 0``: each label
     on few clients; ``alpha -> inf``: every client holds the global label proportions). Client sizes are unequal.

@@ -71,6 +71,11 @@ DATASETS: dict[str, DatasetInfo] = {i.name: i for i in [
 ]}
 
 
+# The papers' federations (Newton-Learn, Islamov et al. 2021, Sec. 6; FedPM Test 1; FedNL): clients x samples per client, the first
+# clients * samples rows of the file in file order (:func:`mpifed.data.partition.paper_split`).
+PAPER_SPLITS = {"a9a": (80, 407), "w8a": (142, 350), "a7a": (100, 161), "phishing": (142, 77)}
+
+
 def cache_dir() -> Path:
     """Download cache: ``$MPIFED_CACHE``, else ``$XDG_CACHE_HOME/mpifed/datasets``, else ``~/.cache/...``."""
     if os.environ.get("MPIFED_CACHE"):
@@ -159,7 +164,7 @@ def resolve(spec) -> tuple[Path, DatasetInfo | None]:
     return path, known
 
 
-def fetch(name: str, url: str | None = None, dest_dir=None) -> Path:
+def fetch(name: str, url: str | None = None, dest_dir=None, timeout: float = 60) -> Path:
     """Download a registered dataset into ``dest_dir`` (default :func:`cache_dir`) and verify it.
 
     Parameters
@@ -170,6 +175,8 @@ def fetch(name: str, url: str | None = None, dest_dir=None) -> Path:
         Override of the official URL (a mirror, or ``file://`` in tests).
     dest_dir : str or Path, optional
         Target folder, created if needed.
+    timeout : float, optional
+        Seconds to wait for the connection and for each read (default 60).
 
     Returns
     -------
@@ -198,7 +205,7 @@ def fetch(name: str, url: str | None = None, dest_dir=None) -> Path:
     # Stream into a temp file in the same folder, hashing on the way; os.replace makes it appear whole.
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from mpifed.errors import DataError
 
 _TRUTH_STREAM = 2**31 - 1  # reserved key, so client ids stay below it
+SYNTHETIC_DEFAULTS = {"clients": 32, "samples_per_client": 100, "features": 20}  # the embedded default run
 
 
 def _check_int(label: str, value, lo: int, hi: int | None = None) -> int:

@@ -4,7 +4,7 @@ import sys
 import numpy as np
 
 from mpifed.cli import main
-from mpifed.problems import LogisticBlock
+from mpifed.problems.logistic import LogisticBlock
 
 calls = {"n": 0}
 original = LogisticBlock.derivatives

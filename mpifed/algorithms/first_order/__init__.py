@@ -1,0 +1,2 @@
+"""First-order baselines on the logistic problem: GD, DCGD, DIANA, ADIANA, FedAvg, FedAvgM, FedProx, SCAFFOLD,
+FedAdam."""

@@ -1,0 +1,135 @@
+"""FedNL: Newton's method with learned, compressed Hessians (Safaryan, Islamov, Qian,
+Richtarik, ICML 2022, Algorithm 1).
+
+Client i at round k (H_i^0 = grad^2 f_i(x^0), sent once at setup):
+
+    S_i^k     = C(grad^2 f_i(x^k) - H_i^k)             compressed Hessian correction
+    l_i^k     = ||H_i^k - grad^2 f_i(x^k)||_F          before the update (Option 2 only)
+    H_i^{k+1} = H_i^k + alpha S_i^k
+    sends grad f_i(x^k), S_i^k, l_i^k
+
+Server, with H^k = (1/n) sum_i H_i^k kept in step with the clients:
+
+    Option 1: x^{k+1} = x^k - [H]_mu^{-1} grad f(x^k)          ([.]_mu: eigenvalues clipped at mu)
+    Option 2: x^{k+1} = x^k - (H + l^k I)^{-1} grad f(x^k),    l^k = (1/n) sum_i l_i^k
+    H^{k+1}  = H^k + alpha (1/n) sum_i S_i^k
+
+Which H the step uses (``step_hessian``):
+
+* ``previous`` (default, the paper's Algorithm 1 and the authors' numpy code): H = H^k;
+* ``updated`` (the C++ u-FedNL of Burlachenko & Richtarik): H = H^{k+1}, with l^k still
+  measured before the update, as u-FedNL does.
+
+With the identity compressor and alpha = 1, ``previous`` steps with a one-round-old Hessian;
+``updated`` under Option 1 is exactly Newton's method (the projection is inactive since
+grad^2 f >= lam I = mu I), while under Option 2 it adds the pre-update l^k I.
+
+alpha defaults to the theory of each compressor class: 1/(omega + 1) for unbiased ones,
+1 for contractive ones under Option 2 and 1 - sqrt(1 - delta) under Option 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ... import compressors, tri
+from ...errors import ConfigError
+from ..base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_projected, solve_spd
+
+
+@dataclass(frozen=True)
+class Params:
+    """compressor C, Hessian learning rate alpha, option (1 or 2), mu for Option 1, step_hessian."""
+
+    compressor: compressors.Compressor
+    alpha: float
+    option: int = 2
+    mu: float = 1e-3
+    step_hessian: str = "previous"
+    float_bits: int = 32
+    uses = ("compressor", "alpha", "option", "mu", "step_hessian")
+
+    @classmethod
+    def from_options(cls, opts, fed) -> "Params":
+        option = opts.option or 2
+        if opts.mu is not None and option != 1:
+            raise ConfigError("--mu is the projection level of Option 1; it does not apply to --option 2")
+        comp = compressors.make(opts.compressor or "topk:k=8d", fed.d, opts.float_bits)
+        alpha = opts.alpha if opts.alpha is not None else comp.theoretical_alpha(option)
+        mu = opts.mu if opts.mu is not None else opts.lam
+        if option == 1 and mu <= 0:
+            raise ConfigError("Option 1 projects onto {H >= mu I} and needs mu > 0; lam is 0, so give --mu")
+        return cls(comp, alpha, option, mu, opts.step_hessian or "previous", opts.float_bits)
+
+
+@dataclass(frozen=True)
+class ClientState:
+    H: object  # (n, T) learned Hessians H_i^k, packed
+
+
+@dataclass(frozen=True)
+class ServerState:
+    H: object  # (T,) H^k = mean of the H_i^k, packed
+    report: dict = field(default_factory=dict)  # Option 1: how many eigenvalues the projection clipped
+
+
+def client_init(p: Params, block, x0, streams):
+    """H_i^0 = grad^2 f_i(x^0), uploaded once (counted in the setup bits).
+
+    Chunk by chunk of clients (:func:`~mpifed.algorithms.base.client_chunks`): each chunk's Hessians go
+    into the block's H and into the running sum, so no second (clients x T) array is ever held.
+    """
+    xp = block.bk.xp
+    loss, grad = xp.empty(block.n), xp.empty((block.n, block.d))
+    H, sums = xp.empty((block.n, block.T)), BlockSums()
+    for lo, hi, hess in hessians_in_chunks(block, x0, loss, grad):
+        H[lo:hi] = hess
+        sums.add("hess", hess, xp)
+    values, index = bits_for(block.n, block.T, p.float_bits)
+    return ClientState(H), Uplink(loss, grad, values, index, sums=sums)
+
+
+def server_init(p: Params, agg: Aggregate, x0):
+    return ServerState(agg.mean("hess"))
+
+
+def client_step(p: Params, block, state: ClientState, x, streams):
+    """One round of Algorithm 1 on the block, a chunk of clients at a time.
+
+    H_i^{k+1} overwrites H_i^k in place (the driver holds no other reference to the state), and S_i^k
+    is summed chunk by chunk: besides the state, a round holds three chunk-sized (clients x T) arrays
+    (grad^2 f_i, the difference, C(difference)), whatever the number of clients.
+    """
+    xp, n = block.bk.xp, block.n
+    loss, grad, H = xp.empty(n), xp.empty((n, block.d)), state.H
+    value_bits, index_bits, sums = np.empty(n), np.empty(n), BlockSums()
+    fields = {"l": xp.empty(n)} if p.option == 2 else {}
+    for lo, hi, hess in hessians_in_chunks(block, x, loss, grad):
+        diff = hess - H[lo:hi]
+        del hess
+        message = p.compressor.compress(diff, streams.clients(lo, hi))
+        if p.option == 2:
+            fields["l"][lo:hi] = tri.frobenius(diff, xp)
+        del diff
+        sums.add("S", message.values, xp)
+        value_bits[lo:hi], index_bits[lo:hi] = message.value_bits, message.index_bits
+        H[lo:hi] += message.values if p.alpha == 1.0 else p.alpha * message.values  # 1.0 * S == S exactly
+        del message
+    values, _ = bits_for(n, block.d + len(fields), p.float_bits)
+    return ClientState(H), Uplink(loss, grad, values + value_bits, index_bits, fields, sums=sums)
+
+
+def server_step(p: Params, state: ServerState, x, agg: Aggregate):
+    H_next = state.H + p.alpha * agg.mean("S")
+    H = tri.unpack(H_next if p.step_hessian == "updated" else state.H, len(x))
+    report = {}
+    step = newton_step(p, H, agg.grad / agg.n, agg, report)
+    return ServerState(H_next, report), x - step, len(x) * p.float_bits
+
+
+def newton_step(p: Params, H, g, agg: Aggregate, report: dict):
+    """M^{-1} g with M = [H]_mu (Option 1; the clipped count goes to ``report``) or H + l^k I (Option 2)."""
+    if p.option == 1:
+        return solve_projected(H, g, p.mu, report)
+    return solve_spd(H, g, shift=float(agg.mean("l")), what="H^k + l^k I")

@@ -1,0 +1,1 @@
+"""Reading traces back: ``mpifed info`` (:mod:`.report`), figures and CSV (:mod:`.plots`)."""

@@ -1,0 +1,62 @@
+"""A rank's share of an image federation (``dataset = mnist | mnist-synthetic``, ``model = ...``).
+
+Every rank reads the same training images, draws the same partition (``--partition``: iid, dirichlet:alpha=..,
+pathological:k=..; from the run's seed only) and keeps the uint8 pixels of its own contiguous block of clients
+(an :class:`~mpifed.problems.nn.block.ImageBlock`). Rank 0 alone holds the test images. ``x0`` is the model's
+He-normal initialisation from the run's seed (the same on every rank).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import data
+from ..backend import get_backend
+from ..comm import client_range
+from ..data.partition import make_partition
+from ..problems.nn.block import Corruption, ImageBlock, ImageTestSet
+from ..problems.nn.models import build_model
+from .base import Federation
+
+SYNTHETIC_SIZE = (6000, 1000)  # train, test images of mnist-synthetic
+N_CLASSES = 10
+
+
+def _images(name: str, split: str, seed: int):
+    """(uint8 images (N, 28, 28), int64 labels, source text) of an image set."""
+    if name == "mnist":
+        X, y = data.load_mnist(split, "none")
+        return X, y, f"MNIST {split} (LeCun, Cortes & Burges; sha256-checked IDX files)"
+    n = SYNTHETIC_SIZE[split == "test"]
+    X, y = data.synthetic_images(n, seed, stream=int(split == "test"))
+    return np.round(X * 255).astype(np.uint8), y, f"mnist-synthetic(n={n}, seed={seed})"
+
+
+def build_images(spec, comm) -> Federation:
+    """This rank's share of an image federation (``spec``: a :class:`~mpifed.plan.DataSpec` with a model)."""
+    backend = get_backend(spec.backend)
+    model = build_model(spec.model, (28, 28), N_CLASSES)  # a spec that does not fit 28x28 fails here
+    X, y, source = _images(spec.dataset, "train", spec.seed)
+    clients = spec.clients
+    seed = spec.shuffle if spec.shuffle is not None else spec.seed
+    part = make_partition(spec.partition, y, clients, spec.samples_per_client, seed, spec.min_client_size,
+                          name=spec.dataset)
+    lo, hi = client_range(clients, comm.size, comm.rank)
+    rows, offsets = part.block(lo, hi)
+    pixels, labels = np.ascontiguousarray(X[rows]), y[rows]
+    del X, y
+    block = ImageBlock(pixels, labels, np.asarray(offsets), model, spec.lam, spec.batch_size or 32, backend,
+                       Corruption.parse(spec.corrupt))
+    client_of_row = np.repeat(np.arange(hi - lo), np.diff(offsets))
+    counts = np.zeros((hi - lo, N_CLASSES), dtype=np.int64)
+    np.add.at(counts, (client_of_row, labels), 1)
+    sizes = part.sizes
+    fed = Federation(spec.seed, comm, backend, block, np.arange(lo, hi), clients, model.n_params,
+                     f"{source}; model {model.describe()} ({model.n_params} parameters)",
+                     tau=spec.tau, m_min=int(sizes.min()), m_max=int(sizes.max()), label_counts=counts,
+                     partition=part.info, labels=tuple(range(N_CLASSES)),
+                     x0=np.asarray(model.init(spec.seed), dtype=np.float64))
+    if comm.is_root:
+        Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
+        fed.test = ImageTestSet(Xt, yt, model, test_source, backend)
+        fed.test_note = f"test set {test_source}"
+    return fed

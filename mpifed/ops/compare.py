@@ -1,0 +1,83 @@
+"""Comparison plans: several methods on one federation, one trace each, one table.
+
+A plan is a TOML file::
+
+    out = "runs/compare-a9a"      # folder of traces, one <name>.h5 per run
+    target = 1e-10                # the table reports rounds, bits and seconds to ||grad P|| <= target
+
+    [common]                      # RunConfig fields shared by every run
+    dataset = "a9a"
+    rounds = 300
+    tol = 1e-12
+
+    [runs.newton]                 # one table per run: its own fields on top of [common]
+    algorithm = "newton"
+    [runs.fednl-topk]
+    algorithm = "fednl"
+    compressor = "topk:k=8d"
+
+``mpifed compare PLAN.toml`` checks every run's configuration before the first one starts,
+then runs them in order on all ranks (``mpiexec -n 4 mpifed compare ...``) and prints the
+table that ``mpifed info FOLDER --target T`` prints again later.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config as cfgmod
+from ..errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    folder: Path
+    target: float
+    runs: tuple  # ((name, RunConfig), ...)
+
+
+def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool = False) -> Plan:
+    """Read and check a plan; every run's RunConfig is built (and validated) here."""
+    path = Path(path)
+    raw = cfgmod.read_toml(path, "plan")
+    unknown = sorted(set(raw) - {"out", "target", "common", "runs"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: out, target, common, runs")
+    runs = raw.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise ConfigError(f"{path}: no [runs.<name>] tables; a plan needs at least one run")
+    target = raw.get("target", 1e-10)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
+        raise ConfigError(f"{path}: target = {target!r} is out of range; valid: a number > 0")
+    folder = Path(raw.get("out", Path("runs") / path.stem))
+    common = raw.get("common", {})
+    if only:
+        missing = sorted(set(only) - set(runs))
+        if missing:
+            raise ConfigError(f"--only names unknown run(s) {', '.join(missing)}; the plan has {', '.join(runs)}")
+        runs = {k: v for k, v in runs.items() if k in only}
+    built = []
+    for name, fields in runs.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"{path}: run name {name!r} is not a plain file name (letters, digits, _ . + -)")
+        values = {k.replace("-", "_"): v for k, v in {**common, **fields}.items()}
+        values.update(out=str(folder / f"{name}.h5"), overwrite=overwrite or values.get("overwrite", False))
+        try:
+            built.append((name, cfgmod.build(values)))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: run {name!r}: {err}") from None
+    if not overwrite:
+        existing = [str(c.out) for _, c in built if Path(c.out).exists()]
+        if existing:
+            raise ConfigError(f"output {existing[0]} exists; pass --overwrite to replace the plan's traces")
+    return Plan(folder, float(target), tuple(built))
+
+
+def run_plan(plan: Plan, comm=None) -> list:
+    """Run every configuration of the plan in order on all ranks; returns the RunResults."""
+    from ..driver import run
+
+    return [run(config, comm=comm) for _, config in plan.runs]

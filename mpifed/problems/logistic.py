@@ -1,0 +1,332 @@
+"""L2-regularised logistic regression as a GLM, for a whole block of clients at once.
+
+Client i holds rows a_ij (j = 1..m_i) with labels b_ij in {-1, +1} and minimises
+
+    f_i(x) = (1/m_i) sum_j phi(b_ij a_ij^T x) + (lam/2) ||x||^2,   phi(t) = log(1 + e^{-t}),
+
+so that P(x) = (1/n) sum_i f_i(x) (Islamov, Qian, Richtarik, ICML 2021, eq. (1); FedNL's f_i carry the
+regulariser too). Then
+
+    grad f_i(x)   = (1/m_i) sum_j phi'(t_ij) b_ij a_ij + lam x,
+    hess f_i(x)   = (1/m_i) sum_j h_ij(x) a_ij a_ij^T + lam I,   h_ij(x) = phi''(a_ij^T x),
+
+with h_ij the Hessian coefficients that Newton-Learn (Islamov et al. 2021) learns.
+
+Everything is computed for all of a rank's clients in one call. Sparse data (LIBSVM) use
+precomputed scatter matrices, so a round is a few sparse mat-vecs: per-client sums
+(R), gradients (G) and packed Hessians (M) whose entries are products a_ja a_jb of each
+row's non-zeros. Dense data (synthetic) use batched matrix products. In both paths a
+client's numbers depend only on its own rows, never on the other clients of the block:
+that is what makes results independent of the number of ranks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from .. import tri
+from ..backend import NUMPY, Backend
+
+
+def phi(t, xp=np):
+    """phi(t) = log(1 + e^{-t}), stable for large ``|t|``."""
+    return xp.logaddexp(0.0, -t)
+
+
+def phi_prime(t, xp=np):
+    """phi'(t) = -1 / (1 + e^{t})."""
+    return -0.5 * (1.0 - xp.tanh(0.5 * t))
+
+
+PHI_THIRD_MAX = 1.0 / (6.0 * np.sqrt(3.0))  # sup |phi'''(t)|: the Lipschitz constant of phi''
+
+
+def phi_second(t, xp=np):
+    """phi''(t) = sigma(t) sigma(-t), the Hessian coefficient."""
+    s = 0.5 * (1.0 + xp.tanh(0.5 * t))
+    return s * (1.0 - s)
+
+
+class LogisticBlock:
+    """The clients a rank hosts, with batched loss, gradient and Hessian evaluation.
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix (N, d)
+        The rows of the block's clients, concatenated in client order.
+    b : ndarray (N,)
+        Labels in {-1, +1}.
+    offsets : ndarray (n + 1,)
+        Client i owns rows ``offsets[i]:offsets[i+1]``.
+    lam : float
+        The L2 regularisation lambda >= 0.
+    m_max : int, optional
+        Pad dense blocks to this many rows per client (pass the largest client of the whole
+        federation, so padding never depends on the rank layout).
+    """
+
+    def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
+                 dense: bool | None = None):
+        A = scipy.sparse.csr_matrix(A, dtype=np.float64)
+        A.sum_duplicates()
+        A.sort_indices()
+        offsets = np.asarray(offsets, dtype=np.int64)
+        self.bk, xp = backend, backend.xp
+        self.lam = float(lam)
+        self.N, self.d = A.shape
+        self.n = len(offsets) - 1
+        self.T = tri.size(self.d)
+        self.sizes = np.diff(offsets)
+        self.row_client = np.repeat(np.arange(self.n), self.sizes)
+        row_weight = 1.0 / self.sizes[self.row_client]
+        self.b = xp.asarray(np.asarray(b, dtype=np.float64))
+        self._diag = xp.asarray(tri.diagonal(self.d))
+        nnz_per_row = A.nnz / max(self.N, 1)
+        self.dense = (nnz_per_row > self.d / 4) if dense is None else dense
+        # R: (n, N) per-client weighted sums of per-row values.
+        self._R = backend.csr(scipy.sparse.csr_matrix(
+            (row_weight, np.arange(self.N), offsets), shape=(self.n, self.N)))
+        if self.dense:
+            self._init_dense(A, row_weight, m_max or int(self.sizes.max()))
+        else:
+            self._init_sparse(A, row_weight)
+
+    # ----------------------------------------------------------------- setup
+    def _init_sparse(self, A, row_weight):
+        bk, n, d, T = self.bk, self.n, self.d, self.T
+        row_of_nnz = np.repeat(np.arange(self.N), np.diff(A.indptr))
+        client_of_nnz = self.row_client[row_of_nnz]
+        self._A = bk.csr(A)
+        self._row_of_nnz, self._client_of_nnz = bk.xp.asarray(row_of_nnz), bk.xp.asarray(client_of_nnz)
+        # G^T: row j scatters w_j a_j into client c(j)'s gradient slot.
+        G = scipy.sparse.csr_matrix(
+            (A.data * row_weight[row_of_nnz], client_of_nnz * d + A.indices, A.indptr), shape=(self.N, n * d))
+        self._G = bk.csr(G.T.tocsr())
+        # M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian.
+        self._M = bk.csr(_scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n, d, T))
+
+    def _init_dense(self, A, row_weight, m_max):
+        xp = self.bk.xp
+        slot = np.arange(self.N) - np.repeat(np.cumsum(self.sizes) - self.sizes, self.sizes)
+        A3 = np.zeros((self.n, m_max, self.d))
+        A3[self.row_client, slot] = A.toarray()
+        W = np.zeros((self.n, m_max))
+        W[self.row_client, slot] = row_weight
+        b3 = np.zeros((self.n, m_max))
+        b3[self.row_client, slot] = self.bk.to_host(self.b)
+        self._A3, self._W, self._b3 = xp.asarray(A3), xp.asarray(W), xp.asarray(b3)
+        self._tri_rows, self._tri_cols = (xp.asarray(a) for a in tri.rows_cols(self.d))
+
+    def clients(self, lo: int, hi: int) -> "LogisticBlock":
+        """The block's clients lo..hi-1 as a block of their own (FedNL's chunked client step).
+
+        Dense data are views; sparse data get their rows of the scatter matrices (a client's slots only
+        ever receive its own rows, so the pieces are row ranges with shifted column indices). Every
+        number a client gets is the one the whole block gives it.
+        """
+        if lo == 0 and hi == self.n:
+            return self
+        sub = object.__new__(LogisticBlock)
+        sub.__dict__.update(self.__dict__)
+        r0, r1 = int(self.sizes[:lo].sum()), int(self.sizes[:hi].sum())
+        sub.n, sub.N, sub.sizes = hi - lo, r1 - r0, self.sizes[lo:hi]
+        sub.row_client = self.row_client[r0:r1] - lo
+        sub.b = self.b[r0:r1]
+        sub._R = _row_range(self._R, lo, hi, r0, r1 - r0)
+        if self.dense:
+            sub._A3, sub._W, sub._b3 = self._A3[lo:hi], self._W[lo:hi], self._b3[lo:hi]
+        else:
+            sub._A = self._A[r0:r1]
+            a0, a1 = int(self._A.indptr[r0]), int(self._A.indptr[r1])
+            sub._row_of_nnz, sub._client_of_nnz = self._row_of_nnz[a0:a1] - r0, self._client_of_nnz[a0:a1] - lo
+            sub._G = _row_range(self._G, lo * self.d, hi * self.d, r0, r1 - r0)
+            sub._M = _row_range(self._M, lo * self.T, hi * self.T, r0, r1 - r0)
+        return sub
+
+    # -------------------------------------------------------------- per round
+    def margins(self, x):
+        """a_ij^T x for every row: (N,) sparse, (n, m_max) dense; x is (d,) or per client (n, d)."""
+        xp = self.bk.xp
+        if self.dense:
+            X = x if x.ndim == 2 else xp.broadcast_to(x, (self.n, self.d))
+            return (self._A3 @ X[:, :, None])[..., 0]
+        if x.ndim == 1:
+            return self._A @ x
+        prod = self._A.data * x[self._client_of_nnz, self._A.indices]
+        return xp.bincount(self._row_of_nnz, weights=prod, minlength=self.N)
+
+    def _client_sum(self, per_row):
+        """(1/m_i) sum_j per_row[ij] for each client."""
+        if self.dense:
+            return (self._W * per_row).sum(axis=1)
+        return self._R @ per_row
+
+    def _ridge(self, x):
+        xp = self.bk.xp
+        sq = (x * x).sum(axis=-1)
+        return 0.5 * self.lam * (sq if x.ndim == 2 else xp.full(self.n, sq))
+
+    def loss(self, x):
+        """f_i(x) for each client, shape (n,)."""
+        labels = self._b3 if self.dense else self.b
+        return self._client_sum(phi(labels * self.margins(x), self.bk.xp)) + self._ridge(x)
+
+    def derivatives(self, x, hessian: bool = True):
+        """(f_i(x), grad f_i(x), packed hess f_i(x)) for all clients: (n,), (n, d), (n, T).
+
+        The Hessian is skipped (None) when ``hessian`` is False.
+        """
+        loss, grad, t = self._loss_grad(x)
+        hess = self.hessians_from_coefficients(phi_second(t, self.bk.xp)) if hessian else None
+        return loss, grad, hess
+
+    def derivatives_and_coefficients(self, x):
+        """(f_i(x), grad f_i(x), the Hessian coefficients h_ij(x) = phi''(a_ij^T x) of every row (Islamov
+        et al. 2021, Sec. 3)) from one pass over the margins: what Newton-Learn learns, and what FedNL-PP's participants
+        build their Hessians from (:meth:`hessians_of`)."""
+        loss, grad, t = self._loss_grad(x)
+        return loss, grad, phi_second(t, self.bk.xp)
+
+    def _loss_grad(self, x):
+        """(f_i(x), grad f_i(x), the margins a_ij^T x)."""
+        xp = self.bk.xp
+        t = self.margins(x)
+        labels = self._b3 if self.dense else self.b
+        z = labels * t
+        loss = self._client_sum(phi(z, xp)) + self._ridge(x)
+        grad = self._weighted_rows(phi_prime(z, xp) * labels) + self.lam * x
+        return loss, grad, t
+
+    def _weighted_rows(self, coef):
+        """(1/m_i) sum_j coef_ij a_ij for each client, shape (n, d)."""
+        if self.dense:
+            return ((self._W * coef)[:, None, :] @ self._A3)[:, 0, :]
+        return (self._G @ coef).reshape(self.n, self.d)
+
+    def hessians_from_coefficients(self, h):
+        """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
+        if self.dense:
+            packed = self._dense_hessians(self._A3, self._W, h)
+        else:
+            packed = (self._M @ h).reshape(self.n, self.T)
+        packed[:, self._diag] += self.lam
+        return packed
+
+    def hessians_of(self, clients, h):
+        """:meth:`hessians_from_coefficients` for the block's clients ``clients`` only (host ints), from the
+        coefficients h of all rows: (len(clients), T), each row the bits the whole block gives that client
+        (FedNL-PP: only the round's participants need their Hessians)."""
+        xp, clients = self.bk.xp, np.asarray(clients, dtype=np.int64)
+        if self.dense:
+            at = xp.asarray(clients)
+            packed = self._dense_hessians(self._A3[at], self._W[at], h[at])
+        else:
+            rows = (clients[:, None] * self.T + np.arange(self.T)).ravel()
+            packed = (_select_rows(self._M, xp.asarray(rows), xp) @ h).reshape(len(clients), self.T)
+        packed[:, self._diag] += self.lam
+        return packed
+
+    def _dense_hessians(self, A3, W, h):
+        """Packed (1/m_i) sum_j h_ij a_ij a_ij^T (no lam) of dense client rows A3 (c, m, d), a few clients at a
+        time: the full (clients, d, d) products are never held for the whole block."""
+        xp, d, c = self.bk.xp, self.d, A3.shape[0]
+        packed = xp.empty((c, self.T))
+        budget = CHUNK_BYTES if xp is np else tri.GPU_CHUNK_BYTES
+        step = max(1, budget // (8 * d * max(d, A3.shape[1])))
+        for lo in range(0, c, step):
+            at = slice(lo, lo + step)
+            weighted = A3[at] * (W[at] * h[at])[:, :, None]
+            full = weighted.transpose(0, 2, 1) @ A3[at]
+            packed[at] = full[:, self._tri_rows, self._tri_cols]
+        return packed
+
+    def rows(self, J):
+        """The data vectors a_ij of each client's local rows J (n, r): shape (n, r, d) (Newton-Learn's uplink)."""
+        xp = self.bk.xp
+        if self.dense:
+            return self._A3[xp.arange(self.n)[:, None], xp.asarray(J)]
+        start = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        flat = (start[:, None] + np.asarray(J)).ravel()
+        return self._A[xp.asarray(flat)].toarray().reshape(self.n, np.shape(J)[1], self.d)
+
+    def row_norms(self):
+        """||a_ij|| for every row, in the coefficient layout: (N,) sparse, (n, m_max) dense."""
+        xp = self.bk.xp
+        if self.dense:
+            return xp.sqrt((self._A3 ** 2).sum(axis=2))
+        return xp.sqrt(xp.asarray(self._A.multiply(self._A).sum(axis=1)).ravel())
+
+    def gram(self):
+        """Packed (1/m_i) A_i^T A_i per client (coefficients 1, no regulariser)."""
+        xp = self.bk.xp
+        ones = xp.ones_like(self._W) if self.dense else xp.ones(self.N)
+        packed = self.hessians_from_coefficients(ones)
+        packed[:, self._diag] -= self.lam
+        return packed
+
+
+def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):
+    """Rows r0..r1-1 of a CSR matrix whose non-zeros there all lie in columns c0..c0+columns-1, as a
+    (r1 - r0) x columns CSR matrix (scipy or cupyx) with the same entries in the same order."""
+    start, stop = int(matrix.indptr[r0]), int(matrix.indptr[r1])
+    return type(matrix)((matrix.data[start:stop], matrix.indices[start:stop] - c0,
+                         matrix.indptr[r0:r1 + 1] - start), shape=(r1 - r0, columns))
+
+
+def _select_rows(matrix, rows, xp):
+    """Rows ``rows`` (device ints, any order) of a CSR matrix (scipy or cupyx), same entries in the same order."""
+    ptr = matrix.indptr
+    start = ptr[rows]
+    count = ptr[rows + 1] - start
+    new_ptr = xp.concatenate([xp.zeros(1, dtype=count.dtype), xp.cumsum(count)])
+    at = xp.arange(int(new_ptr[-1]))
+    row = xp.searchsorted(new_ptr[1:], at, side="right")  # which selected row each entry comes from
+    pos = start[row] + (at - new_ptr[row])
+    return type(matrix)((matrix.data[pos], matrix.indices[pos], new_ptr), shape=(len(rows), matrix.shape[1]))
+
+
+CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
+PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
+
+
+def _scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n: int, d: int, T: int):
+    """M^T (n T x N, CSR): column j holds w_j a_ja a_jb at client c(j)'s packed position of (a, b), a <= b.
+
+    Built a range of rows at a time into preallocated arrays (the pair lists of the whole block, several
+    int64 arrays of the number of pairs, are never held at once), with 32-bit indices wherever they fit;
+    every entry is the same product, in the same place and order, as building all pairs in one go.
+    """
+    per_row = np.diff(A.indptr).astype(np.int64)
+    pair_ptr = np.concatenate([[0], np.cumsum(per_row * (per_row + 1) // 2)])
+    pairs, N = int(pair_ptr[-1]), A.shape[0]
+    index = np.int32 if max(pairs, n * T, N) < np.iinfo(np.int32).max else np.int64
+    values = np.empty(pairs)
+    targets = np.empty(pairs, dtype=index)
+    lo = 0
+    while lo < N:  # rows lo..hi-1: at least one row, else about PAIR_CHUNK pairs
+        hi = max(lo + 1, int(np.searchsorted(pair_ptr, pair_ptr[lo] + PAIR_CHUNK, side="right")) - 1)
+        hi = min(hi, N)
+        start = A.indptr[lo]
+        first, second, _ = _row_pairs(A.indptr[lo:hi + 1] - start)
+        first += start
+        second += start
+        at = slice(int(pair_ptr[lo]), int(pair_ptr[hi]))
+        np.multiply(A.data[first] * A.data[second], row_weight[row_of_nnz[first]], out=values[at])
+        targets[at] = client_of_nnz[first] * T + tri.flat_index(A.indices[first], A.indices[second], d)
+        lo = hi
+    M = scipy.sparse.csr_matrix((values, targets, pair_ptr.astype(index)), shape=(N, n * T), copy=False)
+    del values, targets
+    return M.T.tocsr()
+
+
+def _row_pairs(indptr):
+    """All non-zero pairs (p, q), p <= q, within each CSR row, and the CSR pointer of the pairs."""
+    nnz = int(indptr[-1])
+    row_end = np.repeat(indptr[1:], np.diff(indptr))
+    partners = row_end - np.arange(nnz)  # nnz p pairs with p, p+1, ..., row_end-1
+    first = np.repeat(np.arange(nnz), partners)
+    start = np.repeat(np.cumsum(partners) - partners, partners)
+    second = first + (np.arange(first.size) - start)
+    per_row = np.diff(indptr)
+    pair_ptr = np.concatenate([[0], np.cumsum(per_row * (per_row + 1) // 2)])
+    return first, second, pair_ptr

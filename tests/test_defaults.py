@@ -1,0 +1,56 @@
+"""Defaults that depend on the kind of run: a bare command works for a convex problem, an image dataset and
+every network method, and stops where the documented default says."""
+import numpy as np
+import pytest
+
+from mpifed import config
+from mpifed.algorithms import NN_METHODS, NN_MODULES
+from mpifed.algorithms.networks.local import FOOF_STEP, KFAC_STEP, SGD_STEP
+from mpifed.comm import SerialComm
+from mpifed.driver import run
+from mpifed.errors import ConfigError
+from mpifed.plan import resolve
+
+DEFAULT_STEP = {"localnewton": FOOF_STEP, "fedpm": FOOF_STEP, "fedrco": KFAC_STEP, "fedrco-ori": KFAC_STEP}
+
+
+def test_a_convex_run_stops_at_the_papers_tolerance_and_solves_for_x_star():
+    c = config.build({})
+    assert (c.dataset, c.algorithm, c.partition, c.reference_iterations, c.tol) == ("synthetic", "fednl", "paper", 20, 1e-14)
+    assert resolve(c).data.clients == 32 and resolve(c).data.samples_per_client == 100
+
+
+def test_a_network_run_defaults_to_iid_clients_no_reference_solve_and_every_round():
+    c = config.build({"dataset": "mnist", "model": "cnn", "algorithm": "fedrco"})
+    assert (c.partition, c.reference_iterations, c.tol) == ("iid", 0, 0.0)
+    assert resolve(c).data.clients == 100 and resolve(c).data.tau == 100
+    bare = config.build({"dataset": "mnist"})  # an image dataset alone trains FedRCO's CNN with FedAvg
+    assert (bare.model, bare.algorithm, bare.partition) == ("cnn", "fedavg", "iid")
+
+
+def test_given_values_win_over_the_run_defaults():
+    c = config.build({"dataset": "mnist-synthetic", "model": "mlp:hidden=8", "partition": "dirichlet:alpha=0.5",
+                      "tol": 1e-3, "algorithm": "fedpm"})
+    assert (c.partition, c.tol, c.algorithm) == ("dirichlet:alpha=0.5", 1e-3, "fedpm")
+    with pytest.raises(ConfigError, match="needs a convex problem"):
+        config.build({"dataset": "mnist", "model": "cnn", "reference_iterations": 20})
+    with pytest.raises(ConfigError, match="'paper' does not apply to image datasets"):
+        config.build({"dataset": "mnist", "model": "cnn", "partition": "paper"})
+
+
+@pytest.mark.parametrize("algorithm", NN_METHODS)
+def test_every_network_method_runs_with_its_defaults(algorithm, tmp_path):
+    """No step size, partition, reference solve or tolerance given: the run completes with finite numbers and
+    the method's documented default step (calibrated on FedRCO's CNN)."""
+    conf = {"dataset": "mnist-synthetic", "model": "softmax", "clients": 4, "algorithm": algorithm, "rounds": 2,
+            "batch_size": 8, "local_steps": 2, "quiet": True, "out": str(tmp_path / "t.h5")}
+    result = run(conf, comm=SerialComm())
+    assert result.status == "completed" and result.rounds == 2, result.message
+    assert np.all(np.isfinite(result.metrics["loss"])) and np.all(np.isfinite(result.x))
+    plan = resolve(config.build(conf))
+    module = NN_MODULES[algorithm]
+    from mpifed.federation import build_federation
+
+    params = module.Params.from_options(plan.method, build_federation(plan.data, SerialComm()))
+    eta_l = params.base.eta_l if hasattr(params, "base") else params.eta_l
+    assert eta_l == DEFAULT_STEP.get(algorithm, SGD_STEP)
