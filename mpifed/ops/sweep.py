@@ -182,7 +182,7 @@ def _need_sbatch() -> None:
 
 
 def _name(path: Path, pattern: str, index: int, values: dict) -> str:
-    fields = {k: ("" if v is None else v) for k, v in {**_defaults(), **values}.items()}
+    fields = {k: ("" if v is None else v) for k, v in _defaults(values).items()}
     try:
         name = pattern.format(index=index, **fields)
     except (KeyError, IndexError, ValueError) as err:
@@ -193,10 +193,11 @@ def _name(path: Path, pattern: str, index: int, values: dict) -> str:
     return name
 
 
-def _defaults() -> dict:
+def _defaults(values: dict) -> dict:
+    """Every config key with its default for this kind of run (a network run's partition is iid, ...)."""
     from dataclasses import asdict
 
-    return asdict(cfgmod.RunConfig())
+    return {**asdict(cfgmod.RunConfig()), **cfgmod.with_run_defaults(values)}
 
 
 def _show(point: dict) -> str:
