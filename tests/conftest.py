@@ -82,6 +82,13 @@ def pytest_runtest_makereport(item, call):
         world.Abort(1)
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    """A run without --out writes runs/<name>.h5 under the working directory: each test works in its own
+    temporary folder, so the suite leaves nothing in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------- real data
 
 _found: dict[str, str | None] = {}  # name -> None when present, else why not (this process)

@@ -24,11 +24,6 @@ SYNTH = {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "featur
 PHISH = {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "seed": SEED}
 
 
-@pytest.fixture(autouse=True)
-def _traces_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # runs/<name>.h5 traces land here
-
-
 class Client:
     """f_i(x) = mean_j log(1 + exp(-b_j a_j^T x)) + lam/2 ||x||^2, in plain numpy."""
 

@@ -20,12 +20,6 @@ A9A_SMALL = {"dataset": "a9a", "clients": 6, "samples_per_client": 40}
 BASE = {"quiet": True, "reference_iterations": 0, "out": None, "lam": LAM}
 
 
-@pytest.fixture(autouse=True)
-def _traces_in_tmp(tmp_path, monkeypatch):
-    """Runs without --out write runs/<name>.h5 under the working directory: keep them out of the repo."""
-    monkeypatch.chdir(tmp_path)
-
-
 def client_data(cfg):
     """[(A_i dense, b_i)] for every client of a SYN or paper-split configuration."""
     n, m = cfg["clients"], cfg["samples_per_client"]
