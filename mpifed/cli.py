@@ -43,11 +43,13 @@ HELP = {
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam)",
     "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
-                  "networks: local step eta_l (default 0.03 for SGD-type methods and FedRCO, 0.3 for the FOOF methods "
-                  "localnewton and fedpm; from 25 centralised steps on FedRCO's CNN, see jobs/mnist-cnn.toml)"),
+                  "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
+                  "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see jobs/mnist-cnn.toml; "
+                  "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
     "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
-    "local_steps": "FedPM / LocalNewton: local Newton steps K per round (default 1)",
+    "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
+                    "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
     "participation": "clients per round: a fraction in (0, 1] or a count (FedNL-PP's tau); default all",
     "ls_c": "FedNL-LS Armijo constant c in (0, 1/2] (default 0.5)",

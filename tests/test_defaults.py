@@ -5,13 +5,13 @@ import pytest
 
 from mpifed import config
 from mpifed.algorithms import NN_METHODS, NN_MODULES
-from mpifed.algorithms.networks.local import FOOF_STEP, KFAC_STEP, SGD_STEP
+from mpifed.algorithms.networks.local import DEFAULT_K, FEDRCO_K, FEDRCO_STEP, FOOF_STEP, SGD_STEP
 from mpifed.comm import SerialComm
 from mpifed.driver import run
 from mpifed.errors import ConfigError
 from mpifed.plan import resolve
 
-DEFAULT_STEP = {"localnewton": FOOF_STEP, "fedpm": FOOF_STEP, "fedrco": KFAC_STEP, "fedrco-ori": KFAC_STEP}
+DEFAULT_STEP = {"localnewton": FOOF_STEP, "fedpm": FOOF_STEP, "fedrco": FEDRCO_STEP, "fedrco-ori": FEDRCO_STEP}
 
 
 def test_a_convex_run_stops_at_the_papers_tolerance_and_solves_for_x_star():
@@ -40,10 +40,11 @@ def test_given_values_win_over_the_run_defaults():
 
 @pytest.mark.parametrize("algorithm", NN_METHODS)
 def test_every_network_method_runs_with_its_defaults(algorithm, tmp_path):
-    """No step size, partition, reference solve or tolerance given: the run completes with finite numbers and
-    the method's documented default step (calibrated on FedRCO's CNN)."""
+    """No step size, partition, reference solve, tolerance or local steps given: the run completes with finite
+    numbers, the method's documented default step (FedRCO: its paper's, App. E.3; the others calibrated on
+    FedRCO's CNN) and its default K (FedRCO: 20, the others 5)."""
     conf = {"dataset": "mnist-synthetic", "model": "softmax", "clients": 4, "algorithm": algorithm, "rounds": 2,
-            "batch_size": 8, "local_steps": 2, "quiet": True, "out": str(tmp_path / "t.h5")}
+            "batch_size": 8, "quiet": True, "out": str(tmp_path / "t.h5")}
     result = run(conf, comm=SerialComm())
     assert result.status == "completed" and result.rounds == 2, result.message
     assert np.all(np.isfinite(result.metrics["loss"])) and np.all(np.isfinite(result.x))
@@ -54,3 +55,5 @@ def test_every_network_method_runs_with_its_defaults(algorithm, tmp_path):
     params = module.Params.from_options(plan.method, build_federation(plan.data, SerialComm()))
     eta_l = params.base.eta_l if hasattr(params, "base") else params.eta_l
     assert eta_l == DEFAULT_STEP.get(algorithm, SGD_STEP)
+    K = params.base.K if hasattr(params, "base") else params.K
+    assert K == (FEDRCO_K if algorithm.startswith("fedrco") else DEFAULT_K)

@@ -47,7 +47,7 @@ from ...problems.nn.curvature import check_eps
 from ...problems.nn.factors import Factor, Inverse, rows_of
 from ..base import to_participants
 from ..first_order.fedavg import _or, check_local
-from .local import COMMON_USES, KFAC_STEP, Clock, common_fields, local_step, start, timing_report, uplink
+from .local import COMMON_USES, FEDRCO_K, FEDRCO_STEP, Clock, common_fields, local_step, start, timing_report, uplink
 from .local import client_metrics  # noqa: F401  (x^R's row: metrics only)
 
 XI = 1e-12  # xi of eq. 10
@@ -98,7 +98,7 @@ class Params:
         if opts.algorithm == "fedrco-ori" and opts.aggregation == "curvature":
             raise ConfigError("--aggregation curvature contradicts --algorithm fedrco-ori (plain averaging); "
                               "use --algorithm fedrco")
-        return cls(**common_fields(opts, fed, KFAC_STEP), eps=_or(opts.damping, 0.03), alpha=_or(opts.ema_decay, 0.95),
+        return cls(**common_fields(opts, fed, FEDRCO_STEP, FEDRCO_K), eps=_or(opts.damping, 0.03), alpha=_or(opts.ema_decay, 0.95),
                    T_inv=_or(opts.inverse_every, 200), monitor=_or(opts.monitor, True),
                    tau_low=_or(opts.tau_low, 10.0), tau_high=_or(opts.tau_high, 1000.0),
                    window=_or(opts.monitor_window, 10), patience=_or(opts.patience, 3),

@@ -22,15 +22,17 @@ def _or(value, default):
     return default if value is None else value
 
 
-# Local step sizes eta_l when --step-size is not given: from 25 centralised steps of b = 32 on FedRCO's CNN
-# (MNIST; jobs/mnist-cnn.toml lists the trials), one notch lower for K = 5 local steps on non-IID clients.
-SGD_STEP, FOOF_STEP, KFAC_STEP = 0.03, 0.3, 0.03
+# Local step sizes eta_l when --step-size is not given. FedRCO: its paper's settings (App. E.3: eta = 0.00625,
+# K = 20 local steps of b = 32). The others: from 25 centralised steps of b = 32 on FedRCO's CNN (MNIST;
+# jobs/mnist-cnn.toml lists the trials), one notch lower for K = 5 local steps on non-IID clients.
+SGD_STEP, FOOF_STEP = 0.03, 0.3
+FEDRCO_STEP, FEDRCO_K = 0.00625, 20
 
 
-def common_fields(opts, fed, default_step: float = SGD_STEP) -> dict:
-    """eta_l (``--step-size``, else ``default_step``), K, b, tau, n, float_bits and the step decay of every
-    neural-network method."""
-    return {"eta_l": _or(opts.step_size, default_step), "K": _or(opts.local_steps, DEFAULT_K), "tau": fed.tau or fed.n_clients,
+def common_fields(opts, fed, default_step: float = SGD_STEP, default_K: int = DEFAULT_K) -> dict:
+    """eta_l (``--step-size``, else ``default_step``), K (``--local-steps``, else ``default_K``), b, tau, n,
+    float_bits and the step decay of every neural-network method."""
+    return {"eta_l": _or(opts.step_size, default_step), "K": _or(opts.local_steps, default_K), "tau": fed.tau or fed.n_clients,
             "n": fed.n_clients, "float_bits": opts.float_bits, "decay": _or(opts.step_decay, 0.0)}
 
 
