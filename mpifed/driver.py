@@ -413,7 +413,7 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
     env = tracemod.environment(fed.comm, fed.backend)
     if not fed.comm.is_root:
         return None
-    path = Path(config.out) if config.out else tracemod.default_path(config)
+    path = Path(config.out) if config.out else tracemod.default_path(config.algorithm, config.dataset)
     test = fed.test_note
     if fed.test and config.model is not None:
         test += f"; test_accuracy and test_loss (cross-entropy) of the global model x^k every {config.eval_every} round(s)"

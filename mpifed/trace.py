@@ -210,9 +210,9 @@ def _decode(value):
     return value
 
 
-def default_path(config) -> Path:
+def default_path(algorithm: str, dataset: str) -> Path:
     """runs/<algorithm>-<dataset>-<n>.h5 with the first free n (used when --out is not given)."""
-    stem = f"{config.algorithm}-{Path(config.dataset).name}"
+    stem = f"{algorithm}-{Path(dataset).name}"
     n = 1
     while Path("runs", f"{stem}-{n}.h5").exists():
         n += 1
