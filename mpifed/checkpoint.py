@@ -119,6 +119,30 @@ class Checkpointer:
         os.replace(tmp, self.path)
 
 
+# Where the modules of mpifed 0.1's flat layout live now, so checkpoints written before the move still resume.
+_MOVED = {f"mpifed.algorithms.{m}": f"mpifed.algorithms.second_order.{m}" for m in (
+    "newton", "newton_star", "nl1", "nl2", "cnl", "lowrank", "fednl", "fednl_ls", "fednl_pp", "fednl_cr", "fednl_bc",
+    "fedpm", "localnewton")}
+_MOVED.update({f"mpifed.algorithms.{m}": f"mpifed.algorithms.first_order.{m}" for m in (
+    "gd", "dcgd", "diana", "adiana", "fedavg", "fedavgm", "fedprox", "scaffold", "fedadam")})
+_MOVED.update({f"mpifed.algorithms.nn_{m}": f"mpifed.algorithms.networks.{m}" for m in (
+    "fedavg", "fedavgm", "fedprox", "scaffold", "fedadam", "localnewton", "fedpm", "local")})
+_MOVED.update({"mpifed.algorithms.fedrco": "mpifed.algorithms.networks.fedrco",
+               "mpifed.problems": "mpifed.problems.logistic", "mpifed.nn.federation": "mpifed.problems.nn.block",
+               **{f"mpifed.nn.{m}": f"mpifed.problems.nn.{m}" for m in ("curvature", "factors", "layers", "models")}})
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(_MOVED.get(module, module), name)
+
+
+def _loads(data: bytes):
+    import io
+
+    return _Unpickler(io.BytesIO(data)).load()
+
+
 def read(trace: str | Path) -> dict:
     """The checkpoint beside ``trace``, checked; one-line errors for a missing or foreign file."""
     path = path_for(trace)
@@ -127,7 +151,7 @@ def read(trace: str | Path) -> dict:
                           f"or when stopped by SIGTERM/SIGINT)")
     try:
         with open(path, "rb") as f:
-            payload = pickle.load(f)
+            payload = _Unpickler(f).load()
     except Exception as err:  # truncated or not a pickle
         raise ConfigError(f"cannot read checkpoint {path} (corrupt or truncated?): {type(err).__name__}: {err}") from None
     if not isinstance(payload, dict) or payload.get("magic") != MAGIC:
@@ -165,7 +189,7 @@ def restore_trace(payload: dict, trace: Path) -> None:
 
 def client_state(blob: bytes, backend):
     """A rank's saved client state, its arrays back on the run's backend (cupy for GPU runs)."""
-    state = pickle.loads(blob)
+    state = _loads(blob)
     if backend.name == "numpy":
         return state
     return _map_leaves(state, lambda v: backend.asarray(v) if isinstance(v, np.ndarray) else v)

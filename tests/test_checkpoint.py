@@ -264,3 +264,22 @@ def test_resume_on_another_rank_count_is_refused(suspended, tmp_path):
     assert code == 2
     assert "written by 1 MPI rank(s)" in err and "mpiexec -n 1" in err
     assert digest(suspended, checkpoint.path_for(suspended)) == before
+
+
+def test_a_checkpoint_of_the_flat_layout_still_loads(monkeypatch):
+    """States pickled when the methods sat in mpifed/algorithms/ (mpifed.algorithms.fednl, nn_local, ...) load
+    into the classes' new modules, so a run suspended before the move resumes after it."""
+    import types
+
+    from mpifed.algorithms.second_order import fednl
+
+    old = types.ModuleType("mpifed.algorithms.fednl")  # the old module path, as the pickle names it
+    old.ServerState = type("ServerState", (fednl.ServerState,), {"__module__": "mpifed.algorithms.fednl"})
+    monkeypatch.setitem(sys.modules, "mpifed.algorithms.fednl", old)
+    blob = pickle.dumps({"server": old.ServerState(H=np.arange(3.0))})
+    assert b"mpifed.algorithms.fednl" in blob
+    monkeypatch.delitem(sys.modules, "mpifed.algorithms.fednl")
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(blob)  # plain pickle cannot find the old module
+    state = checkpoint.client_state(blob, backend=type("B", (), {"name": "numpy"}))
+    assert type(state["server"]) is fednl.ServerState and np.array_equal(state["server"].H, [0.0, 1.0, 2.0])

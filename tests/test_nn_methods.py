@@ -130,6 +130,24 @@ def test_factor_ema_inverse_and_reset_match_dense_recurrence(alpha, R, D, form):
     assert _rel(got, U[0].T @ U[0]) < 1e-12
 
 
+def test_a_singular_or_overflowed_factor_gives_nan_for_that_client_only():
+    """numpy refuses a whole batch when one matrix is singular; the damped inverse instead returns NaN for that
+    client (its step is NaN, which FedRCO's monitor turns into a reset) and the exact inverse for the others."""
+    from mpifed.problems.nn.factors import _inv
+
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((4, 5, 5))
+    K = G @ G.transpose(0, 2, 1) + 0.1 * np.eye(5)
+    K[1] = 1e300  # overflowed but finite: rank one in floating point, even with the shift
+    K[2, 0, 0] = np.inf
+    c3 = np.array([0.1, 0.1, 0.1, 0.0])[:, None, None]  # client 3: a zero shift (pi = 0) is refused too
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.inv(K)
+    out = _inv(np, K, c3)
+    np.testing.assert_allclose(out[0], np.linalg.inv(K[0]), rtol=1e-12)
+    assert np.isnan(out[1:]).all()
+
+
 def test_rows_of_gives_foof_and_kfac_factors():
     m = build_model(CNN, (28, 28), 10)
     r = np.random.default_rng(2)

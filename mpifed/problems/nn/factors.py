@@ -129,10 +129,24 @@ def _host(a, xp):
 
 def _inv(xp, K, c3):
     """Batched inverse of ``K`` (shifted by ``c3`` (n, 1, 1)); NaN for a client whose matrix has a non-finite
-    entry or whose shift is not finite and > 0 (an overflowed factor, or pi = inf from the other factor), so
-    that its step is NaN (FedRCO's monitor resets it) rather than a LinAlgError or a silently finite inverse."""
+    entry, whose shift is not finite and > 0 (an overflowed factor, or pi = inf from the other factor), or whose
+    matrix is singular in floating point (a factor that overflowed but stayed finite), so that its step is NaN
+    (FedRCO's monitor resets it) rather than a LinAlgError that ends the run or a silently wrong inverse."""
     ok = xp.isfinite(K).all(axis=(1, 2))[:, None, None] & xp.isfinite(c3) & (c3 > 0)
-    return xp.where(ok, xp.linalg.inv(xp.where(ok, K, _eye(xp, K.shape[1]))), xp.nan)
+    safe = xp.where(ok, K, _eye(xp, K.shape[1]))
+    try:
+        inv = xp.linalg.inv(safe)
+    except np.linalg.LinAlgError:  # numpy refuses the whole batch for one singular matrix: one at a time
+        inv = xp.stack([_inv_or_nan(xp, m) for m in safe])
+    ok = ok & xp.isfinite(inv).all(axis=(1, 2))[:, None, None]
+    return xp.where(ok, inv, xp.nan)
+
+
+def _inv_or_nan(xp, M):
+    try:
+        return xp.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        return xp.full_like(M, xp.nan)
 
 
 def _sym_inv(Mi):
