@@ -1,5 +1,10 @@
 """The typed run configuration: defaults < TOML file < command-line flags.
 
+Some defaults depend on the kind of run (:func:`with_run_defaults`): a convex run stops at ``DEFAULT_TOL``;
+a network run (``model``) takes an IID partition, no reference solve and no tolerance; an image dataset
+alone trains the CNN with FedAvg. :mod:`mpifed.plan` then resolves the checked configuration into what the
+lower layers take.
+
 Every field is checked here, before any rank loads data, and a bad value gets a one-line
 :class:`ConfigError` that names it and its valid range. Checks that need the data (a
 compressor's K against d(d+1)/2, clients against rows) happen at setup, still before the
