@@ -18,6 +18,7 @@ exchange, and the run checkpoints at the top of the next round, closes the trace
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -138,8 +139,6 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _loads(data: bytes):
-    import io
-
     return _Unpickler(io.BytesIO(data)).load()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, make_dataclass
 
+from .algorithms.networks.local import DEFAULT_BATCH
 from .config import IMAGE_CLIENTS, METHOD_FIELDS, RunConfig
 from .data import IMAGE_SETS, PAPER_SPLITS, SYNTHETIC_DEFAULTS
 from .data.partition import parse_spec
@@ -39,7 +40,7 @@ class DataSpec:
     backend: str
     tau: int
     model: str | None = None
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH
     corrupt: str | None = None
 
     @property
@@ -71,7 +72,7 @@ def resolve(c: RunConfig) -> Plan:
     clients, m = split(c)
     data = DataSpec(c.dataset, clients, m, c.features, c.shuffle, c.intercept, c.partition, c.min_client_size,
                     c.test_dataset, c.seed, c.lam, c.backend, participants(c.participation, clients), c.model,
-                    c.batch_size or 32, c.corrupt)
+                    c.batch_size or DEFAULT_BATCH, c.corrupt)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
                            **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)

@@ -44,7 +44,7 @@ def build_images(spec, comm) -> Federation:
     rows, offsets = part.block(lo, hi)
     pixels, labels = np.ascontiguousarray(X[rows]), y[rows]
     del X, y
-    block = ImageBlock(pixels, labels, np.asarray(offsets), model, spec.lam, spec.batch_size or 32, backend,
+    block = ImageBlock(pixels, labels, np.asarray(offsets), model, spec.lam, spec.batch_size, backend,
                        Corruption.parse(spec.corrupt))
     client_of_row = np.repeat(np.arange(hi - lo), np.diff(offsets))
     counts = np.zeros((hi - lo, N_CLASSES), dtype=np.int64)

@@ -51,7 +51,8 @@ from ...problems.nn.curvature import check_eps
 from ...problems.nn.factors import Factor, Inverse, rows_of
 from ..base import to_participants
 from ..first_order.fedavg import _or, check_local
-from .local import COMMON_USES, FEDRCO_K, FEDRCO_STEP, Clock, common_fields, local_step, start, timing_report, uplink
+from .local import (COMMON_USES, DEFAULT_BATCH, FEDRCO_K, FEDRCO_STEP, Clock, common_fields, local_step, start,
+                    timing_report, uplink)
 from .local import client_metrics  # noqa: F401  (x^R's row: metrics only)
 
 XI = 1e-12  # xi of eq. 10
@@ -107,7 +108,7 @@ class Params:
                    tau_low=_or(opts.tau_low, 10.0), tau_high=_or(opts.tau_high, 1000.0),
                    window=_or(opts.monitor_window, 10), patience=_or(opts.patience, 3),
                    stable_norm=_or(opts.stable_norm, 10.0), aggregation=_or(opts.aggregation, default_agg),
-                   eval_batch=_or(opts.eval_batch, opts.batch_size or 32))
+                   eval_batch=_or(opts.eval_batch, _or(opts.batch_size, DEFAULT_BATCH)))
 
 
 @dataclass
