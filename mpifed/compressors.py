@@ -72,8 +72,11 @@ class Compressor:
 
     def _message(self, kept, values: int, indices: int = 0) -> Compressed:
         """``kept`` rows, each client sending ``values`` floats and ``indices`` indices."""
-        n = len(kept)
-        return Compressed(kept, np.full(n, values * self.float_bits), np.full(n, indices * _index_bits(self.T)))
+        return Compressed(kept, *self._bits(len(kept), values, indices))
+
+    def _bits(self, n: int, values: int, indices: int):
+        """(value bits, index bits) of n clients, each sending ``values`` floats and ``indices`` indices."""
+        return np.full(n, values * self.float_bits), np.full(n, indices * _index_bits(self.T))
 
     def compress(self, X, streams=None) -> Compressed:
         return self._message(X, self.T)
@@ -84,25 +87,53 @@ def _index_bits(entries: int) -> int:
 
 
 def select(scores, K: int, xp=np):
-    """Boolean mask of the K largest scores in each row; ties go to the lower index.
+    """Boolean mask of the K largest scores in each row (scores >= 0); ties go to the lower index.
 
-    A partition plus a threshold, O(T) per row (a full sort or argpartition is slower).
+    On the host the threshold (each row's K-th largest score) comes from a partition of the row's
+    nonzero scores only, packed to the left of a narrower array: when most scores are exact zeros
+    (a converged client's Hessian correction on binary features) that partition is short, and
+    a row with at most K nonzeros has threshold 0 without one. Ties at the threshold are cut
+    with a running count, over the first K columns only when the tied value is 0 (nothing is
+    smaller, so the first zeros needed lie there). Every step is linear in T.
     """
     n, T = scores.shape
     if K >= T:
         return xp.ones(scores.shape, dtype=bool)
-    kth = xp.partition(scores, T - K, axis=1)[:, T - K][:, None]
+    if xp is np:
+        kth = _threshold(scores, K)
+    else:
+        kth = xp.partition(scores, T - K, axis=1)[:, T - K]
+    kth = kth[:, None]
     mask = scores > kth
     ties = scores == kth
-    need = K - mask.sum(axis=1)
-    short = ties.sum(axis=1) != need  # rows with more ties at the threshold than places left
-    if bool(short.any()):  # keep the first ones; only those rows pay for the running count
-        rows = xp.flatnonzero(short)
-        sub = ties[rows]
-        sub &= xp.cumsum(sub, axis=1) <= need[rows, None]
-        ties[rows] = sub
+    need = K - xp.count_nonzero(mask, axis=1)
+    over = xp.count_nonzero(ties, axis=1) > need  # rows with more ties than places left: keep the first ones
+    if bool(over.any()):
+        rows = xp.flatnonzero(over)
+        width = K if not bool(kth[rows].any()) else T
+        sub = ties[rows, :width]
+        ties[rows, :width] = sub & (xp.cumsum(sub, axis=1, dtype=xp.int32) <= need[rows, None])
+        ties[rows, width:] = False
     mask |= ties
     return mask
+
+
+def _threshold(scores, K: int):
+    """Each row's K-th largest score, partitioning only the nonzero ones when they fit in half a row."""
+    n, T = scores.shape
+    nonzero = scores != 0
+    count = np.count_nonzero(nonzero, axis=1)
+    width = max(int(count.max()), K)
+    if width > T // 2:
+        return np.partition(scores, T - K, axis=1)[:, T - K]
+    packed = np.zeros((n, width), dtype=scores.dtype)
+    packed[np.arange(width)[None, :] < count[:, None]] = scores[nonzero]
+    return np.partition(packed, width - K, axis=1)[:, width - K]
+
+
+def top_indices(scores, K: int, xp=np):
+    """(n, K) column indices of :func:`select`'s mask, ascending in each row."""
+    return (xp.flatnonzero(select(scores, K, xp)) % scores.shape[1]).reshape(len(scores), K)
 
 
 @dataclass(frozen=True)
@@ -122,12 +153,25 @@ class TopK(Compressor):
         xp = _xp(X)
         if self.k >= self.T:  # everything, in order: no indices on the wire
             return self._message(X, self.T)
-        # a few rows at a time: the scores, their partitioned copy and the masks are never (n, T) arrays
-        kept = xp.empty_like(X, dtype=xp.result_type(X.dtype, 0.0))
-        for rows in tri.row_chunks(len(X), self.T, gpu=xp is not np):
-            part = X[rows]
-            kept[rows] = xp.where(select(xp.abs(part), self.k, xp), part, 0.0)
+        index, values = self.sparse(X)
+        kept = xp.zeros_like(X, dtype=xp.result_type(X.dtype, 0.0))
+        xp.put_along_axis(kept, index, values, axis=1)
         return self._message(kept, self.k, self.k)
+
+    def bits(self, n: int):
+        """(value bits, index bits) that :meth:`sparse`'s n clients send: K values and K indices each."""
+        return self._bits(n, self.k, self.k)
+
+    def sparse(self, X):
+        """What each client sends (K < T): column indices (n, K), ascending, and their values (n, K).
+
+        A few rows at a time, so the scores and masks are never (n, T) arrays.
+        """
+        xp = _xp(X)
+        index = xp.empty((len(X), self.k), dtype=xp.intp)
+        for rows in tri.row_chunks(len(X), self.T, gpu=xp is not np):
+            index[rows] = top_indices(xp.abs(X[rows]), self.k, xp)
+        return index, xp.take_along_axis(X, index, axis=1)
 
 
 @dataclass(frozen=True)

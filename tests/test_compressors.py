@@ -39,6 +39,32 @@ def test_topk_with_many_exact_zeros_still_sends_k():
     assert kept[:, 5].tolist() == [1.0] * 3 and np.count_nonzero(kept) == 3
 
 
+def _score_rows(kind, rng, n, width):
+    """Rows of the shapes that make selection hard: zeros, ties, few distinct values, sorted runs."""
+    if kind == "random":
+        return rng.random((n, width))
+    if kind == "mostly zero":  # fewer nonzeros than K in some rows: zeros fill up by index
+        return np.where(rng.random((n, width)) < 0.95, 0.0, rng.integers(1, 4, (n, width)) * 0.5)
+    if kind == "few values":
+        return rng.integers(0, 3, (n, width)).astype(float)
+    if kind == "all equal":
+        return np.full((n, width), 2.5)
+    if kind == "all zero":
+        return np.zeros((n, width))
+    return np.tile(np.arange(width, 0, -1, dtype=float), (n, 1))  # descending
+
+
+@pytest.mark.parametrize("kind", ["random", "mostly zero", "few values", "all equal", "all zero", "descending"])
+def test_select_is_the_first_k_of_a_stable_descending_sort(kind):
+    rng = np.random.default_rng(11)
+    for width, K in [(7, 1), (50, 3), (50, 25), (300, 26), (300, 200), (2000, 90)]:
+        scores = _score_rows(kind, rng, 6, width)
+        expected = np.zeros(scores.shape, dtype=bool)
+        np.put_along_axis(expected, np.argsort(-scores, axis=1, kind="stable")[:, :K], True, 1)
+        np.testing.assert_array_equal(compressors.select(scores, K), expected, err_msg=f"{width=} {K=}")
+        np.testing.assert_array_equal(compressors.top_indices(scores, K), np.nonzero(expected)[1].reshape(6, K))
+
+
 def test_full_k_is_the_identity_bit_for_bit():
     X = sym_batch()
     streams = ClientStreams(0, np.arange(5), 1)
