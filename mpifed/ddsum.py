@@ -70,6 +70,37 @@ def _dd_sum_rows(X, xp=np, chunks: int = 32):
         ek += bk
         l += ek
         h[...] = sk
+    return _dd_tree(hi, lo, xp)
+
+
+def dd_sum_sparse_rows(index, values, width: int, xp=np, chunks: int = 32):
+    """:func:`dd_sum_rows` of the (n, width) rows that hold ``values`` (n, K) at columns ``index`` (n, K;
+    distinct within a row) and zeros elsewhere, without building those rows.
+
+    The accumulation visits the same rows in the same slots and order as :func:`_dd_sum_rows`; only
+    the zeros are skipped, and adding an exact zero leaves a double-double unchanged, so the result
+    is the dense one bit for bit at K/width of its cost.
+    """
+    n = index.shape[0]
+    if n == 0:
+        return xp.zeros(width), xp.zeros(width)
+    c = min(n, chunks)
+    rows = -(-n // c)
+    hi, lo = xp.zeros((rows, width)), xp.zeros((rows, width))
+    flat_hi, flat_lo = hi.reshape(-1), lo.reshape(-1)
+    for j in range(c):
+        at = index[j::c] + (xp.arange(len(index[j::c])) * width)[:, None]  # slot q holds rows q*c .. q*c + c - 1
+        x = values[j::c]
+        h = flat_hi[at]
+        s = h + x
+        bb = s - h
+        flat_lo[at] += (h - (s - bb)) + (x - bb)
+        flat_hi[at] = s
+    return _dd_tree(hi, lo, xp)
+
+
+def _dd_tree(hi, lo, xp):
+    """Renormalise the slots' (hi, lo) and add them pairwise down to one row."""
     hi, lo = two_sum(hi, lo)
     while hi.shape[0] > 1:
         if hi.shape[0] % 2:

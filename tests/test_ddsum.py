@@ -4,7 +4,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from mpifed.ddsum import dd_sum_rows
+from mpifed.ddsum import dd_sum_rows, dd_sum_sparse_rows
 
 
 @pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 71, 500])
@@ -54,3 +54,20 @@ def test_large_arrays_summed_in_column_pieces_keep_every_bit(monkeypatch):
         assert hi.tobytes() == whole[0].tobytes() and lo.tobytes() == whole[1].tobytes()
     exact = np.array([float(sum(Fraction(v) for v in X[:, j])) for j in range(X.shape[1])])
     np.testing.assert_array_equal(hi + lo, exact)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 31, 33, 71])
+def test_sparse_rows_sum_to_the_dense_rows_bit_for_bit(n):
+    """K values per row at distinct columns, zeros elsewhere: the same (hi, lo) as summing the dense rows."""
+    rng = np.random.default_rng(n)
+    width, K = 40, 7
+    index = np.sort(np.argsort(rng.random((n, width)), axis=1)[:, :K], axis=1)
+    values = rng.standard_normal((n, K)) * 10.0 ** rng.integers(-12, 12, (n, K))
+    values[:, 0] = 1e16 * (-1) ** np.arange(n) + 1.0  # cancellation, where the low part matters
+    values[::3, 1] = 0.0  # selected entries may themselves be zero
+    dense = np.zeros((n, width))
+    np.put_along_axis(dense, index, values, axis=1)
+    for chunks in (1, 5, 32):
+        got, want = dd_sum_sparse_rows(index, values, width, chunks=chunks), dd_sum_rows(dense, chunks=chunks)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.view(np.uint64), w.view(np.uint64))

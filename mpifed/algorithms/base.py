@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from ..ddsum import dd_add, dd_sum_rows
+from ..ddsum import dd_add, dd_sum_rows, dd_sum_sparse_rows
 from ..errors import MpifedError
 
 
@@ -95,7 +95,13 @@ class BlockSums(dict):
     """
 
     def add(self, name: str, rows, xp=np) -> None:
-        hi, lo = dd_sum_rows(rows, xp)
+        self._add(name, *dd_sum_rows(rows, xp))
+
+    def add_sparse(self, name: str, index, values, width: int, xp=np) -> None:
+        """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits)."""
+        self._add(name, *dd_sum_sparse_rows(index, values, width, xp))
+
+    def _add(self, name: str, hi, lo) -> None:
         self[name] = dd_add(*self[name], hi, lo) if name in self else (hi, lo)
 
 

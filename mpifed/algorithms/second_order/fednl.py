@@ -105,17 +105,25 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     loss, grad, H = xp.empty(n), xp.empty((n, block.d)), state.H
     value_bits, index_bits, sums = np.empty(n), np.empty(n), BlockSums()
     fields = {"l": xp.empty(n)} if p.option == 2 else {}
+    sparse = isinstance(p.compressor, compressors.TopK) and p.compressor.k < block.T
     for lo, hi, hess in hessians_in_chunks(block, x, loss, grad):
-        diff = hess - H[lo:hi]
-        del hess
-        message = p.compressor.compress(diff, streams.clients(lo, hi))
+        diff = xp.subtract(hess, H[lo:hi], out=hess)
         if p.option == 2:
             fields["l"][lo:hi] = tri.frobenius(diff, xp)
-        del diff
-        sums.add("S", message.values, xp)
-        value_bits[lo:hi], index_bits[lo:hi] = message.value_bits, message.index_bits
-        H[lo:hi] += message.values if p.alpha == 1.0 else p.alpha * message.values  # 1.0 * S == S exactly
-        del message
+        if sparse:  # K of T entries per client: H_i and the sum change at those entries only
+            index, S = p.compressor.sparse(diff)
+            del diff, hess
+            sums.add_sparse("S", index, S, block.T, xp)
+            at = index + (xp.arange(hi - lo) * block.T)[:, None]
+            H[lo:hi].reshape(-1)[at] += S if p.alpha == 1.0 else p.alpha * S  # 1.0 * S == S exactly
+            value_bits[lo:hi], index_bits[lo:hi] = p.compressor.bits(hi - lo)
+        else:
+            message = p.compressor.compress(diff, streams.clients(lo, hi))
+            del diff, hess
+            sums.add("S", message.values, xp)
+            H[lo:hi] += message.values if p.alpha == 1.0 else p.alpha * message.values
+            value_bits[lo:hi], index_bits[lo:hi] = message.value_bits, message.index_bits
+            del message
     values, _ = bits_for(n, block.d + len(fields), p.float_bits)
     return ClientState(H), Uplink(loss, grad, values + value_bits, index_bits, fields, sums=sums)
 
