@@ -14,7 +14,9 @@ from mpifed.driver import run
 COLUMNS = {"row", "dataset", "config", "n_clients", "d", "status", "rounds_run", "rounds_to_tol", "final_grad_norm",
            "seconds_to_tol", "seconds_run", "wall_s", "s_per_round", "s_per_round_by_phase", "rounds_per_s",
            "client_rounds_per_s", "peak_rss_mb_per_rank", "peak_rss_mb", "peak_rss_method", "reference",
-           "ratio_seconds_to_tol", "ratio_s_per_round", "ratio_peak_rss"}
+           "rss_at_start_mb_per_rank", "peak_above_start_mb", "s_per_round_early", "s_per_round_late",
+           "late_over_early", "s_per_round_after_tol", "ratio_seconds_to_tol", "ratio_s_per_round",
+           "ratio_peak_above_start"}
 MACHINE = {"cpu", "cores", "mpi_size", "mpi", "python", "numpy", "scipy", "mpi4py", "mpifed", "load_average",
            "load_average_end"}
 
@@ -26,24 +28,26 @@ def tiny(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def test_reference_rows_are_the_ufednl_setups():
-    assert bench.DEFAULT == ["w8a", "a9a", "phishing"]
+def test_reference_rows_are_the_ufednl_setups_in_both_orders():
+    assert bench.DEFAULT == ["w8a", "w8a-file", "a9a", "a9a-file", "phishing", "phishing-file"]
     figures = {"w8a": (301, 0.162, 246, 40.9, 693), "a9a": (124, 0.026, 94, 2.7, 179),
                "phishing": (69, 0.0054, 74, 0.5, 42)}
     for name, (d, s_round, rounds, seconds, rss) in figures.items():
-        row = bench.ROWS[name]
-        cfg = row.config()
-        assert row.reference["s_per_round"] == s_round and row.reference["rounds_to_tol"] == rounds
-        assert row.reference["seconds_to_tol"] == seconds and row.reference["peak_rss_mb"] == rss
-        assert cfg["clients"] == 142 and cfg["samples_per_client"] == row.rows // 142
-        assert (cfg["algorithm"], cfg["compressor"], cfg["option"], cfg["alpha"]) == ("fednl", "topk:k=8d", 2, None)
-        assert cfg["tol"] == 1e-14 and cfg["rounds"] == 1000 and cfg["intercept"] and cfg["lam"] == 1e-3
-        assert cfg["shuffle"] is not None and cfg["dataset"] == name
+        for row, shuffle in ((bench.ROWS[name], 123), (bench.ROWS[name + "-file"], None)):
+            cfg = row.config()
+            assert row.reference["s_per_round"] == s_round and row.reference["rounds_to_tol"] == rounds
+            assert row.reference["seconds_to_tol"] == seconds and row.reference["peak_rss_mb"] == rss
+            assert cfg["clients"] == 142 and cfg["samples_per_client"] == row.rows // 142
+            assert (cfg["algorithm"], cfg["compressor"], cfg["option"], cfg["alpha"]) == ("fednl", "topk:k=8d", 2, None)
+            # a fixed budget past convergence: the run never stops at the tolerance
+            assert cfg["tol"] == 0.0 and cfg["rounds"] == 1000 and cfg["intercept"] and cfg["lam"] == 1e-3
+            assert cfg["shuffle"] == shuffle and cfg["dataset"] == name
     # m = floor(rows / 142) from the registry's row counts; K = 8d < T for every d here
     from mpifed.data.registry import DATASETS
 
-    assert [bench.ROWS[n].config()["samples_per_client"] for n in bench.DEFAULT] == [
-        DATASETS[n].rows // 142 for n in bench.DEFAULT] == [350, 229, 77]
+    names = list(figures)
+    assert [bench.ROWS[n].config()["samples_per_client"] for n in names] == [
+        DATASETS[n].rows // 142 for n in names] == [350, 229, 77]
     assert all(8 * d < d * (d + 1) // 2 for d, *_ in figures.values())
 
 
@@ -52,22 +56,27 @@ def test_json_has_every_column_and_consistent_numbers(tiny):
     (r,) = tiny["rows"]
     assert COLUMNS <= set(r)
     assert set(r["s_per_round_by_phase"]) == set(bench.PHASES)
-    k, seconds, ph = r["rounds_to_tol"], r["seconds_to_tol"], r["s_per_round_by_phase"]
-    assert r["status"] == "converged" and r["final_grad_norm"] <= 1e-14 and k == r["rounds_run"]
-    # seconds to tol is the sum of rows 0..k's round times, i.e. (k+1) x the per-phase means
-    assert seconds == pytest.approx((k + 1) * (ph["client"] + ph["comm"] + ph["server"]), rel=1e-9)
-    assert r["s_per_round"] == pytest.approx(seconds / (k + 1), rel=1e-12)
+    k, seconds, ph, R = r["rounds_to_tol"], r["seconds_to_tol"], r["s_per_round_by_phase"], r["rounds_run"]
+    assert R == 30 and r["final_grad_norm"] <= 1e-14 and 0 < k < R  # the whole budget, past convergence
+    # s/round is the mean round time over the budget's R rounds, i.e. the sum of the per-phase means
+    assert r["s_per_round"] == pytest.approx(ph["client"] + ph["comm"] + ph["server"], rel=1e-9)
+    assert 0 < seconds < R * r["s_per_round"]
     assert ph["client"] == pytest.approx(ph["hessian"] + ph["compress"] + ph["client_other"], rel=1e-9)
     assert all(ph[p] > 0 for p in ("client", "hessian", "compress", "trace"))
-    assert r["rounds_per_s"] == pytest.approx(k / seconds, rel=1e-12)
+    assert r["late_over_early"] == pytest.approx(r["s_per_round_late"] / r["s_per_round_early"], rel=1e-12)
+    assert r["s_per_round_after_tol"] > 0
+    assert r["rounds_per_s"] == pytest.approx(1 / r["s_per_round"], rel=1e-12)
     assert r["client_rounds_per_s"] == pytest.approx(8 * r["rounds_per_s"], rel=1e-12)
-    assert r["wall_s"] > seconds
+    assert r["wall_s"] > R * r["s_per_round"]
     ref = r["reference"]
     assert r["ratio_seconds_to_tol"] == pytest.approx(seconds / ref["seconds_to_tol"], rel=1e-12)
     assert r["ratio_s_per_round"] == pytest.approx(r["s_per_round"] / ref["s_per_round"], rel=1e-12)
     assert r["peak_rss_mb"] == pytest.approx(sum(r["peak_rss_mb_per_rank"]))
-    assert r["ratio_peak_rss"] == pytest.approx(r["peak_rss_mb"] / ref["peak_rss_mb"], rel=1e-12)
+    assert r["peak_above_start_mb"] == pytest.approx(
+        sum(p - f for p, f in zip(r["peak_rss_mb_per_rank"], r["rss_at_start_mb_per_rank"])))
+    assert r["ratio_peak_above_start"] == pytest.approx(r["peak_above_start_mb"] / ref["peak_rss_mb"], rel=1e-12)
     assert 10 < r["peak_rss_mb"] < 4000  # a Python process with numpy, in MB (not kB or bytes)
+    assert 0 <= r["peak_above_start_mb"] < r["peak_rss_mb"]
 
 
 def test_rounds_match_an_ordinary_run_and_timers_are_removed(tiny, tmp_path):
@@ -79,18 +88,18 @@ def test_rounds_match_an_ordinary_run_and_timers_are_removed(tiny, tmp_path):
     assert r["config"] == cfg
     result = run({**cfg, "out": str(tmp_path / "plain.h5")}, SerialComm())
     g = result.metrics["grad_norm"]
-    assert r["rounds_to_tol"] == int(np.flatnonzero(g <= 1e-14)[0]) == result.rounds
+    assert r["rounds_to_tol"] == int(np.flatnonzero(g <= 1e-14)[0]) and r["rounds_run"] == result.rounds
     assert r["final_grad_norm"] == g[-1]  # the bench run is the same deterministic run
-    names = [f.__qualname__ for f in (problems.LogisticBlock.derivatives, compressors.TopK.compress,
+    names = [f.__qualname__ for f in (problems.LogisticBlock.derivatives, compressors.TopK.sparse,
                                       trace.TraceWriter.write)]
-    assert names == ["LogisticBlock.derivatives", "TopK.compress", "TraceWriter.write"]  # not the timing wrappers
+    assert names == ["LogisticBlock.derivatives", "TopK.sparse", "TraceWriter.write"]  # not the timing wrappers
 
 
 def test_unknown_row_is_one_line_naming_the_rows(capsys):
     assert cli.main(["bench", "--only", "w9a"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("mpifed: error: no benchmark row w9a; rows: w8a, a9a, phishing, scale, weak, gpu-w8a, "
-                   "gpu-scale")
+    assert err == ("mpifed: error: no benchmark row w9a; rows: w8a, w8a-file, a9a, a9a-file, phishing, "
+                   "phishing-file, scale, weak, gpu-w8a, gpu-scale")
     assert cli.main(["bench", "--list"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in bench.LISTED) and "tiny" not in listing
@@ -113,7 +122,8 @@ def test_bench_under_mpi_sums_every_rank_and_matches_a_serial_run():
         assert r["peak_rss_mb"] == pytest.approx(sum(r["peak_rss_mb_per_rank"]))
         with tempfile.TemporaryDirectory() as tmp:  # the same configuration on this rank alone
             serial = run({**bench.ROWS["tiny"].config(), "out": f"{tmp}/serial.h5"}, SerialComm())
-        assert r["rounds_to_tol"] == serial.rounds  # rank-independent results
+        assert r["rounds_run"] == serial.rounds  # rank-independent results
+        assert r["rounds_to_tol"] == int(np.flatnonzero(serial.metrics["grad_norm"] <= 1e-14)[0])
         assert r["final_grad_norm"] == serial.metrics["grad_norm"][-1]
     else:
         assert report is None

@@ -28,7 +28,7 @@ refused before it starts. Only the
 u-FedNL rows run by default; the others when named with ``--only``.
 
 Per row, from the trace (rank 0's clock) and from timers this module puts around
-``LogisticBlock.derivatives`` (gradients and Hessians), ``TopK.compress`` and ``TraceWriter.write``
+``LogisticBlock.derivatives`` (gradients and Hessians), ``TopK.sparse`` (the selection) and ``TraceWriter.write``
 while the row runs (the shared modules are not changed; on cupy the timers wait for the GPU):
 
 * ``rounds_to_tol`` = the first k with ||grad P(x^k)|| <= tol; ``seconds_to_tol`` = the sum of the
@@ -100,6 +100,7 @@ class Row:
     backend: str = "numpy"
     default: bool = True
     note: str = ""
+    shuffled: bool = True     # u-FedNL rows: rows shuffled with SHUFFLE_SEED, or the file's order (the papers' split)
 
     @property
     def m(self) -> int:
@@ -114,11 +115,12 @@ class Row:
     def config(self, rounds: int | None = None, size: int = 1, clients: int | None = None,
                per_rank: int | None = None) -> dict:
         fixed = self.kind != "ufednl"
-        rounds = rounds or (self.fixed_rounds if fixed else MAX_ROUNDS)
+        rounds = rounds or self.fixed_rounds or MAX_ROUNDS
         n = self.n_clients(size, clients, per_rank)
+        # every row runs its whole budget (tol 0): rounds to 1e-14 is read off the trace
         cfg = {"dataset": self.dataset, "clients": n, "samples_per_client": self.m if fixed else self.rows // n,
-               "shuffle": None if fixed else SHUFFLE_SEED, "intercept": not fixed, "lam": 1e-3, "algorithm": "fednl",
-               "compressor": "topk:k=8d", "option": 2, "alpha": None, "tol": 0.0 if fixed else TOL,
+               "shuffle": SHUFFLE_SEED if self.shuffled else None, "intercept": not fixed, "lam": 1e-3,
+               "algorithm": "fednl", "compressor": "topk:k=8d", "option": 2, "alpha": None, "tol": 0.0,
                "rounds": rounds, "reference_iterations": 0, "seed": 0, "quiet": True, "overwrite": True}
         if fixed:
             del cfg["shuffle"]
@@ -131,11 +133,12 @@ class Row:
         cfg = self.config()
         size = (f"{self.per_rank} clients per rank" if self.per_rank else f"{cfg['clients']} clients") + \
             f" x {cfg['samples_per_client']} rows"
-        what = (f"to tol {TOL:g}, at most {cfg['rounds']} rounds" if self.kind == "ufednl"
-                else f"{cfg['rounds']} rounds")
+        what = f"{cfg['rounds']} rounds"
+        if self.kind == "ufednl":
+            what += ", rows shuffled (seed 123)" if self.shuffled else ", rows in file order (the papers' split)"
         d = f", d = {cfg['features']}" if "features" in cfg else ""
         extra = "" if self.default else " [only with --only]"
-        return (f"{self.name:<10} {cfg['dataset']}{d}: {size}, fednl {cfg['compressor']} option 2, {what}, "
+        return (f"{self.name:<14} {cfg['dataset']}{d}: {size}, fednl {cfg['compressor']} option 2, {what}, "
                 f"backend {self.backend}{extra}" + (f"; {self.note}" if self.note else ""))
 
 
@@ -148,10 +151,12 @@ def _ufednl(s_per_round, rounds, seconds, rss_mb):
 CPU_W8A_S_PER_ROUND = 0.0816
 _SCALE = {"features": 100, "intercept": False}
 
+_UFEDNL = {"w8a": (49749, _ufednl(0.162, 246, 40.9, 693)), "a9a": (32561, _ufednl(0.026, 94, 2.7, 179)),
+           "phishing": (11055, _ufednl(0.0054, 74, 0.5, 42))}
+
 ROWS = {row.name: row for row in [
-    Row("w8a", "w8a", 49749, _ufednl(0.162, 246, 40.9, 693)),
-    Row("a9a", "a9a", 32561, _ufednl(0.026, 94, 2.7, 179)),
-    Row("phishing", "phishing", 11055, _ufednl(0.0054, 74, 0.5, 42)),
+    *(Row(name + suffix, name, rows, ref, shuffled=not suffix)
+      for name, (rows, ref) in _UFEDNL.items() for suffix in ("", "-file")),
     # scale: 10^5 clients of a synthetic d = 100 federation, memory against state + data
     Row("scale", "synthetic", 8 * 100_000, None, clients=100_000, extra=_SCALE, kind="scale",
         fixed_rounds=FIXED_ROUNDS, default=False, note="--clients N to resize"),
@@ -167,7 +172,7 @@ ROWS = {row.name: row for row in [
     # tests only: a synthetic federation (d = 20 > 15, so K = 8d < T) with nominal reference figures
     Row("tiny", "synthetic", 8 * 50, {"s_per_round": 0.001, "rounds_to_tol": 10, "seconds_to_tol": 0.01,
                                      "peak_rss_mb": 100.0, "source": "nominal (test row)"},
-        clients=8, extra={"intercept": False, "features": 20}, hidden=True),
+        clients=8, extra={"intercept": False, "features": 20}, hidden=True, fixed_rounds=30),
     Row("tiny-scale", "synthetic", 6 * 40, None, clients=40, extra={"features": 20, "intercept": False},
         kind="scale", fixed_rounds=3, hidden=True, default=False),
     Row("tiny-weak", "synthetic", 6 * 10, None, clients=10, extra={"features": 20, "intercept": False},
@@ -192,7 +197,7 @@ class _Timers:
         from ..problems import logistic as problems
 
         self.calls = {"hessian": [], "compress": [], "trace": []}
-        self._targets = [(problems.LogisticBlock, "derivatives", "hessian"), (compressors.TopK, "compress", "compress"),
+        self._targets = [(problems.LogisticBlock, "derivatives", "hessian"), (compressors.TopK, "sparse", "compress"),
                          (trace.TraceWriter, "write", "trace")]
         self._sync = sync
         self._method = method
@@ -440,12 +445,10 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     rows_done = len(m["round"])
     fixed = row.kind != "ufednl"
     hit = np.flatnonzero(m["grad_norm"] <= TOL) if not fixed else np.array([], dtype=int)
-    if fixed:  # rows 0..R-1: the R full rounds (the last row only measures x^R)
-        k = max(rows_done - 2, 0)
-    else:
-        k = int(hit[0]) if hit.size else rows_done - 1
+    k = max(rows_done - 2, 0)  # rows 0..R-1: the R full rounds (the last row only measures x^R)
     upto = slice(0, k + 1)
-    seconds = float(np.sum(m["time_client"][upto] + m["time_comm"][upto] + m["time_server"][upto]))
+    rounds = m["time_client"] + m["time_comm"] + m["time_server"]
+    seconds = float(np.sum(rounds[upto]))
     phase = {"client": m["time_client"], "comm": m["time_comm"], "server": m["time_server"],
              "hessian": _per_round(timers.in_step["hessian"], rows_done),
              "compress": _per_round(timers.in_step["compress"], rows_done),
@@ -462,7 +465,8 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         "s_per_round": s_per_round, "s_per_round_by_phase": mean,
         "rounds_per_s": 1.0 / s_per_round if s_per_round > 0 else float("nan"),
         "peak_rss_mb_per_rank": peaks, "peak_rss_mb": float(sum(peaks)), "peak_rss_method": how,
-        "rss_at_start_mb_per_rank": floors, "load_average": list(os.getloadavg()), "gpu": gpus if bk.name == "cupy" else None,
+        "rss_at_start_mb_per_rank": floors, "peak_above_start_mb": float(sum(p - f for p, f in zip(peaks, floors))),
+        "load_average": list(os.getloadavg()), "gpu": gpus if bk.name == "cupy" else None,
     }
     out["client_rounds_per_s"] = n * out["rounds_per_s"]
     clients_per_rank = [c for c, _, _ in held]
@@ -477,18 +481,32 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
                                                      for p, f, s, b in zip(peaks, floors, state_mb, data_mb)],
     })
     if not fixed:
-        ref = row.reference
-        rate = k / seconds if seconds > 0 else float("nan")
-        out.update({
-            "rounds_to_tol": k if hit.size else None, "seconds_to_tol": seconds if hit.size else None,
-            "rounds_per_s": rate, "client_rounds_per_s": n * rate, "reference": ref,
-            "ratio_seconds_to_tol": (seconds / ref["seconds_to_tol"]) if hit.size else None,
-            "ratio_s_per_round": s_per_round / ref["s_per_round"],
-            "ratio_peak_rss": float(sum(peaks)) / ref["peak_rss_mb"],
-        })
-        if "mpifed_cpu_s_per_round" in ref:
-            out["ratio_s_per_round_vs_mpifed_cpu"] = s_per_round / ref["mpifed_cpu_s_per_round"]
+        out.update(_budget_columns(rounds[upto], hit, row.reference, s_per_round, out["peak_above_start_mb"]))
     return out
+
+
+FIRST = slice(1, 21)  # "early" rounds 1..20, against the second half of the budget
+
+
+def _budget_columns(times, hit, ref: dict, s_per_round: float, above_start_mb: float) -> dict:
+    """The u-FedNL rows' columns from the R round times (rows 0..R-1) and the rows where ||grad P|| <= tol."""
+    R = len(times)
+    k = int(hit[0]) if hit.size else None
+    early, late = np.median(times[FIRST]) if R > 1 else float("nan"), np.median(times[R // 2:])
+    after = times[k + 1:] if k is not None else times[:0]
+    seconds_to_tol = float(np.sum(times[:k + 1])) if k is not None else None
+    return {
+        "rounds_to_tol": k, "seconds_to_tol": seconds_to_tol,
+        "s_per_round_early": float(early), "s_per_round_late": float(late),
+        "late_over_early": float(late / early) if early > 0 else float("nan"),
+        "s_per_round_after_tol": float(np.median(after)) if after.size else None,
+        "reference": ref,
+        "ratio_s_per_round": s_per_round / ref["s_per_round"],
+        "ratio_seconds_to_tol": seconds_to_tol / ref["seconds_to_tol"] if k is not None else None,
+        "ratio_peak_above_start": above_start_mb / ref["peak_rss_mb"],
+        **({"ratio_s_per_round_vs_mpifed_cpu": s_per_round / ref["mpifed_cpu_s_per_round"]}
+           if "mpifed_cpu_s_per_round" in ref else {}),
+    }
 
 
 def machine(comm) -> dict:
@@ -539,14 +557,17 @@ def table(report: dict) -> str:
     fixed = [r for r in report["rows"] if r.get("kind", "ufednl") != "ufednl"]
     lines = []
     if ufednl:
-        lines.append(f"{'row':<10}{'d':>5}{'rounds':>8}{'s to tol':>10}{'wall s':>8}{'s/round':>9}{'rounds/s':>10}"
-                     f"{'client-rds/s':>13}{'RSS MB':>8}  {'x u-FedNL: time':>15}{'s/round':>8}{'RSS':>6}")
+        lines.append(f"{'row':<14}{'d':>5}{'rounds':>7}{'to 1e-14':>9}{'s to tol':>9}{'s/round':>9}{'1-20':>8}"
+                     f"{'2nd half':>9}{'ratio':>6}{'after tol':>10}{'MB >start':>10}{'start/rk':>9}"
+                     f"  {'x u-FedNL: s/round':>18}{'MB':>6}")
         for r in ufednl:
-            lines.append(f"{r['row']:<10}{r['d']:>5}{_fmt(r['rounds_to_tol'], 'd'):>8}"
-                         f"{_fmt(r['seconds_to_tol'], '.3f'):>10}{r['wall_s']:>8.2f}{r['s_per_round']:>9.4f}"
-                         f"{r['rounds_per_s']:>10.2f}{r['client_rounds_per_s']:>13.0f}{r['peak_rss_mb']:>8.0f}  "
-                         f"{_fmt(r['ratio_seconds_to_tol'], '.3f'):>15}{r['ratio_s_per_round']:>8.2f}"
-                         f"{r['ratio_peak_rss']:>6.2f}")
+            floor = max(r["rss_at_start_mb_per_rank"], default=0.0)
+            lines.append(f"{r['row']:<14}{r['d']:>5}{r['rounds_run']:>7}{_fmt(r['rounds_to_tol'], 'd'):>9}"
+                         f"{_fmt(r['seconds_to_tol'], '.3f'):>9}{r['s_per_round']:>9.4f}"
+                         f"{_fmt(r['s_per_round_early'], '.4f'):>8}{_fmt(r['s_per_round_late'], '.4f'):>9}"
+                         f"{_fmt(r['late_over_early'], '.2f'):>6}{_fmt(r['s_per_round_after_tol'], '.4f'):>10}"
+                         f"{r['peak_above_start_mb']:>10.0f}{floor:>9.0f}  {r['ratio_s_per_round']:>18.2f}"
+                         f"{r['ratio_peak_above_start']:>6.2f}")
     if fixed:
         if lines:
             lines.append("")
@@ -572,7 +593,9 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append(f"{mach['cpu']}, {mach['cores']} cores, {mach['mpi_size']} MPI rank(s), load average "
                  f"{mach['load_average'][0]:.2f} -> {mach['load_average_end'][0]:.2f}; "
-                 f"client = hessian + compress + client_other; trace is outside the round times")
+                 f"client = hessian + compress + client_other; trace is outside the round times; "
+                 f"s/round is the mean over the budget, 1-20 and 2nd half are medians; MB >start is the peak RSS "
+                 f"above each rank's resident set at the start of the row, summed over ranks")
     return "\n".join(lines)
 
 
