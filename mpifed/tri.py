@@ -76,7 +76,9 @@ def frobenius(packed, xp=np):
     out = xp.empty(packed.shape[0], dtype=xp.result_type(packed.dtype, weights.dtype))
     for rows in row_chunks(*packed.shape, gpu=xp is not np):
         part = xp.ascontiguousarray(packed[rows])
-        out[rows] = xp.sqrt((part * part * weights).sum(axis=-1))
+        square = part * part
+        square *= weights  # (part * part) * weights, without a second temporary
+        out[rows] = xp.sqrt(square.sum(axis=-1))
     return out
 
 
