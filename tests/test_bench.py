@@ -65,6 +65,8 @@ def test_json_has_every_column_and_consistent_numbers(tiny):
     assert all(ph[p] > 0 for p in ("client", "hessian", "compress", "trace"))
     assert r["late_over_early"] == pytest.approx(r["s_per_round_late"] / r["s_per_round_early"], rel=1e-12)
     assert r["s_per_round_after_tol"] > 0
+    for when in ("early", "late"):  # per-phase medians over rounds 1-20 and over the second half
+        assert set(r[f"s_per_round_by_phase_{when}"]) == set(bench.PHASES)
     assert r["rounds_per_s"] == pytest.approx(1 / r["s_per_round"], rel=1e-12)
     assert r["client_rounds_per_s"] == pytest.approx(8 * r["rounds_per_s"], rel=1e-12)
     assert r["wall_s"] > R * r["s_per_round"]

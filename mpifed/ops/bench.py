@@ -482,6 +482,10 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     })
     if not fixed:
         out.update(_budget_columns(rounds[upto], hit, row.reference, s_per_round, out["peak_above_start_mb"]))
+        R = k + 1
+        out["s_per_round_by_phase_early"], out["s_per_round_by_phase_late"] = (
+            {name: float(np.median(np.asarray(phase[name])[part])) for name in PHASES}
+            for part in (slice(FIRST.start, min(FIRST.stop, R)), slice(R // 2, R)))
     return out
 
 
@@ -586,15 +590,20 @@ def table(report: dict) -> str:
                     lines.append(f"{r['row']}: GPU {g['device']} {g['name']}: peak pool use {g['peak_pool_used_mb']:.0f} MB, "
                                  f"pool {g['pool_total_mb']:.0f} MB")
     lines.append("")
-    lines.append(f"{'ms / round':<10}" + "".join(f"{p:>13}" for p in PHASES))
+    lines.append(f"{'ms / round':<14}" + "".join(f"{p:>13}" for p in PHASES))
     for r in report["rows"]:
-        lines.append(f"{r['row']:<10}" + "".join(f"{1e3 * r['s_per_round_by_phase'][p]:>13.2f}" for p in PHASES))
+        lines.append(f"{r['row']:<14}" + "".join(f"{1e3 * r['s_per_round_by_phase'][p]:>13.2f}" for p in PHASES))
+        for when in ("early", "late"):
+            if f"s_per_round_by_phase_{when}" in r:
+                lines.append(f"{'  ' + when:<14}" + "".join(
+                    f"{1e3 * r[f's_per_round_by_phase_{when}'][p]:>13.2f}" for p in PHASES))
     mach = report["machine"]
     lines.append("")
     lines.append(f"{mach['cpu']}, {mach['cores']} cores, {mach['mpi_size']} MPI rank(s), load average "
                  f"{mach['load_average'][0]:.2f} -> {mach['load_average_end'][0]:.2f}; "
                  f"client = hessian + compress + client_other; trace is outside the round times; "
-                 f"s/round is the mean over the budget, 1-20 and 2nd half are medians; MB >start is the peak RSS "
+                 f"s/round is the mean over the budget, 1-20 and 2nd half are medians (phases: mean, early = "
+                 f"median of rounds 1-20, late = median of the 2nd half); MB >start is the peak RSS "
                  f"above each rank's resident set at the start of the row, summed over ranks")
     return "\n".join(lines)
 
