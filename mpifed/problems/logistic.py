@@ -104,6 +104,7 @@ class LogisticBlock:
         self._G = bk.csr(G.T.tocsr())
         # M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian.
         self._M = bk.csr(_scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n, d, T))
+        self._M_offset = 0
 
     def _init_dense(self, A, row_weight, m_max):
         xp = self.bk.xp
@@ -123,8 +124,9 @@ class LogisticBlock:
         Dense data are views; sparse data get their rows of the scatter matrices (a client's slots only
         ever receive its own rows, so the pieces are row ranges with shifted column indices). Every
         number a client gets is the one the whole block gives it. The pieces are kept, since a chunked
-        method asks for the same ranges every round (shifting the scatter matrix's indices took a
-        quarter of a FedNL round on w8a); together they hold one more copy of its index arrays.
+        method asks for the same ranges every round (rebuilding them took a quarter of a FedNL round on
+        w8a); the Hessian scatter matrix's piece shares its parent's values and column indices, so the
+        pieces together copy only its row pointers.
         """
         if lo == 0 and hi == self.n:
             return self
@@ -149,7 +151,9 @@ class LogisticBlock:
             a0, a1 = int(self._A.indptr[r0]), int(self._A.indptr[r1])
             sub._row_of_nnz, sub._client_of_nnz = self._row_of_nnz[a0:a1] - r0, self._client_of_nnz[a0:a1] - lo
             sub._G = _row_range(self._G, lo * self.d, hi * self.d, r0, r1 - r0)
-            sub._M = _row_range(self._M, lo * self.T, hi * self.T, r0, r1 - r0)
+            # the big one keeps its column indices (no copy); its coefficients get r0 leading zeros instead
+            sub._M = _row_range(self._M, lo * self.T, hi * self.T, 0, self._M_offset + r1)
+            sub._M_offset = self._M_offset + r0
         return sub
 
     # -------------------------------------------------------------- per round
@@ -217,7 +221,7 @@ class LogisticBlock:
         if self.dense:
             packed = self._dense_hessians(self._A3, self._W, h)
         else:
-            packed = (self._M @ h).reshape(self.n, self.T)
+            packed = (self._M @ self._M_columns(h)).reshape(self.n, self.T)
         packed[:, self._diag] += self.lam
         return packed
 
@@ -231,9 +235,17 @@ class LogisticBlock:
             packed = self._dense_hessians(self._A3[at], self._W[at], h[at])
         else:
             rows = (clients[:, None] * self.T + np.arange(self.T)).ravel()
-            packed = (_select_rows(self._M, xp.asarray(rows), xp) @ h).reshape(len(clients), self.T)
+            packed = (_select_rows(self._M, xp.asarray(rows), xp) @ self._M_columns(h)).reshape(len(clients), self.T)
         packed[:, self._diag] += self.lam
         return packed
+
+    def _M_columns(self, h):
+        """The block's row coefficients h in the columns of its scatter matrix (a piece's columns start
+        at its parent's first row, see :meth:`clients`)."""
+        if not self._M_offset:
+            return h
+        xp = self.bk.xp
+        return xp.concatenate([xp.zeros(self._M_offset, dtype=h.dtype), h])
 
     def _dense_hessians(self, A3, W, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T (no lam) of dense client rows A3 (c, m, d), a few clients at a
@@ -278,8 +290,13 @@ def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):
     """Rows r0..r1-1 of a CSR matrix whose non-zeros there all lie in columns c0..c0+columns-1, as a
     (r1 - r0) x columns CSR matrix (scipy or cupyx) with the same entries in the same order."""
     start, stop = int(matrix.indptr[r0]), int(matrix.indptr[r1])
-    return type(matrix)((matrix.data[start:stop], matrix.indices[start:stop] - c0,
-                         matrix.indptr[r0:r1 + 1] - start), shape=(r1 - r0, columns))
+    data, indices = matrix.data[start:stop], matrix.indices[start:stop]
+    indices = indices - c0 if c0 else indices
+    piece = type(matrix)((data, indices, matrix.indptr[r0:r1 + 1] - start), shape=(r1 - r0, columns))
+    # scipy copies a view of less than half its base; the piece is to share its parent's values (and
+    # column indices when they do not shift), so hand the views back
+    piece.data, piece.indices = data, indices
+    return piece
 
 
 def _select_rows(matrix, rows, xp):
