@@ -92,37 +92,39 @@ def select(scores, K: int, xp=np):
     On the host the threshold (each row's K-th largest score) comes from a partition of the row's
     nonzero scores only, packed to the left of a narrower array: when most scores are exact zeros
     (a converged client's Hessian correction on binary features) that partition is short, and
-    a row with at most K nonzeros has threshold 0 without one. Ties at the threshold are cut
-    with a running count, over the first K columns only when the tied value is 0 (nothing is
-    smaller, so the first zeros needed lie there). Every step is linear in T.
+    a row with at most K nonzeros has threshold 0 without one. Rows with more than K scores at or
+    above their threshold keep the first ties with a running count, over the first K columns only
+    when the tied value is 0 (nothing is smaller, so the first zeros needed lie there). Every
+    step is linear in T.
     """
     n, T = scores.shape
     if K >= T:
         return xp.ones(scores.shape, dtype=bool)
-    if xp is np:
-        kth = _threshold(scores, K)
-    else:
-        kth = xp.partition(scores, T - K, axis=1)[:, T - K]
-    kth = kth[:, None]
-    mask = scores > kth
-    ties = scores == kth
-    need = K - xp.count_nonzero(mask, axis=1)
-    over = xp.count_nonzero(ties, axis=1) > need  # rows with more ties than places left: keep the first ones
+    kth = (_threshold(scores, K) if xp is np else xp.partition(scores, T - K, axis=1)[:, T - K])[:, None]
+    mask = scores >= kth
+    over = _count(mask, xp) > K  # more ties at the threshold than places left
     if bool(over.any()):
         rows = xp.flatnonzero(over)
-        width = K if not bool(kth[rows].any()) else T
-        sub = ties[rows, :width]
-        ties[rows, :width] = sub & (xp.cumsum(sub, axis=1, dtype=xp.int32) <= need[rows, None])
-        ties[rows, width:] = False
-    mask |= ties
+        sub, low = scores[rows], kth[rows]
+        above = sub > low
+        need = K - _count(above, xp)
+        width = K if not bool(low.any()) else T
+        ties = sub[:, :width] == low
+        above[:, :width] |= ties & (xp.cumsum(ties, axis=1, dtype=xp.int32) <= need[:, None])
+        mask[rows] = above
     return mask
+
+
+def _count(mask, xp=np):
+    """True entries per row."""
+    return mask.sum(axis=1, dtype=xp.int32)
 
 
 def _threshold(scores, K: int):
     """Each row's K-th largest score, partitioning only the nonzero ones when they fit in half a row."""
     n, T = scores.shape
     nonzero = scores != 0
-    count = np.count_nonzero(nonzero, axis=1)
+    count = _count(nonzero)
     width = max(int(count.max()), K)
     if width > T // 2:
         return np.partition(scores, T - K, axis=1)[:, T - K]
