@@ -209,9 +209,11 @@ class _Timers:
     not the time to queue it. Also keeps the last client state and block the method's
     ``client_step`` returned and received (``captured``), to measure what a rank holds, and the time
     each client step spent in the timed functions (``in_step``: a chunked step calls them once per chunk).
+    With ``split_setup`` (the fixed rows), the peak RSS up to the method's ``client_init`` (the federation's
+    set-up) is kept in ``setup_peak`` and the peak is reset there, so what follows is the method's own.
     """
 
-    def __init__(self, method=None, sync=None):
+    def __init__(self, method=None, sync=None, split_setup: bool = False):
         from .. import compressors, trace
         from ..problems import logistic as problems
 
@@ -220,6 +222,8 @@ class _Timers:
                          (trace.TraceWriter, "write", "trace")]
         self._sync = sync
         self._method = method
+        self._split = split_setup
+        self.setup_peak = None
         self.captured = {}
         self.in_step = {"hessian": [], "compress": []}
         self._saved = []
@@ -242,6 +246,15 @@ class _Timers:
                 return new_state, uplink
 
             self._method.client_step = client_step
+        if self._method is not None and self._split:
+            init = self._method.client_init
+            self._saved.append((self._method, "client_init", init))
+
+            def client_init(*args):
+                self.setup_peak = _peak_mb(_reset_peak())
+                return init(*args)
+
+            self._method.client_init = client_init
         return self
 
     def __exit__(self, *exc):
@@ -450,11 +463,12 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         how = _reset_peak()
         floor = _status_mb("VmRSS") or 0.0
         comm.allgather(None)  # start together
-        with _Timers(METHODS[cfg["algorithm"]], sync) as timers, _GpuPeak(bk) as gpu:
+        with _Timers(METHODS[cfg["algorithm"]], sync, split_setup=row.kind != "ufednl") as timers, _GpuPeak(bk) as gpu:
             t0 = time.perf_counter()
             result = run(cfg, comm)
             wall = time.perf_counter() - t0
         peaks = comm.allgather(_peak_mb(how))
+        setup_peaks = comm.allgather(timers.setup_peak)
         floors = comm.allgather(floor)
         block, state = timers.captured.get("block"), timers.captured.get("state")
         held = comm.allgather((block.n if block else 0, nbytes(state) if state else 0, nbytes(block) if block else 0))
@@ -479,6 +493,9 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     mean = {name: float(np.mean(np.asarray(phase[name])[upto])) for name in PHASES}
     s_per_round = seconds / (k + 1)
     n = int(cfg["clients"])
+    method_peaks = peaks
+    if fixed and None not in setup_peaks:  # the whole row's peak, and the method's (from client_init on) apart
+        peaks = [max(p, q) for p, q in zip(peaks, setup_peaks)]
     out = {
         "row": row.name, "kind": row.kind, "algorithm": cfg["algorithm"], "backend": bk.describe(), "dataset": row.dataset,
         "config": {key: v for key, v in cfg.items() if key != "out"}, "n_clients": n, "mpi_size": comm.size,
@@ -501,6 +518,12 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         "ratio_above_start_to_state_data_per_rank": [(p - f) / (s + b) if s + b else None
                                                      for p, f, s, b in zip(peaks, floors, state_mb, data_mb)],
     })
+    if fixed:
+        out.update({
+            "setup_peak_rss_mb_per_rank": setup_peaks, "method_peak_rss_mb_per_rank": method_peaks,
+            "ratio_method_above_start_to_state_data_per_rank": [(p - f) / (s + b) if s + b else None
+                                                                for p, f, s, b in zip(method_peaks, floors, state_mb, data_mb)],
+        })
     if not fixed:
         ref = row.reference
         rate = k / seconds if seconds > 0 else float("nan")
@@ -579,15 +602,16 @@ def table(report: dict) -> str:
             lines.append("")
         lines.append(f"{'row':<10}{'method':>12}{'ranks':>6}{'clients':>9}{'d':>5}{'rounds':>7}{'s/round':>9}"
                      f"{'client-rds/s':>13}{'state B/client':>15}{'state MB/rk':>12}{'data MB/rk':>11}{'RSS MB/rk':>10}"
-                     f"{'RSS/(st+data)':>14}{'above start':>12}")
+                     f"{'RSS/(st+data)':>14}{'above start':>12}{'method':>8}")
         for r in fixed:
-            ratio = max((x for x in r["ratio_rss_to_state_data_per_rank"] if x is not None), default=None)
-            above = max((x for x in r["ratio_above_start_to_state_data_per_rank"] if x is not None), default=None)
+            ratio, above, own = (max((x for x in r.get(key, [None]) if x is not None), default=None) for key in (
+                "ratio_rss_to_state_data_per_rank", "ratio_above_start_to_state_data_per_rank",
+                "ratio_method_above_start_to_state_data_per_rank"))
             lines.append(f"{r['row']:<10}{r.get('algorithm', 'fednl'):>12}{r['mpi_size']:>6}{r['n_clients']:>9}{r['d']:>5}"
                          f"{r['rounds_run']:>7}{r['s_per_round']:>9.3f}{r['client_rounds_per_s']:>13.0f}"
                          f"{_fmt(r['state_bytes_per_client'], '.0f'):>15}{max(r['state_mb_per_rank']):>12.1f}"
                          f"{max(r['data_mb_per_rank']):>11.1f}{max(r['peak_rss_mb_per_rank']):>10.0f}"
-                         f"{_fmt(ratio, '.2f'):>14}{_fmt(above, '.2f'):>12}")
+                         f"{_fmt(ratio, '.2f'):>14}{_fmt(above, '.2f'):>12}{_fmt(own, '.2f'):>8}")
         for r in fixed:
             for g in r.get("gpu") or []:
                 if g:
