@@ -251,7 +251,8 @@ class _Timers:
             self._saved.append((self._method, "client_init", init))
 
             def client_init(*args):
-                self.setup_peak = _peak_mb(_reset_peak())
+                self.setup_peak = _peak_mb("VmHWM")  # read before the reset
+                _reset_peak()
                 return init(*args)
 
             self._method.client_init = client_init
