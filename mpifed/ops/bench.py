@@ -603,7 +603,7 @@ def table(report: dict) -> str:
             lines.append("")
         lines.append(f"{'row':<10}{'method':>12}{'ranks':>6}{'clients':>9}{'d':>5}{'rounds':>7}{'s/round':>9}"
                      f"{'client-rds/s':>13}{'state B/client':>15}{'state MB/rk':>12}{'data MB/rk':>11}{'RSS MB/rk':>10}"
-                     f"{'RSS/(st+data)':>14}{'above start':>12}{'method':>8}")
+                     f"{'RSS/(st+data)':>14}{'above start':>12}{'from init':>10}")
         for r in fixed:
             ratio, above, own = (max((x for x in r.get(key, [None]) if x is not None), default=None) for key in (
                 "ratio_rss_to_state_data_per_rank", "ratio_above_start_to_state_data_per_rank",
@@ -612,7 +612,7 @@ def table(report: dict) -> str:
                          f"{r['rounds_run']:>7}{r['s_per_round']:>9.3f}{r['client_rounds_per_s']:>13.0f}"
                          f"{_fmt(r['state_bytes_per_client'], '.0f'):>15}{max(r['state_mb_per_rank']):>12.1f}"
                          f"{max(r['data_mb_per_rank']):>11.1f}{max(r['peak_rss_mb_per_rank']):>10.0f}"
-                         f"{_fmt(ratio, '.2f'):>14}{_fmt(above, '.2f'):>12}{_fmt(own, '.2f'):>8}")
+                         f"{_fmt(ratio, '.2f'):>14}{_fmt(above, '.2f'):>12}{_fmt(own, '.2f'):>10}")
         for r in fixed:
             for g in r.get("gpu") or []:
                 if g:
