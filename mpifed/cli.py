@@ -185,6 +185,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"round budget per row (default {MAX_ROUNDS}; scale, weak and gpu-scale rows: {FIXED_ROUNDS})")
     bench.add_argument("--clients", type=integer, default=None, help="clients of the scale rows (default: the row's)")
     bench.add_argument("--per-rank", type=integer, default=None, help="clients per rank of the weak row (default 25000)")
+    bench.add_argument("--algorithm", default=None, metavar="METHOD",
+                       help="method of the scale, weak and gpu-scale rows (default fednl): a second-order method "
+                            "on the logistic problem, e.g. nl1, fedpm")
     bench.add_argument("--list", action="store_true", help="print the rows and their setups, run nothing")
     ds = sub.add_parser("datasets", help="list or download the registered LIBSVM datasets")
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -225,7 +228,8 @@ def main(argv=None) -> int:
         if args.command == "bench":
             from .ops import bench
 
-            return bench.main(args.only, args.json, args.rounds, args.list, args.clients, args.per_rank, args.append)
+            return bench.main(args.only, args.json, args.rounds, args.list, args.clients, args.per_rank, args.append,
+                              args.algorithm)
         if args.command == "sweep":
             from .ops import sweep
 

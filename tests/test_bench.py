@@ -171,6 +171,31 @@ def test_scale_row_reports_state_and_data_from_the_arrays(tmp_path):
     assert (weak["n_clients"], weak["clients_per_rank"], weak["mpi_size"]) == (12, [12], 1)
 
 
+def test_scale_rows_run_other_second_order_methods(tmp_path, capsys):
+    """--algorithm: the fixed rows run another method with its own defaults (FedNL's variants keep Top-K 8d);
+    the state is that method's (NL1: its coefficients h_i, one float per row; FedPM: none); the set-up's and
+    the method's peaks are reported apart, the row's peak being the larger."""
+    nl1, star, pp = (bench.ROWS["scale"].config(algorithm=a) for a in ("nl1", "newton-star", "fednl-pp"))
+    assert nl1["algorithm"] == "nl1" and "compressor" not in nl1 and "option" not in nl1
+    assert star["reference_iterations"] == bench.SCALE_REFERENCE >= 1
+    assert pp["compressor"] == "topk:k=8d" and "option" not in pp
+    assert bench.ROWS["scale"].config(algorithm="fednl") == bench.ROWS["scale"].config()
+    out = tmp_path / "scale.json"
+    for algorithm in ("nl1", "fedpm"):
+        assert cli.main(["bench", "--only", "tiny-scale", "--algorithm", algorithm, "--json", str(out)]) == 0
+        (row,) = json.loads(out.read_text())["rows"]
+        assert row["algorithm"] == algorithm and row["config"]["algorithm"] == algorithm and row["status"] == "completed"
+        assert row["state_bytes_per_client"] == (6 * 8 if algorithm == "nl1" else 0)  # m = 6 rows of 8 bytes
+        assert row["peak_rss_mb_per_rank"] == [max(row["setup_peak_rss_mb_per_rank"][0],
+                                                   row["method_peak_rss_mb_per_rank"][0])]
+        assert f"tiny-scale{algorithm:>12}" in capsys.readouterr().out
+    assert cli.main(["bench", "--only", "tiny", "--algorithm", "nl1"]) == 2
+    assert "--algorithm applies to the scale, weak and gpu-scale rows" in capsys.readouterr().err
+    assert cli.main(["bench", "--only", "tiny-scale", "--algorithm", "resnet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mpifed: error: --algorithm 'resnet' is not a method on the logistic problem") and "\n" not in err
+
+
 def test_gpu_rows_fail_with_one_line_without_a_gpu(capsys):
     from mpifed import backend
 

@@ -219,30 +219,130 @@ def test_fednl_chunked_client_step_is_algorithm_1(monkeypatch, compressor, optio
                 assert (hi + lo).tolist() == exact
 
 
-@pytest.mark.parametrize("algorithm,dataset", [("fednl", "synthetic"), ("fednl-bc", "synthetic"),
-                                               ("fednl-pp", "synthetic"),
-                                               pytest.param("fednl-pp", "a9a", marks=pytest.mark.data("a9a")),
-                                               pytest.param("newton", "a9a", marks=pytest.mark.data("a9a"))])
+# Every second-order method on the logistic problem, with what it needs beyond the shared config below.
+CHUNKED_RUNS = {
+    "fednl": {"compressor": "topk:k=2d"},
+    "fednl-bc": {"compressor": "topk:k=2d"},
+    "fednl-pp": {"compressor": "topk:k=2d", "participation": 4},
+    "fednl-cr": {"compressor": "topk:k=2d"},
+    "fednl-ls": {"compressor": "topk:k=2d"},
+    "newton": {},
+    "newton-star": {},
+    "nl1": {"compressor": "randk:k=2,p=0.5"},
+    "nl2": {},
+    "cnl": {"compressor": "randk:k=1,p=0.5"},
+    "fedpm": {"local_steps": 2, "participation": 4},
+    "localnewton": {"local_steps": 2, "local_line_search": True, "participation": 4},
+}
+
+
+@pytest.mark.parametrize("algorithm,dataset", [(a, "synthetic") for a in CHUNKED_RUNS] + [
+    pytest.param(a, "a9a", marks=pytest.mark.data("a9a"))
+    for a in ("fednl-pp", "newton", "newton-star", "nl1", "nl2", "cnl", "fedpm", "localnewton")])
 def test_a_run_in_client_chunks_is_the_run_in_one(monkeypatch, tmp_path, algorithm, dataset):
-    """The whole trace of FedNL (and FedNL-BC, which runs its client step, FedNL-PP with 4 of 7 clients per
-    round, and Newton, dense and sparse data) is the same, bit for bit, whether a rank's clients go through a
-    round in one piece or two at a time (the x* reference solve included: it is Newton's step)."""
+    """The whole trace of every second-order method is the same, bit for bit, whether a rank's clients go through
+    a round (and the set-up's Hessian uploads) in one piece or one client at a time with row-wise work a row at a
+    time (dense and sparse data; the x* reference solve included: it is Newton's step). FedNL-PP, FedPM and
+    LocalNewton run with 4 of 7 clients per round."""
     from mpifed.algorithms import base
     from mpifed.driver import run
 
     config = {"dataset": dataset, "clients": 7, "samples_per_client": 12, "algorithm": algorithm,
-              "rounds": 8, "seed": 4, "quiet": True}
-    if algorithm != "newton":
-        config["compressor"] = "topk:k=2d"
+              "rounds": 8, "seed": 4, "quiet": True, **CHUNKED_RUNS[algorithm]}
     if dataset == "synthetic":
         config["features"] = 10
-    if algorithm == "fednl-pp":
-        config["participation"] = 4
     results = []
-    for chunk in (1 << 26, 8 * tri.size(11 if dataset == "synthetic" else 123) * 2):
-        monkeypatch.setattr(base, "CLIENT_CHUNK_BYTES", chunk)
-        results.append(run({**config, "out": str(tmp_path / f"{chunk}.h5")}))
+    for client_bytes, row_bytes in ((1 << 26, 1 << 22), (1, 1)):
+        monkeypatch.setattr(base, "CLIENT_CHUNK_BYTES", client_bytes)
+        monkeypatch.setattr(tri, "ROW_CHUNK_BYTES", row_bytes)
+        results.append(run({**config, "out": str(tmp_path / f"{client_bytes}.h5")}))
     one, chunked = results
-    assert one.rounds == chunked.rounds > 0 and one.x.tobytes() == chunked.x.tobytes()
-    for key in ("loss", "grad_norm", "bits_up", "bits_up_index", "f_gap"):
+    assert one.rounds == chunked.rounds > 0 and one.status == chunked.status != "failed"
+    assert one.x.tobytes() == chunked.x.tobytes()
+    for key in ("loss", "grad_norm", "bits_up", "bits_up_index", "bits_down", "participants", "f_gap"):
         assert one.metrics[key].tobytes() == chunked.metrics[key].tobytes(), key
+
+
+def _exact_sums(rows):
+    from fractions import Fraction
+
+    return [float(sum(map(Fraction, column))) for column in rows.T]
+
+
+@pytest.mark.parametrize("algorithm", ["newton-star", "nl1", "nl2"])
+def test_setup_hessians_summed_in_chunks_are_the_exact_sums(monkeypatch, algorithm):
+    """NEWTON-STAR's grad^2 f_i(x*), NL1's H_i^0 and NL2's A_i^0 and G_i, summed a few clients at a time, round
+    to the exact (Fraction) sums of the packed matrices the whole block gives its clients."""
+    import dataclasses
+
+    from mpifed.algorithms import base
+    from mpifed.algorithms.second_order import newton_star, nl1, nl2
+    from mpifed.rng import ClientStreams
+
+    (dense, sparse), rng = _blocks()
+    for block in (dense, sparse):
+        x0, x_star = rng.standard_normal(block.d), rng.standard_normal(block.d)
+        h0 = block.derivatives_and_coefficients(x0)[2]
+        module, p, expected = {
+            "newton-star": (newton_star, newton_star.Params(x_star=x_star), {"hess_star": block.derivatives(x_star)[2]}),
+            "nl1": (nl1, nl1.Params(), {"H0": block.hessians_from_coefficients(h0)}),
+            "nl2": (nl2, nl2.Params(), {"A0": block.hessians_from_coefficients(h0 + 0.5), "gram": None}),
+        }[algorithm]
+        if algorithm == "nl2":
+            gram = block.hessians_from_coefficients(np.ones_like(h0))
+            gram[:, tri.diagonal(block.d)] -= block.lam
+            expected["gram"] = gram
+            np.testing.assert_allclose(tri.unpack(gram[2], block.d), _dense_gram(block, 2), rtol=1e-12, atol=1e-14)
+        for step in (1, 3, 10):
+            monkeypatch.setattr(base, "CLIENT_CHUNK_BYTES", 8 * block.T * step)
+            state, up = module.client_init(p, block, x0, ClientStreams(5, np.arange(20, 30), -1))
+            assert not up.fields and set(up.sums) == set(expected)
+            for name, rows in expected.items():
+                hi, lo = up.sums[name]
+                assert (hi + lo).tolist() == _exact_sums(rows), name
+            if algorithm != "newton-star":
+                assert state.h.tobytes() == h0.tobytes()
+
+
+def _dense_gram(block, i):
+    """(1/m_i) A_i^T A_i of the block's client i, from its dense rows (an oracle for NL2's G_i)."""
+    if block.dense:
+        rows = block._A3[i, : block.sizes[i]]
+    else:
+        start = int(block.sizes[:i].sum())
+        rows = block._A[start:start + block.sizes[i]].toarray()
+    return rows.T @ rows / block.sizes[i]
+
+
+@pytest.mark.parametrize("algorithm", ["fedpm", "localnewton"])
+def test_local_newton_in_chunks_is_the_whole_block_run(monkeypatch, algorithm):
+    """LocalNewton's and FedPM's client steps, a few clients at a time, send what the K local Newton steps of the
+    whole block give (theta_i, or P_i (theta_i - x) with P_i summed exactly over the participants), bit for bit,
+    and the whole-block run's first step solves each client's Newton system (a dense oracle)."""
+    from mpifed.algorithms import base
+    from mpifed.algorithms.second_order import fedpm, localnewton
+    from mpifed.rng import ClientStreams
+
+    (dense, sparse), rng = _blocks()
+    for block in (dense, sparse):
+        x = 0.3 * rng.standard_normal(block.d)
+        streams = ClientStreams(5, np.arange(20, 30), 3, active=np.arange(10) % 3 != 1)
+        active = np.asarray(streams.active, dtype=float)
+        ls = localnewton.Params(eta=0.9, K=2, line_search=True)
+        whole = localnewton.local_newton(block, x, 2, 0.9, streams.client_ids, ls if algorithm == "localnewton" else None)
+        one = localnewton.local_newton(block, x, 1, 1.0, streams.client_ids)
+        _, grad, hess = block.derivatives(x)
+        oracle = x - np.linalg.solve(tri.unpack(hess, block.d), grad[:, :, None])[..., 0]
+        np.testing.assert_allclose(one.theta, oracle, rtol=1e-10, atol=1e-12)
+        for step in (1, 3, 10):
+            monkeypatch.setattr(base, "CLIENT_CHUNK_BYTES", 8 * block.T * step)
+            if algorithm == "localnewton":
+                _, up = localnewton.client_step(ls, block, None, x, streams)
+                assert up.fields["theta"].tobytes() == (whole.theta * active[:, None]).tobytes()
+            else:
+                _, up = fedpm.client_step(fedpm.Params(eta=0.9, K=2), block, None, x, streams)
+                moved = (whole.P @ (whole.theta - x)[:, :, None])[..., 0] * active[:, None]
+                assert up.fields["P_moved"].tobytes() == moved.tobytes() and set(up.sums) == {"P"}
+                hi, lo = up.sums["P"]
+                assert (hi + lo).tolist() == _exact_sums(whole.hess * active[:, None])
+            assert up.loss.tobytes() == whole.loss.tobytes() and up.grad.tobytes() == whole.grad.tobytes()

@@ -11,8 +11,8 @@ Four extensions, all optional:
 
 * ``Uplink.gathered``: per-client arrays the server needs one by one (Newton-Learn's
   coefficient updates and data vectors), gathered to rank 0 in global client order.
-* ``Uplink.sums``: fields a client step already summed over its block (FedNL's S_i, in chunks
-  of clients, :func:`client_chunks`), so no (clients x T) message array exists at once.
+* ``Uplink.sums``: fields a client step already summed over its block (the second-order methods'
+  packed Hessians, in chunks of clients, :func:`client_chunks`), so no (clients x T) array exists at once.
 * ``client_metrics(p, block, state, x, streams) -> Uplink``: called instead of ``client_step``
   for the row of the final x^R, which records metrics and takes no step (the network methods:
   their K local steps there would be thrown away).
@@ -48,7 +48,7 @@ class Uplink:
     loss (n,), grad (n, d): f_i and its gradient at the broadcast x^k.
     fields: further per-client arrays (n, ...) that the server needs summed.
     sums: fields the block has already summed over its clients, as double-double pairs (hi, lo)
-    (a :class:`BlockSums`; FedNL's chunked step, whose (clients x T) messages never exist at once).
+    (a :class:`BlockSums`; the chunked client steps, whose (clients x T) messages never exist at once).
     value_bits, index_bits (n,): what each client put on the wire this round.
     gathered: per-client arrays (n, ...) the server receives one by one, in client order.
     ``grad`` may be None (a query that only sends function values).
@@ -85,6 +85,13 @@ def hessians_in_chunks(block, x, loss, grad):
     for lo, hi in client_chunks(block):
         loss[lo:hi], grad[lo:hi], hess = block.clients(lo, hi).derivatives(x)
         yield lo, hi, hess
+
+
+def coefficient_hessians_in_chunks(block, h):
+    """For each chunk of :func:`client_chunks`: (lo, hi, the chunk's packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I
+    (hi - lo, T)) from coefficients h of every row of the block (Newton-Learn's learned Hessians)."""
+    for lo, hi in client_chunks(block):
+        yield lo, hi, block.clients(lo, hi).hessians_from_coefficients(block.coefficients_of(h, lo, hi))
 
 
 class BlockSums(dict):

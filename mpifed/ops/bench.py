@@ -1,7 +1,7 @@
 """``mpifed bench``: FedNL against the C++ u-FedNL reference figures, at scale and on GPUs.
 
     mpiexec -n 2 mpifed bench [--only ROW ...] [--json FILE [--append]] [--rounds N] [--list]
-    mpiexec -n 2 mpifed bench --only scale [--clients N]            # 10^5 clients, d = 100
+    mpiexec -n 2 mpifed bench --only scale [--clients N] [--algorithm M]   # 10^5 clients, d = 100
     mpiexec -n R mpifed bench --only weak --json F --append          # R = 1, 2, 4: one row per rank count
     mpiexec -n G mpifed bench --only gpu-w8a gpu-scale               # one rank per GPU (cupy)
 
@@ -18,14 +18,18 @@ u-FedNL does not do it either.
 
 **Scale rows** (``scale``: 10^5 clients of the synthetic federation at d = 100, m = 8 rows each;
 ``gpu-scale``: 10^4 clients at d = 300 on cupy; ``weak``: 25,000 clients per rank, so run it once per
-rank count with ``--append``) run FedNL Top-K 8d for 5 rounds (``--rounds``), not to convergence, and
-report the memory each rank holds: the client state (the bytes of the arrays of the method's client
-state, FedNL's packed learned Hessians H_i, T = d(d+1)/2 float64 per client) and the data (the bytes of
-the arrays of the rank's client block: rows, weights, labels, scatter matrices), and the ratio of the
-peak RSS to their sum (the memory target: peak RSS at most 1.2x the state and data). A synthetic row whose estimated peak (the state, the
-data twice during setup, and FedNL's chunk-sized temporaries) does not fit in the memory available is
-refused before it starts. Only the
-u-FedNL rows run by default; the others when named with ``--only``.
+rank count with ``--append``) run FedNL Top-K 8d for 5 rounds (``--rounds``), not to convergence, or
+another second-order method with its defaults (``--algorithm``: newton, newton-star, nl1, nl2, cnl, fedpm,
+localnewton, or a FedNL variant, which keeps Top-K 8d and Option 2), and report the memory each rank
+holds: the client state (the bytes of the arrays of the method's client state: FedNL's packed learned
+Hessians H_i, T = d(d+1)/2 float64 per client; Newton-Learn's coefficients h_i; nothing for Newton,
+NEWTON-STAR, FedPM and LocalNewton) and the data (the bytes of the arrays of the rank's client block:
+rows, weights, labels, scatter matrices), and the ratio of the peak RSS to their sum (the memory target:
+peak RSS at most 1.2x the state and data), also counting only what the row adds above the rank's resident
+set before it (``ratio_above_start``). A synthetic row whose estimated peak (the state, the data twice during
+setup, and the method's chunk-sized temporaries) does not fit in the memory available is refused before it
+starts. NEWTON-STAR's scale rows take one reference Newton step for its x* (``SCALE_REFERENCE``: the
+memory does not depend on how close x* is). Only the u-FedNL rows run by default; the others when named with ``--only``.
 
 Per row, from the trace (rank 0's clock) and from timers this module puts around
 ``LogisticBlock.derivatives`` (gradients and Hessians), ``TopK.sparse`` (the selection) and ``TraceWriter.write``
@@ -73,6 +77,10 @@ FIXED_ROUNDS = 5    # scale, weak-scaling and gpu-scale rows: a few rounds, not 
 # Chunk-sized (clients x T) temporaries a FedNL round holds besides the state: grad^2 f_i, the difference
 # and C(difference) (mpifed.algorithms.base.client_chunks), with room for the allocator's slack.
 CHUNK_COPIES = 4
+# Methods whose client state is a packed Hessian per client (the scale rows keep Top-K 8d and Option 2 for them);
+# the other --algorithm choices of the fixed rows run with their own defaults.
+FEDNL_FAMILY = ("fednl", "fednl-bc", "fednl-cr", "fednl-ls", "fednl-pp")
+SCALE_REFERENCE = 1  # newton-star's scale rows: reference Newton steps for its x*
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class Row:
         return clients or self.clients
 
     def config(self, rounds: int | None = None, size: int = 1, clients: int | None = None,
-               per_rank: int | None = None) -> dict:
+               per_rank: int | None = None, algorithm: str | None = None) -> dict:
         fixed = self.kind != "ufednl"
         rounds = rounds or self.fixed_rounds or MAX_ROUNDS
         n = self.n_clients(size, clients, per_rank)
@@ -127,6 +135,22 @@ class Row:
         if self.backend != "numpy":
             cfg["backend"] = self.backend
         cfg.update(self.extra)
+        if algorithm is not None and algorithm != "fednl":
+            if not fixed:
+                raise MpifedError(f"--algorithm applies to the scale, weak and gpu-scale rows; row {self.name} is "
+                                  f"the u-FedNL setup (FedNL)")
+            from ..algorithms import METHODS
+
+            if algorithm not in METHODS:
+                raise MpifedError(f"--algorithm {algorithm!r} is not a method on the logistic problem; valid: "
+                                  f"{', '.join(METHODS)}")
+            cfg["algorithm"] = algorithm
+            for key in ("compressor", "option") if algorithm not in FEDNL_FAMILY else ():
+                del cfg[key]
+            if algorithm in ("fednl-cr", "fednl-pp"):  # Option 2 is theirs already, and not a choice
+                del cfg["option"]
+            if algorithm == "newton-star":
+                cfg["reference_iterations"] = SCALE_REFERENCE
         return cfg
 
     def describe(self) -> str:
@@ -190,9 +214,11 @@ class _Timers:
     not the time to queue it. Also keeps the last client state and block the method's
     ``client_step`` returned and received (``captured``), to measure what a rank holds, and the time
     each client step spent in the timed functions (``in_step``: a chunked step calls them once per chunk).
+    With ``split_setup`` (the fixed rows), the peak RSS up to the method's ``client_init`` (the federation's
+    set-up) is kept in ``setup_peak`` and the peak is reset there, so what follows is the method's own.
     """
 
-    def __init__(self, method=None, sync=None):
+    def __init__(self, method=None, sync=None, split_setup: bool = False):
         from .. import compressors, trace
         from ..problems import logistic as problems
 
@@ -201,6 +227,8 @@ class _Timers:
                          (trace.TraceWriter, "write", "trace")]
         self._sync = sync
         self._method = method
+        self._split = split_setup
+        self.setup_peak = None
         self.captured = {}
         self.in_step = {"hessian": [], "compress": []}
         self._saved = []
@@ -223,6 +251,16 @@ class _Timers:
                 return new_state, uplink
 
             self._method.client_step = client_step
+        if self._method is not None and self._split:
+            init = self._method.client_init
+            self._saved.append((self._method, "client_init", init))
+
+            def client_init(*args):
+                self.setup_peak = _peak_mb("VmHWM")  # read before the reset
+                _reset_peak()
+                return init(*args)
+
+            self._method.client_init = client_init
         return self
 
     def __exit__(self, *exc):
@@ -316,7 +354,8 @@ def _local_ranks(comm) -> int:
 def check_fits(row: Row, cfg: dict, comm) -> None:
     """Refuse, on every rank with one line, a synthetic row whose FedNL state would not fit in memory.
 
-    Estimate per rank: the (clients x T) float64 state, CHUNK_COPIES chunk-sized temporaries and the data
+    Estimate per rank: the (clients x T) float64 state (FedNL and its variants; none for the other methods),
+    CHUNK_COPIES chunk-sized temporaries and the data
     (the clients' rows, held twice during setup), against MemAvailable shared by the node's ranks (host) or the GPU's
     free memory (cupy).
     """
@@ -330,8 +369,8 @@ def check_fits(row: Row, cfg: dict, comm) -> None:
         lo, hi = client_range(cfg["clients"], comm.size, comm.rank)
         d = cfg["features"]
         T = d * (d + 1) // 2
-        state = (hi - lo) * T * 8
-        chunk = min(state, clients_per_chunk(T, row.backend == "cupy") * 8 * T)
+        state = (hi - lo) * T * 8 if cfg["algorithm"] in FEDNL_FAMILY else 0
+        chunk = min((hi - lo) * T * 8, clients_per_chunk(T, row.backend == "cupy") * 8 * T)
         need = state + CHUNK_COPIES * chunk + 2 * (hi - lo) * cfg["samples_per_client"] * d * 8
         if row.backend == "cupy":
             import cupy
@@ -347,7 +386,7 @@ def check_fits(row: Row, cfg: dict, comm) -> None:
         if need / 2**20 > 0.85 * free:
             raise MpifedError(
                 f"row {row.name}: {cfg['clients']} clients at d = {d} need about {need / 2**30:.1f} GB per rank "
-                f"(the {state / 2**30:.2f} GB FedNL state and its round's temporaries) but {where}; "
+                f"(the {state / 2**30:.2f} GB {cfg['algorithm']} state and its round's temporaries) but {where}; "
                 f"use more ranks or nodes, or fewer clients ({'--per-rank' if row.per_rank else '--clients'} N)")
 
     collective(comm, check)
@@ -416,13 +455,13 @@ def _backend_for(row: Row, comm):
 
 
 def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None, clients: int | None = None,
-            per_rank: int | None = None) -> dict | None:
+            per_rank: int | None = None, algorithm: str | None = None) -> dict | None:
     """Run one row on every rank of ``comm``; rank 0 returns its result, the others None."""
     from ..algorithms import METHODS
     from ..driver import run
 
     bk = _backend_for(row, comm)
-    cfg = row.config(rounds, comm.size, clients, per_rank)
+    cfg = row.config(rounds, comm.size, clients, per_rank, algorithm)
     check_fits(row, cfg, comm)
     sync = (lambda: bk.xp.cuda.get_current_stream().synchronize()) if bk.name == "cupy" else None
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -430,11 +469,12 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         how = _reset_peak()
         floor = _status_mb("VmRSS") or 0.0
         comm.allgather(None)  # start together
-        with _Timers(METHODS[cfg["algorithm"]], sync) as timers, _GpuPeak(bk) as gpu:
+        with _Timers(METHODS[cfg["algorithm"]], sync, split_setup=row.kind != "ufednl") as timers, _GpuPeak(bk) as gpu:
             t0 = time.perf_counter()
             result = run(cfg, comm)
             wall = time.perf_counter() - t0
         peaks = comm.allgather(_peak_mb(how))
+        setup_peaks = comm.allgather(timers.setup_peak)
         floors = comm.allgather(floor)
         block, state = timers.captured.get("block"), timers.captured.get("state")
         held = comm.allgather((block.n if block else 0, nbytes(state) if state else 0, nbytes(block) if block else 0))
@@ -457,8 +497,11 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     mean = {name: float(np.mean(np.asarray(phase[name])[upto])) for name in PHASES}
     s_per_round = seconds / (k + 1)
     n = int(cfg["clients"])
+    method_peaks = peaks
+    if fixed and None not in setup_peaks:  # the whole row's peak, and the method's (from client_init on) apart
+        peaks = [max(p, q) for p, q in zip(peaks, setup_peaks)]
     out = {
-        "row": row.name, "kind": row.kind, "backend": bk.describe(), "dataset": row.dataset,
+        "row": row.name, "kind": row.kind, "algorithm": cfg["algorithm"], "backend": bk.describe(), "dataset": row.dataset,
         "config": {key: v for key, v in cfg.items() if key != "out"}, "n_clients": n, "mpi_size": comm.size,
         "d": int(result.x.shape[0]), "status": result.status, "rounds_run": rows_done - 1,
         "final_grad_norm": float(m["grad_norm"][-1]), "seconds_run": float(m["time_s"][-1]), "wall_s": wall,
@@ -480,6 +523,12 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         "ratio_above_start_to_state_data_per_rank": [(p - f) / (s + b) if s + b else None
                                                      for p, f, s, b in zip(peaks, floors, state_mb, data_mb)],
     })
+    if fixed:
+        out.update({
+            "setup_peak_rss_mb_per_rank": setup_peaks, "method_peak_rss_mb_per_rank": method_peaks,
+            "ratio_method_above_start_to_state_data_per_rank": [(p - f) / (s + b) if s + b else None
+                                                                for p, f, s, b in zip(method_peaks, floors, state_mb, data_mb)],
+        })
     if not fixed:
         out.update(_budget_columns(rounds[upto], hit, row.reference, s_per_round, out["peak_above_start_mb"]))
         R = k + 1
@@ -534,7 +583,7 @@ def machine(comm) -> dict:
 
 
 def bench(names=None, rounds: int | None = None, comm=None, folder: str | None = None, clients: int | None = None,
-          per_rank: int | None = None) -> dict | None:
+          per_rank: int | None = None, algorithm: str | None = None) -> dict | None:
     """Run the rows ``names`` (default: the u-FedNL rows); rank 0 returns {machine, rows}."""
     from ..comm import world
 
@@ -544,7 +593,9 @@ def bench(names=None, rounds: int | None = None, comm=None, folder: str | None =
         raise MpifedError(f"no benchmark row {', '.join(unknown)}; rows: {', '.join(LISTED)}")
     comm = comm or world()
     info = machine(comm)
-    results = [run_row(ROWS[name], comm, rounds, folder, clients, per_rank) for name in names]
+    for name in names:  # a wrong --algorithm stops before any row runs
+        ROWS[name].config(algorithm=algorithm)
+    results = [run_row(ROWS[name], comm, rounds, folder, clients, per_rank, algorithm) for name in names]
     if not comm.is_root:
         return None
     info["load_average_end"] = list(os.getloadavg())
@@ -575,15 +626,18 @@ def table(report: dict) -> str:
     if fixed:
         if lines:
             lines.append("")
-        lines.append(f"{'row':<10}{'ranks':>6}{'clients':>9}{'d':>5}{'rounds':>7}{'s/round':>9}{'client-rds/s':>13}"
-                     f"{'state B/client':>15}{'state MB/rk':>12}{'data MB/rk':>11}{'RSS MB/rk':>10}{'RSS/(st+data)':>14}")
+        lines.append(f"{'row':<10}{'method':>12}{'ranks':>6}{'clients':>9}{'d':>5}{'rounds':>7}{'s/round':>9}"
+                     f"{'client-rds/s':>13}{'state B/client':>15}{'state MB/rk':>12}{'data MB/rk':>11}{'RSS MB/rk':>10}"
+                     f"{'RSS/(st+data)':>14}{'above start':>12}{'from init':>10}")
         for r in fixed:
-            ratio = max((x for x in r["ratio_rss_to_state_data_per_rank"] if x is not None), default=None)
-            lines.append(f"{r['row']:<10}{r['mpi_size']:>6}{r['n_clients']:>9}{r['d']:>5}{r['rounds_run']:>7}"
-                         f"{r['s_per_round']:>9.3f}{r['client_rounds_per_s']:>13.0f}"
+            ratio, above, own = (max((x for x in r.get(key, [None]) if x is not None), default=None) for key in (
+                "ratio_rss_to_state_data_per_rank", "ratio_above_start_to_state_data_per_rank",
+                "ratio_method_above_start_to_state_data_per_rank"))
+            lines.append(f"{r['row']:<10}{r.get('algorithm', 'fednl'):>12}{r['mpi_size']:>6}{r['n_clients']:>9}{r['d']:>5}"
+                         f"{r['rounds_run']:>7}{r['s_per_round']:>9.3f}{r['client_rounds_per_s']:>13.0f}"
                          f"{_fmt(r['state_bytes_per_client'], '.0f'):>15}{max(r['state_mb_per_rank']):>12.1f}"
                          f"{max(r['data_mb_per_rank']):>11.1f}{max(r['peak_rss_mb_per_rank']):>10.0f}"
-                         f"{_fmt(ratio, '.2f'):>14}")
+                         f"{_fmt(ratio, '.2f'):>14}{_fmt(above, '.2f'):>12}{_fmt(own, '.2f'):>10}")
         for r in fixed:
             for g in r.get("gpu") or []:
                 if g:
@@ -609,7 +663,7 @@ def table(report: dict) -> str:
 
 
 def main(only=None, json_path=None, rounds: int | None = None, list_rows: bool = False, clients: int | None = None,
-         per_rank: int | None = None, append: bool = False) -> int:
+         per_rank: int | None = None, append: bool = False, algorithm: str | None = None) -> int:
     """The ``mpifed bench`` command."""
     from ..comm import world
 
@@ -624,7 +678,7 @@ def main(only=None, json_path=None, rounds: int | None = None, list_rows: bool =
     if append and not json_path:
         raise MpifedError("--append adds rows to the file named by --json; give --json FILE")
     comm = world()
-    report = bench(only, rounds, comm, clients=clients, per_rank=per_rank)
+    report = bench(only, rounds, comm, clients=clients, per_rank=per_rank, algorithm=algorithm)
     if report is not None:
         print(table(report), flush=True)
         if json_path:

@@ -156,6 +156,13 @@ class LogisticBlock:
             sub._M_offset = self._M_offset + r0
         return sub
 
+    def coefficients_of(self, values, lo: int, hi: int):
+        """The part of ``values`` (per row, in the coefficient layout: (N,) sparse, (n, m_max) dense) that
+        belongs to clients lo..hi-1: what ``self.clients(lo, hi)`` takes in that layout (a view)."""
+        if self.dense:
+            return values[lo:hi]
+        return values[int(self.sizes[:lo].sum()):int(self.sizes[:hi].sum())]
+
     # -------------------------------------------------------------- per round
     def margins(self, x):
         """a_ij^T x for every row: (N,) sparse, (n, m_max) dense; x is (d,) or per client (n, d)."""

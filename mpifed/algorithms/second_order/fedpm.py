@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ... import tri
-from ..base import Aggregate, Uplink, bits_for, solve_spd, to_participants
-from .localnewton import check_local, local_newton, taking_part
+from ..base import Aggregate, BlockSums, Uplink, bits_for, solve_spd, to_participants
+from .localnewton import check_local, local_newton_in_chunks, taking_part
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,17 @@ def server_init(p: Params, agg, x0):
 
 
 def client_step(p: Params, block, state, x, streams):
-    run = local_newton(block, x, p.K, p.eta, streams.client_ids)
+    """The local runs go a chunk of clients at a time; their P_i are summed as they go (BlockSums), so no
+    (clients x T) array is held for the whole block."""
+    xp, n = block.bk.xp, block.n
     active = taking_part(block, streams)[:, None]  # non-participants send nothing
-    moved = (run.P @ (run.theta - x)[:, :, None])[..., 0]  # P_i^{(t,K-1)} (theta_i^{(t,K)} - theta^{(t)})
-    values, index = bits_for(block.n, block.d + block.T, p.float_bits)
-    return state, Uplink(run.loss, run.grad, values * streams.active, index,
-                         {"P": run.hess * active, "P_moved": moved * active})
+    loss, grad, moved, sums = xp.empty(n), xp.empty((n, block.d)), xp.empty((n, block.d)), BlockSums()
+    for lo, hi, run in local_newton_in_chunks(block, x, p.K, p.eta, streams.client_ids):
+        loss[lo:hi], grad[lo:hi] = run.loss, run.grad
+        moved[lo:hi] = (run.P @ (run.theta - x)[:, :, None])[..., 0]  # P_i^{(t,K-1)} (theta_i^{(t,K)} - theta^{(t)})
+        sums.add("P", run.hess * active[lo:hi], xp)
+    values, index = bits_for(n, block.d + block.T, p.float_bits)
+    return state, Uplink(loss, grad, values * streams.active, index, {"P_moved": moved * active}, sums=sums)
 
 
 def server_step(p: Params, state, x, agg: Aggregate):

@@ -29,7 +29,7 @@ import scipy.linalg
 
 from ... import tri
 from ...errors import ConfigError
-from ..base import SolverError, Uplink, bits_for, to_participants
+from ..base import SolverError, Uplink, bits_for, client_chunks, to_participants
 
 MAX_BACKTRACKS = 30  # steps down to eta gamma^29 (about 2e-9 eta for gamma = 1/2)
 
@@ -152,11 +152,22 @@ def server_init(p: Params, agg, x0):
     return None
 
 
+def local_newton_in_chunks(block, x, K: int, eta: float, client_ids, search: Params | None = None):
+    """:func:`local_newton` a chunk of clients at a time (:func:`~mpifed.algorithms.base.client_chunks`):
+    yields (lo, hi, the chunk's :class:`LocalRun`), so the (clients x d x d) local Hessians and their
+    factors are never held for the whole block. A client's run depends on its own rows only."""
+    for lo, hi in client_chunks(block):
+        yield lo, hi, local_newton(block.clients(lo, hi), x, K, eta, client_ids[lo:hi], search)
+
+
 def client_step(p: Params, block, state, x, streams):
-    run = local_newton(block, x, p.K, p.eta, streams.client_ids, p if p.line_search else None)
+    xp, n = block.bk.xp, block.n
+    loss, grad, theta = xp.empty(n), xp.empty((n, block.d)), xp.empty((n, block.d))
+    for lo, hi, run in local_newton_in_chunks(block, x, p.K, p.eta, streams.client_ids, p if p.line_search else None):
+        loss[lo:hi], grad[lo:hi], theta[lo:hi] = run.loss, run.grad, run.theta
     active = taking_part(block, streams)
-    values, index = bits_for(block.n, block.d, p.float_bits)
-    return state, Uplink(run.loss, run.grad, values * streams.active, index, {"theta": run.theta * active[:, None]})
+    values, index = bits_for(n, block.d, p.float_bits)
+    return state, Uplink(loss, grad, values * streams.active, index, {"theta": theta * active[:, None]})
 
 
 def server_step(p: Params, state, x, agg):

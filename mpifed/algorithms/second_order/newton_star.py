@@ -20,7 +20,7 @@ import scipy.linalg
 
 from ... import tri
 from ...errors import ConfigError
-from ..base import Aggregate, SolverError, Uplink, bits_for
+from ..base import Aggregate, BlockSums, SolverError, Uplink, bits_for, client_chunks
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,16 @@ class ServerState:
 
 
 def client_init(p: Params, block, x0, streams):
-    """grad^2 f_i(x*), once (the oracle's setup cost: one packed matrix per client)."""
+    """grad^2 f_i(x*), once (the oracle's setup cost: one packed matrix per client), summed a chunk of
+    clients at a time (:func:`~mpifed.algorithms.base.client_chunks`)."""
     if p.x_star is None:
         raise ConfigError("newton-star needs x*: the driver sets Params.x_star after the reference solve")
-    _, _, hess = block.derivatives(block.bk.asarray(p.x_star))
+    xp, x_star, sums = block.bk.xp, block.bk.asarray(p.x_star), BlockSums()
+    for lo, hi in client_chunks(block):
+        sums.add("hess_star", block.clients(lo, hi).derivatives(x_star)[2], xp)
     loss, grad, _ = block.derivatives(x0, hessian=False)
     values, index = bits_for(block.n, block.T, p.float_bits)
-    return None, Uplink(loss, grad, values, index, {"hess_star": hess})
+    return None, Uplink(loss, grad, values, index, sums=sums)
 
 
 def server_init(p: Params, agg: Aggregate, x0):

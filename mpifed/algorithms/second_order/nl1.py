@@ -46,7 +46,7 @@ import numpy as np
 
 from ... import tri
 from ...errors import ConfigError
-from ..base import Aggregate, Uplink, bits_for
+from ..base import Aggregate, BlockSums, Uplink, bits_for, coefficient_hessians_in_chunks
 from .lowrank import LowRankSPD
 
 
@@ -171,10 +171,14 @@ def client_max(block, values):
 
 # ------------------------------------------------------------------------------- NL1
 def client_init(p: Params, block, x0, streams):
-    """h_i^0 = h_i(x^0) >= 0; H_i^0 + lam I uploaded once (one packed matrix per client)."""
+    """h_i^0 = h_i(x^0) >= 0; H_i^0 + lam I uploaded once (one packed matrix per client), summed a chunk of
+    clients at a time."""
+    xp, sums = block.bk.xp, BlockSums()
     loss, grad, h0 = block.derivatives_and_coefficients(x0)
+    for _, _, H0 in coefficient_hessians_in_chunks(block, h0):
+        sums.add("H0", H0, xp)
     values, index = bits_for(block.n, block.T, p.float_bits)
-    return ClientState(h0), Uplink(loss, grad, values, index, {"H0": block.hessians_from_coefficients(h0)})
+    return ClientState(h0), Uplink(loss, grad, values, index, sums=sums)
 
 
 def server_init(p: Params, agg: Aggregate, x0):

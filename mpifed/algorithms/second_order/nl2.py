@@ -44,7 +44,7 @@ import numpy as np
 from ... import tri
 from ...errors import MpifedError
 from . import nl1
-from ..base import Aggregate, Uplink, bits_for, solve_spd
+from ..base import Aggregate, BlockSums, Uplink, bits_for, coefficient_hessians_in_chunks, solve_spd
 from .lowrank import weighted_gram
 
 
@@ -74,11 +74,16 @@ class ServerState:
 
 
 def client_init(p, block, x0, streams, extra=None):
-    """h_i^0 = h_i(x^0); uploads (1/m_i) sum_j (h_ij^0 + 2 gamma) a_ij a_ij^T + lam I and A_i^T A_i / m_i."""
+    """h_i^0 = h_i(x^0); uploads (1/m_i) sum_j (h_ij^0 + 2 gamma) a_ij a_ij^T + lam I and A_i^T A_i / m_i,
+    summed a chunk of clients at a time."""
+    xp, sums = block.bk.xp, BlockSums()
     loss, grad, h0 = block.derivatives_and_coefficients(x0)
+    for lo, hi, A0 in coefficient_hessians_in_chunks(block, h0 + 2 * p.gamma):
+        sums.add("A0", A0, xp)
+        del A0
+        sums.add("gram", block.clients(lo, hi).gram(), xp)
     values, index = bits_for(block.n, 2 * block.T, p.float_bits)
-    fields = {"A0": block.hessians_from_coefficients(h0 + 2 * p.gamma), "gram": block.gram()}
-    return nl1.ClientState(h0), Uplink(loss, grad, values, index, fields, extra or {})
+    return nl1.ClientState(h0), Uplink(loss, grad, values, index, gathered=extra or {}, sums=sums)
 
 
 def server_init(p, agg: Aggregate, x0):
