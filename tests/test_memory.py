@@ -273,8 +273,6 @@ def _exact_sums(rows):
 def test_setup_hessians_summed_in_chunks_are_the_exact_sums(monkeypatch, algorithm):
     """NEWTON-STAR's grad^2 f_i(x*), NL1's H_i^0 and NL2's A_i^0 and G_i, summed a few clients at a time, round
     to the exact (Fraction) sums of the packed matrices the whole block gives its clients."""
-    import dataclasses
-
     from mpifed.algorithms import base
     from mpifed.algorithms.second_order import newton_star, nl1, nl2
     from mpifed.rng import ClientStreams
