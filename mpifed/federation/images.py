@@ -2,7 +2,8 @@
 
 Every rank reads the same training images, draws the same partition (``--partition``: iid, dirichlet:alpha=..,
 pathological:k=..; from the run's seed only) and keeps the uint8 pixels of its own contiguous block of clients
-(an :class:`~mpifed.problems.nn.block.ImageBlock`). Rank 0 alone holds the test images. ``x0`` is the model's
+(an :class:`~mpifed.problems.nn.block.ImageBlock`), and its share of the test images (chunks of 2000, which the
+ranks evaluate together). ``x0`` is the model's
 He-normal initialisation from the run's seed (the same on every rank).
 """
 from __future__ import annotations
@@ -55,8 +56,7 @@ def build_images(spec, comm) -> Federation:
                      tau=spec.tau, m_min=int(sizes.min()), m_max=int(sizes.max()), label_counts=counts,
                      partition=part.info, labels=tuple(range(N_CLASSES)),
                      x0=np.asarray(model.init(spec.seed), dtype=np.float64))
-    if comm.is_root:
-        Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
-        fed.test = ImageTestSet(Xt, yt, model, test_source, backend)
-        fed.test_note = f"test set {test_source}"
+    Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
+    fed.test = ImageTestSet.share(Xt, yt, model, test_source, backend, comm.rank, comm.size)
+    fed.test_note = f"test set {test_source}"
     return fed

@@ -183,7 +183,11 @@ class Inverse:
             self.U[idx], self.K[idx], self.c[idx] = inv.U, inv.K, inv.c
 
     def take(self, sel):
-        """The inverses of a subset (an index array into this one's clients)."""
+        """The inverses of a subset (an index array into this one's clients); this one itself, not a copy,
+        when ``sel`` is every client in order (full participation)."""
+        n = len(self.dense if self.dense is not None else self.U)
+        if len(sel) == n and (n == 0 or (int(sel[0]) == 0 and bool((sel[1:] > sel[:-1]).all()))):
+            return self  # n strictly increasing indices from 0 into n clients: all of them, in order
         if self.dense is not None:
             return Inverse(dense=self.dense[sel])
         return Inverse(U=self.U[sel], K=self.K[sel], c=self.c[sel])
