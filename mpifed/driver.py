@@ -123,7 +123,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         k, x, server, state, bits = resume.k, np.array(resume.x, dtype=np.float64), resume.server, resume.client, dict(resume.bits)
     else:
         k, x, server = 0, np.array(x0, dtype=np.float64), None
-        state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
+        state, init = _client(fed, lambda: method.client_init(params, fed.block, fed.point(x), fed.streams(-1)))
         agg = exchange(fed, init) if init is not None else None
         init = None  # H_i^0 lives on in the client state only, not in the setup's uplink
         bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
@@ -153,9 +153,9 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         streams = fed.streams(k)
         t0 = time.perf_counter()
         if k >= rounds and hasattr(method, "client_metrics"):  # x^R's row: its metrics only, no local work
-            uplink = _client(fed, lambda: method.client_metrics(params, fed.block, state, bk.asarray(x), streams))
+            uplink = _client(fed, lambda: method.client_metrics(params, fed.block, state, fed.point(x), streams))
         else:
-            state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
+            state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, fed.point(x), streams))
         t1 = time.perf_counter()
         agg = exchange(fed, uplink, streams.active)
         uplink = None  # summed: its (clients x T) fields are not held through the next client step

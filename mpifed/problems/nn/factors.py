@@ -36,17 +36,17 @@ def gram(U):
     return U.transpose(0, 2, 1) @ U
 
 
-def _eye(xp, n):
-    return xp.eye(n)[None]
+def _eye(xp, n, dtype=None):
+    return xp.eye(n, dtype=dtype)[None]
 
 
 def damped_solve(U, M, c, xp):
     """``(c I + U_i^T U_i)^{-1} M_i`` for every client; ``U`` ``(n, R, D)``, ``M`` ``(n, D, q)``, ``c`` > 0."""
     n, R, D = U.shape
     if R < D:
-        K = U @ U.transpose(0, 2, 1) + c * _eye(xp, R)
+        K = U @ U.transpose(0, 2, 1) + c * _eye(xp, R, U.dtype)
         return (M - U.transpose(0, 2, 1) @ xp.linalg.solve(K, U @ M)) / c
-    return xp.linalg.solve(gram(U) + c * _eye(xp, D), M)
+    return xp.linalg.solve(gram(U) + c * _eye(xp, D, U.dtype), M)
 
 
 def foof_step(model, grad, stats, eps, xp):
