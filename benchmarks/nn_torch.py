@@ -109,7 +109,7 @@ class Capture:
         def hook(layer, inputs, out):
             if not self.on:
                 return
-            x = inputs[0]
+            x = inputs[0].detach()
             if isinstance(layer, torch.nn.Conv2d):  # unfolded patches (B*T, k*k*C)
                 x = torch.nn.functional.unfold(x, layer.kernel_size).transpose(1, 2).reshape(-1, layer.weight[0].numel())
             self.a[i] = torch.cat([x, x.new_ones(len(x), 1)], 1)

@@ -130,6 +130,26 @@ def test_factor_ema_inverse_and_reset_match_dense_recurrence(alpha, R, D, form):
     assert _rel(got, U[0].T @ U[0]) < 1e-12
 
 
+def test_stored_inverses_of_one_live_slot_match_the_dense_solve():
+    """Right after a start only one ring slot holds rows: the stored inverses (put, take of all clients or of some)
+    solve with those rows alone and give the dense damped solve."""
+    from mpifed.problems.nn.factors import Inverse
+
+    r, n, R, D = np.random.default_rng(3), 3, 2, 120
+    f = Factor.for_layer(n, R, D, 0.5, np)
+    U = r.standard_normal((n, R, D))
+    f.update(np.arange(n), U, 0.5, np.ones(n, bool), np)
+    store = Inverse.empty_like(f, n, np)
+    c = np.array([0.3, 1.1, 0.7])
+    store.put(np.arange(n), f.inverse(np.arange(n), c, np))
+    assert store.take(np.arange(n)) is store and store.live.sum() == n
+    M = r.standard_normal((n, D, 4))
+    for sel in (np.arange(n), np.array([2, 0])):
+        out = store.take(sel).left(M[sel])
+        for j, i in enumerate(sel):
+            assert _rel(out[j], np.linalg.solve(c[i] * np.eye(D) + U[i].T @ U[i], M[i])) < 1e-10
+
+
 def test_a_singular_or_overflowed_factor_gives_nan_for_that_client_only():
     """numpy refuses a whole batch when one matrix is singular; the damped inverse instead returns NaN for that
     client (its step is NaN, which FedRCO's monitor turns into a reset) and the exact inverse for the others."""
