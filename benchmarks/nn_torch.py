@@ -5,8 +5,9 @@
 
 Needs PyTorch (``pip install -e ".[bench]"``) and MNIST (``MPIFED_DATA`` or ``mpifed datasets fetch mnist``).
 Both sides run FedRCO's CNN (``--model cnn``, 139,754 parameters) on MNIST in the same dtype, on one thread
-(threadpoolctl for mpifed's BLAS, ``torch.set_num_threads(1)``); each figure is the median of ``--reps`` runs
-after a warm-up. Cases:
+(threadpoolctl for mpifed's BLAS, ``torch.set_num_threads(1)``); each figure is the median of ``--reps`` calls
+after a warm-up, mpifed's and PyTorch's alternating so that a change of the machine's load hits both (a round
+case: one run of each). Cases:
 
 * ``b32``: forward and backward of one model on a mini-batch of 32 images;
 * ``c20``: forward and backward of 20 clients' models on 32 images each (mpifed: one batched call; PyTorch: a
@@ -41,18 +42,21 @@ KFAC = ("fedrco", "fedrco-ori")
 CLIENTS, BATCH, K, ROUNDS = 20, 32, 5, 3
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+def timed(fn, calls: int = 1):
+    """A callable giving the milliseconds of one call of ``fn`` (the median of ``calls`` calls)."""
+    def ms():
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1e3 * float(np.median(times))
+    return ms
 
 
 # ------------------------------------------------------------------------------------------------ mpifed
-def mpifed_cases(dtype: str, cases, reps: int) -> dict:
+def mpifed_cases(dtype: str, cases) -> dict:
+    """Per case, a callable that runs it once and gives its milliseconds."""
     from mpifed import config as cfgmod
     from mpifed.comm import SerialComm
     from mpifed.driver import run
@@ -60,29 +64,27 @@ def mpifed_cases(dtype: str, cases, reps: int) -> dict:
     from mpifed.plan import resolve
     from mpifed.problems.nn.block import standardise
 
-    conf = dict(dataset="mnist", model="cnn", clients=CLIENTS, quiet=True, dtype=dtype)
+    conf = dict(dataset="mnist", model="cnn", clients=CLIENTS, quiet=True, **({"dtype": dtype} if dtype != "float64" else {}))
     fed = build_federation(resolve(cfgmod.build(conf)).data, SerialComm())
     m, blk, ft = fed.block.model, fed.block, np.dtype(dtype).type
     x = np.asarray(fed.x0, dtype=ft)
     idx = np.random.default_rng(0).integers(0, len(blk.labels), (CLIENTS, BATCH))
-    X1, y1 = standardise(np, blk.pixels[idx[0]], ft), blk.labels[idx[0]]
-    Xn, yn = standardise(np, blk.pixels[idx], ft), blk.labels[idx]
+    def std(px):  # float64 in the signature every version has
+        return standardise(np, px) if ft is np.float64 else standardise(np, px, ft)
+    X1, y1 = std(blk.pixels[idx[0]]), blk.labels[idx[0]]
+    Xn, yn = std(blk.pixels[idx]), blk.labels[idx]
     thetas = np.ascontiguousarray(np.broadcast_to(x, (CLIENTS, len(x))))
-    out = {}
-    with threadpool_limits(1):
-        if "b32" in cases:
-            out["b32"] = median_ms(lambda: m.loss_grad(x, X1, y1, np), reps * 5)
-        if "c20" in cases:
-            out["c20"] = median_ms(lambda: m.loss_grad(thetas, Xn, yn, np), reps)
-        if "eval" in cases:
-            out["eval"] = median_ms(lambda: fed.test.evaluate(x, 0.0), reps)
+    out = {"b32": timed(lambda: m.loss_grad(x, X1, y1, np), 5), "c20": timed(lambda: m.loss_grad(thetas, Xn, yn, np)),
+           "eval": timed(lambda: fed.test.evaluate(x, 0.0))}
+
+    def round_ms(method):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run(dict(conf, algorithm=method, local_steps=K, rounds=ROUNDS, eval_every=10 ** 6,
+                         out=os.path.join(tmp, "t.h5")), comm=SerialComm())
+        per = [r.metrics[k][:ROUNDS] for k in ("time_client", "time_comm", "time_server")]
+        return 1e3 * float(np.median(np.sum(per, axis=0)))
     for method in FIRST_ORDER + FOOF + KFAC:
-        if f"round-{method}" in cases:
-            with tempfile.TemporaryDirectory() as tmp:
-                r = run(dict(conf, algorithm=method, local_steps=K, rounds=ROUNDS, eval_every=10 ** 6,
-                             out=os.path.join(tmp, "t.h5")), comm=SerialComm())
-            per = [r.metrics[k][:ROUNDS] for k in ("time_client", "time_comm", "time_server")]
-            out[f"round-{method}"] = 1e3 * float(np.median(np.sum(per, axis=0)))
+        out[f"round-{method}"] = lambda method=method: round_ms(method)
     return out
 
 
@@ -196,7 +198,8 @@ class KfacClient:
         return out
 
 
-def torch_cases(dtype: str, cases, reps: int) -> dict:
+def torch_cases(dtype: str, cases) -> dict:
+    """Per case, a callable that runs it once and gives its milliseconds."""
     import torch
 
     from mpifed.data import load_mnist
@@ -220,10 +223,8 @@ def torch_cases(dtype: str, cases, reps: int) -> dict:
         net.zero_grad(set_to_none=True)
         lossf(net(X), y).backward()
 
-    if "b32" in cases:
-        out["b32"] = median_ms(lambda: fwd_bwd(nets[0], Xs[0], ys[0]), reps * 5)
-    if "c20" in cases:
-        out["c20"] = median_ms(lambda: [fwd_bwd(n, X, y) for n, X, y in zip(nets, Xs, ys)], reps)
+    out["b32"] = timed(lambda: fwd_bwd(nets[0], Xs[0], ys[0]), 5)
+    out["c20"] = timed(lambda: [fwd_bwd(n, X, y) for n, X, y in zip(nets, Xs, ys)])
     if "eval" in cases:
         Xt, yt = std(Xte), torch.from_numpy(yte).long()
 
@@ -235,7 +236,7 @@ def torch_cases(dtype: str, cases, reps: int) -> dict:
                     loss += float(lossf(z, yt[lo:lo + 2000], reduction="sum"))
                     hits += int((z.argmax(1) == yt[lo:lo + 2000]).sum())
             return hits, loss
-        out["eval"] = median_ms(evaluate, reps)
+        out["eval"] = timed(evaluate)
     rounds = [c for c in cases if c.startswith("round-")]
     if rounds:
         caps = [Capture(torch, n) for n in nets]
@@ -275,15 +276,15 @@ def torch_cases(dtype: str, cases, reps: int) -> dict:
                 fn()
                 times.append(time.perf_counter() - t)
             return 1e3 * float(np.median(times))
-        for c in rounds:
-            method = c[len("round-"):]
+        def round_case(method):
             if method in KFAC:
                 for f in kfac:
                     f.__init__(torch, f.cap)
-            fn = sgd_round if method in FIRST_ORDER else foof_round if method in FOOF else kfac_round
             for cap in caps:
                 cap.on = method not in FIRST_ORDER
-            out[c] = rounds_ms(fn)
+            return rounds_ms(sgd_round if method in FIRST_ORDER else foof_round if method in FOOF else kfac_round)
+        for c in rounds:
+            out[c] = lambda method=c[len("round-"):]: round_case(method)
     return out
 
 
@@ -298,21 +299,34 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", default=None, help="cases: b32 c20 eval round-<method> ...")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-torch", action="store_true", help="mpifed's figures only (e.g. of another checkout, "
+                    "with PYTHONPATH pointing to it; float64 only before --dtype existed)")
     args = ap.parse_args(argv)
     cases = args.only or ["b32", "c20", "eval"] + [f"round-{m}" for m in FIRST_ORDER + FOOF + KFAC]
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "python": sys.version.split()[0],
                           "numpy": np.__version__, "threads": 1}, "rows": []}
     for dtype in args.dtype:
-        ours, theirs = mpifed_cases(dtype, cases, args.reps), torch_cases(dtype, cases, args.reps)
-        for c in cases:
-            row = {"case": c, "dtype": dtype, "mpifed_ms": ours[c], "torch_ms": theirs[c], "ratio": ours[c] / theirs[c]}
-            report["rows"].append(row)
-            print(f"{dtype:8s} {LABELS.get(c, c):48s} mpifed {ours[c]:9.1f} ms  torch {theirs[c]:9.1f} ms  "
-                  f"ratio {row['ratio']:.2f}", flush=True)
+        with threadpool_limits(1):
+            report["rows"] += compare(dtype, cases, args.reps, not args.no_torch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
 
+
+def compare(dtype, cases, reps_wanted, torch=True):
+    """Each case on both sides, alternating call by call so that a change of the machine's load hits both."""
+    rows = []
+    ours = mpifed_cases(dtype, cases)
+    theirs = torch_cases(dtype, cases) if torch else {c: (lambda: float("nan")) for c in cases}
+    for c in cases:
+        reps = 1 if c.startswith("round-") else reps_wanted
+        if reps > 1:
+            ours[c](), theirs[c]()  # warm-up
+        a, b = zip(*[(ours[c](), theirs[c]()) for _ in range(reps)])
+        a, b = float(np.median(a)), float(np.median(b))
+        rows.append({"case": c, "dtype": dtype, "mpifed_ms": a, "torch_ms": b, "ratio": a / b})
+        print(f"{dtype:8s} {LABELS.get(c, c):48s} mpifed {a:9.1f} ms  torch {b:9.1f} ms  ratio {a / b:.2f}", flush=True)
+    return rows
 
 if __name__ == "__main__":
     main()
