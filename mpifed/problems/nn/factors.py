@@ -206,4 +206,5 @@ class Inverse:
             return self  # n strictly increasing indices from 0 into n clients: all of them, in order
         if self.dense is not None:
             return Inverse(dense=self.dense[sel])
-        return Inverse(U=self.U[sel], K=self.K[sel], c=self.c[sel], live=None if self.live is None else self.live[_host(sel, None)])
+        live = None if self.live is None else self.live[_host(sel, None)]
+        return Inverse(U=self.U[sel], K=self.K[sel], c=self.c[sel], live=live)

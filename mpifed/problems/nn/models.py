@@ -1,4 +1,4 @@
-"""Softmax regression, an MLP and the small CNN of FedRCO, with parameters as one flat float64 vector.
+"""Softmax regression, an MLP and the small CNN of FedRCO, with parameters as one flat vector (float64, or float32).
 
 Model specs (string, ``name[:key=value,...]``; lists are ``-``-separated):
 
