@@ -97,6 +97,8 @@ HELP = {
     "reference_iterations": ("Newton iterations for x*, f* (default 20, as the papers; 0 skips f_gap and dist_to_opt; "
                              "networks: 0, there is no x*)"),
     "backend": "numpy (default), cupy (GPU) or auto",
+    "dtype": ("neural networks: float64 (default) or float32 for the clients' model, curvature and test arithmetic "
+              "(the server's sums and steps stay float64; float32 is about twice as fast)"),
     "out": "trace path (default runs/<algorithm>-<dataset>-<n>.h5)",
     "overwrite": "replace an existing --out",
     "quiet": "print nothing but errors",

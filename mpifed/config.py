@@ -24,6 +24,7 @@ from .data.partition import parse_spec
 from .errors import ConfigError
 
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
+DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -104,6 +105,7 @@ class RunConfig:
     float_bits: int = 32
     reference_iterations: int = 20
     backend: str = "numpy"
+    dtype: str = "float64"
     out: str | None = None
     overwrite: bool = False
     quiet: bool = False
@@ -156,6 +158,7 @@ def _check_ranges(c: RunConfig) -> None:
 
     need(c.algorithm in METHODS or c.algorithm in NN_METHODS, "algorithm", ", ".join(dict.fromkeys([*METHODS, *NN_METHODS])))
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
+    need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
     need(c.rounds >= 0, "rounds", "an integer >= 0")
     need(c.tol >= 0, "tol", "tol >= 0 (0 runs every round)")
@@ -213,6 +216,9 @@ def _check_ranges(c: RunConfig) -> None:
         raise ConfigError(f"--dataset {c.dataset} is an image set: give --model (e.g. --model cnn)")
     elif c.corrupt is not None:
         raise ConfigError("--corrupt applies to neural-network runs only (give --model)")
+    elif c.dtype != "float64":
+        raise ConfigError(f"--dtype {c.dtype} applies to neural-network runs only (give --model); "
+                          f"the convex problems run in float64")
     extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
     if extra:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"

@@ -3,8 +3,9 @@
 Round k: rank 0 broadcasts [flag, x^k] -> every rank runs the method's client step for
 its whole block -> the uplinks are packed into one (clients x fields) array, summed over
 all clients in double-double and reduced to rank 0 -> rank 0 records the metrics at x^k
-and, unless the run stops here, takes the server step to x^{k+1}. With a held-out set, rank 0 also
-evaluates test accuracy and loss at x^k every ``eval_every`` rounds (one sparse mat-vec, not timed).
+and, unless the run stops here, takes the server step to x^{k+1}. With a held-out set, test accuracy and loss
+at x^k are evaluated every ``eval_every`` rounds (a LIBSVM set on rank 0: one sparse mat-vec; an image set by all
+ranks, each on its share of the images), outside ``time_s``; its seconds are the trace's ``time_eval``.
 
 Errors: setup runs collectively (every rank learns of an error on any rank and raises the
 same one-line MpifedError); in the loop, a server error stops all ranks cleanly through the
@@ -104,10 +105,11 @@ def _gather(fed: Federation, arrays: dict) -> dict:
 
 
 def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, checkpoint=None,
-            resume=None):
+            resume=None, evaluate=None):
     """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
 
-    ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k.
+    ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k; ``evaluate(k, x)``, on every
+    rank after each round's exchange, gives rank 0 ``timing["test"]``.
     The broadcast buffer is [flag, vector]: CONTINUE with x^k starts round k, QUERY with a
     point asks the clients for an extra exchange (:class:`~mpifed.algorithms.base.Query`),
     SUSPEND with x^k checkpoints and stops (a rank caught SIGTERM/SIGINT), STOP ends the run.
@@ -121,7 +123,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         k, x, server, state, bits = resume.k, np.array(resume.x, dtype=np.float64), resume.server, resume.client, dict(resume.bits)
     else:
         k, x, server = 0, np.array(x0, dtype=np.float64), None
-        state, init = _client(fed, lambda: method.client_init(params, fed.block, bk.asarray(x), fed.streams(-1)))
+        state, init = _client(fed, lambda: method.client_init(params, fed.block, fed.point(x), fed.streams(-1)))
         agg = exchange(fed, init) if init is not None else None
         init = None  # H_i^0 lives on in the client state only, not in the setup's uplink
         bits = {"up": 0.0, "up_index": 0.0, "down": 0.0}
@@ -151,14 +153,16 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         streams = fed.streams(k)
         t0 = time.perf_counter()
         if k >= rounds and hasattr(method, "client_metrics"):  # x^R's row: its metrics only, no local work
-            uplink = _client(fed, lambda: method.client_metrics(params, fed.block, state, bk.asarray(x), streams))
+            uplink = _client(fed, lambda: method.client_metrics(params, fed.block, state, fed.point(x), streams))
         else:
-            state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, bk.asarray(x), streams))
+            state, uplink = _client(fed, lambda: method.client_step(params, fed.block, state, fed.point(x), streams))
         t1 = time.perf_counter()
         agg = exchange(fed, uplink, streams.active)
         uplink = None  # summed: its (clients x T) fields are not held through the next client step
         t2 = time.perf_counter()
         timing = {"client": t1 - t0, "comm": t2 - t1, "server": 0.0}
+        if evaluate is not None:
+            timing["test"] = evaluate(k, x)
         requests = agg.stop_requests if agg is not None else 0
         if not comm.is_root:
             state = _answer_queries(fed, method, params, state, buf, streams)
@@ -212,6 +216,18 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             k += 1
     x = buf[1:].copy()
     return x, status, message, k
+
+
+def _evaluate(fed: Federation, x, lam: float):
+    """Rank 0: (test accuracy, test loss, seconds) at x, or None without a test set. A set with ``partial`` (images)
+    is shared by all ranks: each evaluates its chunks and rank 0 combines them in order; others are rank 0's."""
+    t0, test = time.perf_counter(), fed.test
+    if hasattr(test, "partial"):
+        parts = fed.comm.gather_objects(test.partial(x))
+        out = test.combine(np.concatenate(parts)) if parts is not None else None
+    else:
+        out = test.evaluate(x, lam) if test is not None else None
+    return None if out is None else (*out, time.perf_counter() - t0)
 
 
 def _spend(bits: dict, agg: Aggregate) -> None:
@@ -345,10 +361,9 @@ def _run(config, comm, start=None) -> RunResult:
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         row.update({key: float(v) for key, v in timing.get("report", {}).items()})
-        if fed.test is not None:  # one sparse mat-vec at the broadcast iterate x^k, outside the timings
-            evaluated = k % config.eval_every == 0
-            acc, test_loss = fed.test.evaluate(x, config.lam) if evaluated else (np.nan, np.nan)
-            row.update(test_accuracy=acc, test_loss=test_loss)
+        if fed.test is not None:  # at the broadcast iterate x^k, outside time_s
+            acc, test_loss, seconds = timing.get("test") or (np.nan, np.nan, 0.0)
+            row.update(test_accuracy=acc, test_loss=test_loss, time_eval=seconds)
         done_rows = len(rows.get("round", []))
         for key in set(rows) | set(row):  # a column that some rounds lack holds NaN there, as in the trace
             rows.setdefault(key, [np.nan] * done_rows).append(row.get(key, np.nan))
@@ -362,7 +377,8 @@ def _run(config, comm, start=None) -> RunResult:
     checkpoint = ckpt.Checkpointer(comm, config, writer, x_star, f_star, resume.k if resume else None)
     try:
         x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
-                                        record if comm.is_root else None, checkpoint, resume)
+                                        record if comm.is_root else None, checkpoint, resume,
+                                        lambda k, x: _evaluate(fed, x, config.lam) if k % config.eval_every == 0 else None)
     except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
         if writer:
             writer.close("failed", f"{type(err).__name__}: {err}")

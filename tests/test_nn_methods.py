@@ -130,6 +130,26 @@ def test_factor_ema_inverse_and_reset_match_dense_recurrence(alpha, R, D, form):
     assert _rel(got, U[0].T @ U[0]) < 1e-12
 
 
+def test_stored_inverses_of_one_live_slot_match_the_dense_solve():
+    """Right after a start only one ring slot holds rows: the stored inverses (put, take of all clients or of some)
+    solve with those rows alone and give the dense damped solve."""
+    from mpifed.problems.nn.factors import Inverse
+
+    r, n, R, D = np.random.default_rng(3), 3, 2, 120
+    f = Factor.for_layer(n, R, D, 0.5, np)
+    U = r.standard_normal((n, R, D))
+    f.update(np.arange(n), U, 0.5, np.ones(n, bool), np)
+    store = Inverse.empty_like(f, n, np)
+    c = np.array([0.3, 1.1, 0.7])
+    store.put(np.arange(n), f.inverse(np.arange(n), c, np))
+    assert store.take(np.arange(n)) is store and store.live.sum() == n
+    M = r.standard_normal((n, D, 4))
+    for sel in (np.arange(n), np.array([2, 0])):
+        out = store.take(sel).left(M[sel])
+        for j, i in enumerate(sel):
+            assert _rel(out[j], np.linalg.solve(c[i] * np.eye(D) + U[i].T @ U[i], M[i])) < 1e-10
+
+
 def test_a_singular_or_overflowed_factor_gives_nan_for_that_client_only():
     """numpy refuses a whole batch when one matrix is singular; the damped inverse instead returns NaN for that
     client (its step is NaN, which FedRCO's monitor turns into a reset) and the exact inverse for the others."""
@@ -375,6 +395,8 @@ BAD = dict(BASE, model=MLP, algorithm="fedrco", clients=4, rounds=1, step_size=0
     (dict(corrupt="scale=2"), ["--corrupt", "malformed"]),
     (dict(corrupt="clients=3-1,scale=2"), ["--corrupt", "out of range"]),
     (dict(corrupt="clients=0-1,scale=nan"), ["--corrupt", "out of range"]),
+    (dict(dtype="float16"), ["--dtype", "float16", "float64, float32"]),
+    (dict(dataset="synthetic", model=None, algorithm="fednl", dtype="float32"), ["--dtype float32", "--model"]),
 ])
 def test_bad_input_is_a_one_line_error_before_the_first_round(change, words, tmp_path):
     out = tmp_path / "t.h5"
@@ -392,10 +414,59 @@ def test_config_errors_are_config_errors(tmp_path):
             run({**BAD, **change, "out": str(tmp_path / "t.h5")}, comm=SerialComm())
 
 
+# ------------------------------------------------------------------ 5b. test set shared by the ranks, dtype
+def test_test_set_shared_over_ranks_equals_the_whole_set_and_a_plain_loop():
+    """Every rank's chunks combined in order give the whole set's accuracy and loss bit for bit, at any number of
+    ranks (also more ranks than chunks); against a plain loop of one image at a time (accuracy exact)."""
+    from mpifed.backend import get_backend
+    from mpifed.problems.nn.block import ImageTestSet
+
+    m, r = build_model(CNN, (28, 28), 10), np.random.default_rng(2)
+    pixels, labels = r.integers(0, 256, (1050, 28, 28), dtype=np.uint8), r.integers(0, 10, 1050)
+    x = m.init(4)
+    bk = get_backend("numpy")
+    whole = ImageTestSet.share(pixels, labels, m, "t", bk, chunk=100)
+    acc, loss = whole.evaluate(x, 0.0)
+    for ranks in (2, 3, 11, 13):
+        parts = [ImageTestSet.share(pixels, labels, m, "t", bk, q, ranks, chunk=100).partial(x) for q in range(ranks)]
+        assert sum(len(p) for p in parts) == 11
+        assert whole.combine(np.concatenate(parts)) == (acc, loss)
+    z = np.stack([m.logits(x, ((pixels[i:i + 1] / 255.0 - 0.1307) / 0.3081)) [0] for i in range(len(labels))])
+    assert acc == np.mean(z.argmax(axis=1) == labels)
+    ce = np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1) - z[np.arange(len(labels)), labels]
+    np.testing.assert_allclose(loss, ce.mean(), rtol=1e-12)
+
+
+def test_float32_runs_in_float32_and_stays_close_to_float64(tmp_path):
+    """--dtype float32: the clients' models and batches are float32; the run follows the float64 one closely."""
+    seen = set()
+    from mpifed.problems.nn import models
+
+    orig = models.Model.loss_grad
+
+    def spy(self, theta, X, y, xp=np, stats=False):
+        seen.add((theta.dtype, X.dtype))
+        return orig(self, theta, X, y, xp, stats)
+
+    conf = {**BASE, "model": CNN, "algorithm": "fedrco", "clients": 3, "rounds": 2, "step_size": 0.01}
+    try:
+        models.Model.loss_grad = spy
+        r32 = run({**conf, "dtype": "float32", "out": str(tmp_path / "a.h5")}, comm=SerialComm())
+    finally:
+        models.Model.loss_grad = orig
+    r64 = run({**conf, "out": str(tmp_path / "b.h5")}, comm=SerialComm())
+    assert seen == {(np.dtype(np.float32), np.dtype(np.float32))}
+    np.testing.assert_allclose(r32.metrics["loss"], r64.metrics["loss"], rtol=1e-4)
+    np.testing.assert_allclose(r32.x, r64.x, rtol=1e-3, atol=1e-4)
+
+
 # --------------------------------------------------------------------------------- 6. MPI = serial
 MPI_CASES = {
     "fedavg": dict(algorithm="fedavg", step_size=0.05),
     "fedrco": dict(algorithm="fedrco", step_size=0.01, inverse_every=2, ema_decay=0.5, eval_batch=16),
+    "fedavg-float32": dict(algorithm="fedavg", step_size=0.05, dtype="float32"),
+    "fedrco-float32": dict(algorithm="fedrco", step_size=0.01, inverse_every=2, ema_decay=0.5, dtype="float32"),
+    "fedpm-float32": dict(algorithm="fedpm", step_size=0.05, dtype="float32"),
 }
 
 

@@ -34,6 +34,12 @@ class Federation:
     test_note: str = ""                      # why there is no test set, when there is none
     labels: tuple = LABELS                   # the label histogram's columns
     x0: np.ndarray | None = None             # the model's initial point (networks); None: the run's x^0 rule
+    dtype: str = "float64"                   # the clients' arithmetic (networks may run float32)
+
+    def point(self, x):
+        """The broadcast iterate as the clients compute with it: on the backend, in the federation's dtype."""
+        a = self.backend.asarray(x)
+        return a if self.dtype == "float64" else a.astype(self.dtype)
 
     def streams(self, round: int) -> ClientStreams:
         """Client random streams for round k, with the round's participants (``active``)."""

@@ -2,7 +2,8 @@
 
 Every rank reads the same training images, draws the same partition (``--partition``: iid, dirichlet:alpha=..,
 pathological:k=..; from the run's seed only) and keeps the uint8 pixels of its own contiguous block of clients
-(an :class:`~mpifed.problems.nn.block.ImageBlock`). Rank 0 alone holds the test images. ``x0`` is the model's
+(an :class:`~mpifed.problems.nn.block.ImageBlock`), and its share of the test images (chunks of 2000, which the
+ranks evaluate together). ``x0`` is the model's
 He-normal initialisation from the run's seed (the same on every rank).
 """
 from __future__ import annotations
@@ -44,8 +45,9 @@ def build_images(spec, comm) -> Federation:
     rows, offsets = part.block(lo, hi)
     pixels, labels = np.ascontiguousarray(X[rows]), y[rows]
     del X, y
+    dtype = np.dtype(spec.dtype).type
     block = ImageBlock(pixels, labels, np.asarray(offsets), model, spec.lam, spec.batch_size, backend,
-                       Corruption.parse(spec.corrupt))
+                       Corruption.parse(spec.corrupt), dtype)
     client_of_row = np.repeat(np.arange(hi - lo), np.diff(offsets))
     counts = np.zeros((hi - lo, N_CLASSES), dtype=np.int64)
     np.add.at(counts, (client_of_row, labels), 1)
@@ -54,9 +56,8 @@ def build_images(spec, comm) -> Federation:
                      f"{source}; model {model.describe()} ({model.n_params} parameters)",
                      tau=spec.tau, m_min=int(sizes.min()), m_max=int(sizes.max()), label_counts=counts,
                      partition=part.info, labels=tuple(range(N_CLASSES)),
-                     x0=np.asarray(model.init(spec.seed), dtype=np.float64))
-    if comm.is_root:
-        Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
-        fed.test = ImageTestSet(Xt, yt, model, test_source, backend)
-        fed.test_note = f"test set {test_source}"
+                     x0=np.asarray(model.init(spec.seed), dtype=np.float64), dtype=spec.dtype)
+    Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
+    fed.test = ImageTestSet.share(Xt, yt, model, test_source, backend, comm.rank, comm.size, dtype=dtype)
+    fed.test_note = f"test set {test_source}"
     return fed

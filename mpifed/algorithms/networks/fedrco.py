@@ -191,7 +191,7 @@ def client_step(p, block, state, x, streams):
     theta = None
     if len(idx_host):
         t0 = time.perf_counter()
-        theta = aggregate(p, block, state, x, streams, on, idx)
+        theta = aggregate(p, block, state, x, streams, on, idx).astype(x.dtype, copy=False)
         clock.add("aggregation", t0)
         eta = local_step(p, streams)
         for k in range(p.K):
@@ -219,6 +219,7 @@ def client_step(p, block, state, x, streams):
             norm = np.asarray(block.bk.to_host(sum(xp.sqrt((s * s).sum(axis=(1, 2))) for s in step)))
             step = model.flatten(step, xp)
             theta, action, score = _resilience(p, state, idx_host, theta, step, norm, eta, x, xp)
+            theta = theta.astype(x.dtype, copy=False)  # the factors are float64: keep the model in the run's dtype
             events[idx_host, k] = np.stack([score, action], axis=1)
             state.since[idx_host] += 1
             clock.add("curvature", t0)

@@ -69,7 +69,8 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     on = first.on
     idx = xp.asarray(np.flatnonzero(on))
     c_i = state.c_i[idx]
-    y = local_sgd(p, block, x, streams, first, clock, p.eta_l, correction=state.c - c_i)
+    # c and c_i are kept in float64 (the server's c comes as a query point); the steps run in x's dtype
+    y = local_sgd(p, block, x, streams, first, clock, p.eta_l, correction=(state.c - c_i).astype(x.dtype, copy=False))
     if p.option == 2:
         c_new = c_i - state.c + (x - y) / (p.K * p.eta_l)
     elif on.any():  # option I: a fresh mini-batch gradient at x

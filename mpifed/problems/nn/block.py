@@ -14,10 +14,12 @@ import numpy as np
 from mpifed.data.mnist import MEAN, STD
 from mpifed.errors import ConfigError
 
+EVAL_CHUNK = 2000  # test images per forward pass of an evaluation (and the unit the ranks share)
 
-def standardise(xp, pixels):
-    """uint8 pixels -> ``(x/255 - 0.1307) / 0.3081`` (MNIST's mean and deviation), float64 on the backend."""
-    return (xp.asarray(pixels, dtype=np.float64) / 255.0 - MEAN) / STD
+
+def standardise(xp, pixels, dtype=np.float64):
+    """uint8 pixels -> ``(x/255 - 0.1307) / 0.3081`` (MNIST's mean and deviation), ``dtype`` on the backend."""
+    return (xp.asarray(pixels, dtype=dtype) / dtype(255.0) - dtype(MEAN)) / dtype(STD)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ImageBlock:
     batch_size: int
     backend: object
     corrupt: Corruption | None = None
+    dtype: type = np.float64
 
     @property
     def n(self) -> int:
@@ -82,7 +85,7 @@ class ImageBlock:
             start = self.offsets[:-1]
         rows = start[:, None] + np.minimum((u * sizes[:, None]).astype(np.int64), sizes[:, None] - 1)
         xp = self.backend.xp
-        X = standardise(xp, self.pixels[rows])
+        X = standardise(xp, self.pixels[rows], self.dtype)
         c = self.corrupt
         if c is not None and streams.round >= c.start:
             ids = streams.client_ids if clients is None else streams.client_ids[clients]
@@ -102,23 +105,50 @@ class ImageBlock:
 
 @dataclass(frozen=True, eq=False)
 class ImageTestSet:
-    """Held-out images on rank 0; ``evaluate`` is the driver's test hook (accuracy and cross-entropy at x)."""
+    """Held-out images, split over the ranks in chunks of ``chunk`` images: this rank holds chunks
+    ``first, first+1, ...`` of ``n_chunks`` (``pixels``, ``labels``: only those). ``partial`` is this rank's
+    share of an evaluation and ``combine`` (rank 0) adds the shares in chunk order, so accuracy and loss are the
+    same at any number of ranks; ``evaluate`` does both for a set held whole."""
 
     pixels: np.ndarray
     labels: np.ndarray
     model: object
     name: str
     backend: object
-    chunk: int = 2000
+    chunk: int = EVAL_CHUNK
+    first: int = 0
+    n_chunks: int = 0
+    size: int = 0             # images in the whole set
+    dtype: type = np.float64
 
-    def evaluate(self, x, lam: float) -> tuple[float, float]:
-        xp, hits, loss = self.backend.xp, 0, 0.0
-        theta = xp.asarray(x)
+    @classmethod
+    def share(cls, pixels, labels, model, name, backend, rank: int = 0, ranks: int = 1, chunk: int = EVAL_CHUNK,
+              dtype=np.float64):
+        """Rank ``rank``'s contiguous run of chunks of the whole set (none when there are fewer chunks than ranks)."""
+        n_chunks = -(-len(labels) // chunk)
+        lo, hi = rank * n_chunks // ranks, (rank + 1) * n_chunks // ranks
+        rows = slice(lo * chunk, hi * chunk)
+        return cls(np.ascontiguousarray(pixels[rows]), labels[rows], model, name, backend, chunk, lo, n_chunks,
+                   len(labels), dtype)
+
+    def partial(self, x) -> np.ndarray:
+        """Per chunk of this rank, ``(correct predictions, summed cross-entropy)`` of the global model ``x``."""
+        xp, out = self.backend.xp, []
+        theta = xp.asarray(x, dtype=self.dtype)
         for lo in range(0, len(self.labels), self.chunk):
-            z = self.model.logits(theta, standardise(xp, self.pixels[lo:lo + self.chunk]), xp)
+            z = self.model.logits(theta, standardise(xp, self.pixels[lo:lo + self.chunk], self.dtype), xp)
             y = xp.asarray(self.labels[lo:lo + self.chunk])
             zmax = z.max(axis=1, keepdims=True)
             logz = xp.log(xp.exp(z - zmax).sum(axis=1)) + zmax[:, 0]
-            loss += float((logz - z[xp.arange(len(y)), y]).sum())
-            hits += int((z.argmax(axis=1) == y).sum())
-        return hits / len(self.labels), loss / len(self.labels)
+            out.append((int((z.argmax(axis=1) == y).sum()), float((logz - z[xp.arange(len(y)), y]).sum())))
+        return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+    def combine(self, parts) -> tuple[float, float]:
+        """Accuracy and mean cross-entropy from every chunk's ``partial`` row, in chunk order."""
+        hits, loss = 0, 0.0
+        for h, s in parts:
+            hits, loss = hits + int(h), loss + s
+        return hits / self.size, loss / self.size
+
+    def evaluate(self, x, lam: float) -> tuple[float, float]:
+        return self.combine(self.partial(x))

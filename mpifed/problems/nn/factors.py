@@ -36,17 +36,17 @@ def gram(U):
     return U.transpose(0, 2, 1) @ U
 
 
-def _eye(xp, n):
-    return xp.eye(n)[None]
+def _eye(xp, n, dtype=None):
+    return xp.eye(n, dtype=dtype)[None]
 
 
 def damped_solve(U, M, c, xp):
     """``(c I + U_i^T U_i)^{-1} M_i`` for every client; ``U`` ``(n, R, D)``, ``M`` ``(n, D, q)``, ``c`` > 0."""
     n, R, D = U.shape
     if R < D:
-        K = U @ U.transpose(0, 2, 1) + c * _eye(xp, R)
+        K = U @ U.transpose(0, 2, 1) + c * _eye(xp, R, U.dtype)
         return (M - U.transpose(0, 2, 1) @ xp.linalg.solve(K, U @ M)) / c
-    return xp.linalg.solve(gram(U) + c * _eye(xp, D), M)
+    return xp.linalg.solve(gram(U) + c * _eye(xp, D, U.dtype), M)
 
 
 def foof_step(model, grad, stats, eps, xp):
@@ -119,7 +119,7 @@ class Factor:
         if self.rows is not None:
             U = self.weighted_rows(idx, xp)
             K = U @ U.transpose(0, 2, 1) + c3 * _eye(xp, U.shape[1])
-            return Inverse(U=U, K=_sym_inv(_inv(xp, K, c3)), c=c3)
+            return Inverse(U=U, K=_sym_inv(_inv(xp, K, c3)), c=c3, live=self.weight[idx] > 0)
         return Inverse(dense=_sym_inv(_inv(xp, self.dense[xp.asarray(idx)] + c3 * _eye(xp, self.D), c3)))
 
 
@@ -155,25 +155,39 @@ def _sym_inv(Mi):
 
 @dataclass
 class Inverse:
-    """``(c I + C)^{-1}`` of some clients: dense, or Woodbury's ``U``, ``K = (c I + U U^T)^{-1}``, ``c``."""
+    """``(c I + C)^{-1}`` of some clients: dense, or Woodbury's ``U``, ``K = (c I + U U^T)^{-1}``, ``c``, and
+    ``live`` (n, J) (host): the ring slots whose rows are in ``U`` (the others are rows of zeros)."""
 
     dense: object = None
     U: object = None
     K: object = None
     c: object = None
+    live: np.ndarray | None = None
 
     def left(self, M):
-        """``(c I + C)^{-1} M`` for ``M`` ``(n, D, q)``."""
+        """``(c I + C)^{-1} M`` for ``M`` ``(n, D, q)``.
+
+        When every client's rows are one and the same ring slot (a factor inverted right after a start or a reset,
+        then reused for T_inv steps), only that slot's rows and block of ``K`` enter the products: the rows left
+        out are zeros and ``K`` is block-diagonal, so the terms dropped are exact zeros before and after that
+        slot in the inner dimension, and the sums are the same (bit for bit with a BLAS that accumulates in order)."""
         if self.dense is not None:
             return self.dense @ M
-        return (M - self.U.transpose(0, 2, 1) @ (self.K @ (self.U @ M))) / self.c
+        U, K = self.U, self.K
+        slots = np.flatnonzero(self.live.any(axis=0)) if self.live is not None and len(self.live) else ()
+        if len(slots) == 1:
+            R = U.shape[1] // self.live.shape[1]
+            rows = slice(int(slots[0]) * R, (int(slots[0]) + 1) * R)
+            U, K = U[:, rows], K[:, rows, rows]
+        return (M - U.transpose(0, 2, 1) @ (K @ (U @ M))) / self.c
 
     @classmethod
     def empty_like(cls, factor: Factor, n: int, xp) -> "Inverse":
         """Storage for the inverses of all n clients of a block (filled by :meth:`put`)."""
         if factor.rows is not None:
             r = factor.rows.shape[1] * factor.rows.shape[2]
-            return cls(U=xp.zeros((n, r, factor.D)), K=xp.zeros((n, r, r)), c=xp.ones((n, 1, 1)))
+            return cls(U=xp.zeros((n, r, factor.D)), K=xp.zeros((n, r, r)), c=xp.ones((n, 1, 1)),
+                       live=np.zeros((n, factor.rows.shape[1]), bool))
         return cls(dense=xp.zeros((n, factor.D, factor.D)))
 
     def put(self, idx, inv: "Inverse") -> None:
@@ -181,9 +195,16 @@ class Inverse:
             self.dense[idx] = inv.dense
         else:
             self.U[idx], self.K[idx], self.c[idx] = inv.U, inv.K, inv.c
+            if self.live is not None:  # None: restored from a checkpoint that predates it (all rows are used)
+                self.live[_host(idx, None)] = inv.live
 
     def take(self, sel):
-        """The inverses of a subset (an index array into this one's clients)."""
+        """The inverses of a subset (an index array into this one's clients); this one itself, not a copy,
+        when ``sel`` is every client in order (full participation)."""
+        n = len(self.dense if self.dense is not None else self.U)
+        if len(sel) == n and (n == 0 or (int(sel[0]) == 0 and bool((sel[1:] > sel[:-1]).all()))):
+            return self  # n strictly increasing indices from 0 into n clients: all of them, in order
         if self.dense is not None:
             return Inverse(dense=self.dense[sel])
-        return Inverse(U=self.U[sel], K=self.K[sel], c=self.c[sel])
+        live = None if self.live is None else self.live[_host(sel, None)]
+        return Inverse(U=self.U[sel], K=self.K[sel], c=self.c[sel], live=live)

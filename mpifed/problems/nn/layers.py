@@ -11,7 +11,8 @@ sec. 2.2/3.1) and multiplies them by ``W``, so K-FAC's conv factors come out of 
 Backward passes propagate the gradient of the *sum* of the per-sample losses, so the pre-activation
 gradient a layer sees is the per-sample ``g_n = d l_n / d s_n`` (per spatial location for a convolution);
 the model divides weight gradients by ``B`` once at the end. Each weighted layer's backward returns
-``(dx, dW, (a, g))``: the statistics FOOF and K-FAC need (``mpifed.problems.nn.curvature``).
+``(dx, dW, (a, g))``: the statistics FOOF and K-FAC need (``mpifed.problems.nn.curvature``); ``dx`` is None
+when asked not to compute it (``need_dx=False``: the first weighted layer, whose input is the data).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class Dense:
         a = _ones_column(xp, x)
         return affine(a, W), a
 
-    def backward(self, xp, W, a, g):
-        return input_grad(g, W), weight_grad(a, g, W), (a, g)
+    def backward(self, xp, W, a, g, need_dx: bool = True):
+        return (input_grad(g, W) if need_dx else None), weight_grad(a, g, W), (a, g)
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,12 @@ class Conv2d:
         s = affine(a, W)                                      # (B, T, c_out)
         return s.reshape(b, h - self.k + 1, w - self.k + 1, self.c_out), (a, x.shape)
 
-    def backward(self, xp, W, cache, ds):
+    def backward(self, xp, W, cache, ds, need_dx: bool = True):
         a, in_shape = cache
         b = ds.shape[0]
         g = ds.reshape(b, -1, self.c_out)                     # per sample and location
         dW = weight_grad(a, g, W)
-        dx = col2im(xp, input_grad(g, W), in_shape, self.k)
+        dx = col2im(xp, input_grad(g, W), in_shape, self.k) if need_dx else None
         return dx, dW, (a, g)
 
 
@@ -147,22 +148,33 @@ class MaxPool2d:
         h, w, c = in_shape
         return (h // self.p, w // self.p, c)
 
+    def _views(self, x):
+        """The ``p*p`` strided views of the window entries, in row-major window order (i, j)."""
+        p, ho, wo = self.p, x.shape[1] // self.p, x.shape[2] // self.p
+        return [x[:, i:ho * p:p, j:wo * p:p, :] for i in range(p) for j in range(p)]
+
     def forward(self, xp, W, x):
-        b, h, w, c = x.shape
-        p, ho, wo = self.p, h // self.p, w // self.p
-        xr = x[:, :ho * p, :wo * p, :].reshape(b, ho, p, wo, p, c).transpose(0, 1, 3, 5, 2, 4)
-        xr = xr.reshape(b, ho, wo, c, p * p)
-        # First maximum wins on ties, so the gradient goes to exactly one input.
-        mask = xr.argmax(axis=-1)[..., None] == xp.arange(p * p)
-        return xr.max(axis=-1), (mask, x.shape)
+        # The maximum of the strided views: no copy of the input into window order.
+        views = self._views(x)
+        out = views[0].copy()
+        for v in views[1:]:
+            xp.maximum(out, v, out=out)
+        return out, (x, out)
 
     def backward(self, xp, W, cache, dout):
-        mask, shape = cache
-        b, h, w, c = shape
-        p, ho, wo = self.p, h // self.p, w // self.p
-        d = (mask * dout[..., None]).reshape(b, ho, wo, c, p, p).transpose(0, 1, 4, 2, 5, 3)
-        dx = xp.zeros(shape, dtype=dout.dtype)
-        dx[:, :ho * p, :wo * p, :] = d.reshape(b, ho * p, wo * p, c)
+        x, out = cache
+        dx = xp.zeros(x.shape, dtype=dout.dtype)
+        p, ho, wo = self.p, x.shape[1] // self.p, x.shape[2] // self.p
+        taken = None
+        for idx, v in enumerate(self._views(x)):
+            # First maximum wins on ties (a NaN counts as the maximum, as argmax has it), so the gradient goes to
+            # exactly one input of each window.
+            hit = (v == out) | (v != v)
+            if taken is not None:
+                hit &= ~taken
+            i, j = divmod(idx, p)
+            dx[:, i:ho * p:p, j:wo * p:p, :] = hit * dout
+            taken = hit if taken is None else taken | hit
         return dx, None, None
 
 

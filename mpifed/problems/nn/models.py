@@ -1,4 +1,4 @@
-"""Softmax regression, an MLP and the small CNN of FedRCO, with parameters as one flat float64 vector.
+"""Softmax regression, an MLP and the small CNN of FedRCO, with parameters as one flat vector (float64, or float32).
 
 Model specs (string, ``name[:key=value,...]``; lists are ``-``-separated):
 
@@ -28,6 +28,7 @@ from mpifed.errors import ConfigError
 from .layers import Conv2d, Dense, Flatten, MaxPool2d, ReLU, softmax_cross_entropy
 
 MODELS = ("softmax", "mlp", "cnn")
+CHUNK_BYTES = 8 << 20  # a chunk of clients' largest buffer: about the last-level cache share of one core
 _OPTIONS = {"softmax": {}, "mlp": {"hidden": "200"}, "cnn": {"conv": "16-32", "dense": "32-256", "kernel": "3"}}
 
 
@@ -70,6 +71,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, {k: _ints(name, k, v) for k, v in opts.items()}
 
 
+def _floats(layer, in_shape) -> int:
+    """Floats per sample of a layer's output, or of its unfolded patches for a convolution."""
+    out = layer.out_shape(in_shape)
+    if layer.kind == "conv":
+        return int(np.prod(out[:-1])) * layer.shape[0]
+    return int(np.prod(out))
+
+
 class Model:
     """A sequential network with shape-checked layers and a flat parameter vector.
 
@@ -102,6 +111,8 @@ class Model:
         sizes = [r * c for r, c in (layer.shape for layer in self.weighted)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.n_params = int(self.offsets[-1])
+        # per sample, the floats of the largest buffer a pass holds: an activation or a convolution's patches
+        self.sample_floats = max(_floats(layer, shape) for layer, shape in zip(self.layers, self.shapes))
 
     def _build(self, name, opts, shape):
         K = self.n_classes
@@ -186,11 +197,18 @@ class Model:
             return self._forward(theta, X.reshape((n * b,) + X.shape[2:]), xp)[0].reshape(n, b, -1)
         return self._forward(theta, X, xp)[0]
 
+    def clients_per_chunk(self, b: int, itemsize: int = 8) -> int:
+        """Clients of ``b`` samples each whose largest layer buffer (a convolution's patches) fits in
+        :data:`CHUNK_BYTES`: a block runs through the model that many clients at a time, so its activations
+        stay in cache instead of streaming from memory (at least one client)."""
+        return max(1, CHUNK_BYTES // max(1, b * self.sample_floats * itemsize))
+
     def loss_grad(self, theta, X, y, xp=np, stats: bool = False):
         """Mean cross-entropy over the batch, its gradient (flat, like ``theta``) and optionally the layer stats.
 
         With a block of clients, ``theta`` ``(n, P)``, ``X`` ``(n, b, ...)`` and ``y`` ``(n, b)``: each client's
-        mean loss over its ``b`` samples ``(n,)`` and gradient ``(n, P)``, all clients in one pass.
+        mean loss over its ``b`` samples ``(n,)`` and gradient ``(n, P)``, in chunks of
+        :meth:`clients_per_chunk` clients (each client's products are the same matrix products in any chunk).
 
         Returns
         -------
@@ -198,6 +216,20 @@ class Model:
             ``grad`` of the weighted layer with stats ``(a, g)`` is ``(1/B) sum_n a_n^T g_n``
             (conv: also summed over locations). Per client, the stats are ``(n, b, ...)``.
         """
+        step = self.clients_per_chunk(X.shape[1], X.dtype.itemsize) if theta.ndim == 2 else 0
+        if step and len(theta) > step:
+            parts = [self._loss_grad(theta[lo:lo + step], X[lo:lo + step], y[lo:lo + step], xp, stats)
+                     for lo in range(0, len(theta), step)]
+            loss = xp.concatenate([q[0] for q in parts])
+            grad = xp.concatenate([q[1] for q in parts])
+            st = None
+            if stats:
+                st = [LayerStats(s.name, s.kind, xp.concatenate([q[2][i].a for q in parts]),
+                                 xp.concatenate([q[2][i].g for q in parts])) for i, s in enumerate(parts[0][2])]
+            return loss, grad, st
+        return self._loss_grad(theta, X, y, xp, stats)
+
+    def _loss_grad(self, theta, X, y, xp, stats):
         per_client = theta.ndim == 2
         if per_client:
             n, b = X.shape[:2]
@@ -206,8 +238,13 @@ class Model:
         losses, d = softmax_cross_entropy(xp, z, y)
         B = b if per_client else z.shape[0]
         grads, out = [], []
-        for layer, (W, cache) in zip(reversed(self.layers), reversed(caches)):
-            d, dW, st = layer.backward(xp, W, cache, d)
+        first = self.layers.index(self.weighted[0])  # nothing below it has weights: its input gradient is unused
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            layer, (W, cache) = self.layers[i], caches[i]
+            if i == first:
+                d, dW, st = layer.backward(xp, W, cache, d, need_dx=False)
+            else:
+                d, dW, st = layer.backward(xp, W, cache, d)
             if dW is not None:
                 grads.append(dW.reshape(dW.shape[:-2] + (-1,)) / B)
                 if stats:
