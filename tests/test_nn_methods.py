@@ -416,6 +416,18 @@ def test_a_refused_factor_inverse_resets_that_client_only(kind, layer, monitor, 
             assert f["events"][:].tolist() == [[1, 1, 1, np.finfo(float).max, 2]]
 
 
+def test_monitor_history_round_empties_the_window_each_round(tmp_path):
+    """K = 3 local steps and a warm-up of 3 norms: with --monitor-history round the window never holds 3 norms
+    when a step is scored, so no score is ever taken (anomaly_max 0 every round); with run (the default) the
+    window fills in round 0 and the steps of the later rounds are scored."""
+    conf = {**BASE, "model": MLP, "algorithm": "fedrco", "clients": 3, "rounds": 3, "step_size": 0.05,
+            "monitor_warmup": 3}
+    per_round = run({**conf, "monitor_history": "round", "out": str(tmp_path / "r.h5")}, comm=SerialComm())
+    kept = run({**conf, "out": str(tmp_path / "k.h5")}, comm=SerialComm())
+    assert per_round.metrics["anomaly_max"][:3].tolist() == [0, 0, 0]
+    assert kept.metrics["anomaly_max"][0] == 0 and np.all(kept.metrics["anomaly_max"][1:3] > 0)
+
+
 @pytest.mark.parametrize("algorithm", ["fedrco", "scaffold", "fedpm"])
 def test_the_final_row_is_the_next_rounds_first_evaluation(algorithm, tmp_path):
     """rounds = R records x^R from mini-batch 0 only (no local steps); its loss, gradient norm and test
