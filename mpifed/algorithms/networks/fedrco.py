@@ -42,8 +42,9 @@ Round t, participant c, global model theta^t:
      theta -= eta g~_stable with g~_stable = g~ min(1, stable_norm / ||g~||) (the paper's "stable gradient upper
      bound", set to 10 in App. E.3); S_k >= tau_high, or > tau_low for ``patience`` consecutive steps, or a
      non-finite g~: hard reset: factors, inverses and history discarded, theta_c <- theta^t, no step. A factor
-     whose damped inverse cannot be trusted (singular, indefinite, overflowed: :func:`~mpifed.problems.nn.factors.Factor.inverse`)
-     gives a NaN g~, and so a hard reset, also with ``--no-monitor``.
+     whose damped inverse cannot be trusted (singular, indefinite, overflowed; see
+     :meth:`~mpifed.problems.nn.factors.Factor.inverse`) gives a NaN g~, and so a hard reset, also with
+     ``--no-monitor``.
 3. Uplink: theta_c (P floats); the server averages the participants' models, theta^{t+1} = mean_S theta_c.
 
 Every action goes to the trace's ``events`` (round, client, step, score, action: 1 rollback, 2 reset); each
@@ -75,7 +76,8 @@ NORMAL, ROLLBACK, RESET = 0, 1, 2
 @dataclass(frozen=True)
 class Params:
     """Paper symbols: eta_l, K, eps (damping), alpha (EMA), T_inv, tau_low, tau_high; the monitor's window,
-    warm-up, history ('run' or 'round') and patience (choices: see the module docstring), the stable norm, aggregation ('curvature' or 'mean'), the evaluation batch; tau of n clients."""
+    warm-up, history ('run' or 'round') and patience (choices: see the module docstring), the stable norm,
+    aggregation ('curvature' or 'mean'), the evaluation batch; tau of n clients."""
 
     eta_l: float
     K: int

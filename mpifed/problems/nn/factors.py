@@ -114,7 +114,8 @@ class Factor:
         return U.reshape(len(idx), -1, self.D)
 
     def inverse(self, idx, c, xp):
-        """The damped inverse of clients ``idx`` (``c`` (|idx|,) the shifts), as an :class:`Inverse` to reuse."""
+        """The damped inverse of clients ``idx`` (``c`` (|idx|,) the shifts), as an :class:`Inverse` to reuse; NaN for
+        a client whose damped matrix (the D x D one, or Woodbury's R x R one) :func:`_inv` refuses."""
         c3 = c[:, None, None]
         if self.rows is not None:
             U = self.weighted_rows(idx, xp)
