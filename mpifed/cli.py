@@ -44,7 +44,7 @@ HELP = {
     "mu": "FedNL Option 1 projection level (default lam)",
     "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
-                  "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see jobs/mnist-cnn.toml; "
+                  "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
     "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
