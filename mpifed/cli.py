@@ -44,7 +44,7 @@ HELP = {
     "mu": "FedNL Option 1 projection level (default lam)",
     "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
-                  "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see jobs/mnist-cnn.toml; "
+                  "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
     "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
@@ -76,6 +76,8 @@ HELP = {
     "tau_low": "FedRCO: anomaly score above which a step is rolled back (default 10)",
     "tau_high": "FedRCO: anomaly score above which the client resets (default 1000)",
     "monitor_window": "FedRCO: sliding window of preconditioned-gradient norms (default 10 steps)",
+    "monitor_warmup": "FedRCO: norms the window must hold before a client is scored (default 3)",
+    "monitor_history": "FedRCO: 'run' (default) keeps the monitor's window across rounds, 'round' empties it each round",
     "patience": "FedRCO: consecutive steps above tau_low that trigger a hard reset (default 3)",
     "stable_norm": "FedRCO: norm bound of the rolled-back step (the paper's grad_stable = 10)",
     "aggregation": "FedRCO: 'curvature' (eq. 12-13, default) or 'mean' (FedRCO-ori)",
@@ -84,6 +86,8 @@ HELP = {
                   "pathological:k=2; image sets: iid (default), dirichlet, pathological"),
     "min_client_size": "Dirichlet / pathological partitions: redraw until every client has at least this many rows",
     "test_dataset": "held-out LIBSVM set for test accuracy/loss (default: the registry's test split, if any)",
+    "validation": "network runs: hold out this fraction of the training images (a seeded draw) before the partition; "
+                  "val_accuracy and val_loss of the global model join test_* in the trace (for tuning, not the test set)",
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
     "corrupt": ("fault injection: 'clients=0-2,scale=1e3,from=5' multiplies those clients' inputs by scale "
                 "from round 'from' on (tests FedRCO's monitor)"),

@@ -40,7 +40,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "beta1", "beta2", "adam_eps", "step_decay",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
-                 "monitor_window", "patience", "stable_norm", "aggregation", "eval_batch")
+                 "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
+                 "eval_batch")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class RunConfig:
     tau_low: float | None = None
     tau_high: float | None = None
     monitor_window: int | None = None
+    monitor_warmup: int | None = None
+    monitor_history: str | None = None
     patience: int | None = None
     stable_norm: float | None = None
     aggregation: str | None = None
@@ -97,6 +100,7 @@ class RunConfig:
     partition: str = "paper"
     min_client_size: int | None = None
     test_dataset: str | None = None
+    validation: float | None = None
     eval_every: int = 1
     checkpoint_every: int = 0
     rounds: int = 100
@@ -193,6 +197,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.adam_eps is None or c.adam_eps > 0, "adam_eps", "eps > 0")
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
+    need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
@@ -201,6 +206,9 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.tau_low is None or c.tau_low > 1, "tau_low", "tau_low > 1")
     need(c.tau_high is None or c.tau_high > (c.tau_low or 10.0), "tau_high", f"tau_high > tau_low = {c.tau_low or 10.0:g}")
     need(c.monitor_window is None or c.monitor_window >= 1, "monitor_window", "an integer >= 1")
+    need(c.monitor_warmup is None or 1 <= c.monitor_warmup <= (c.monitor_window or 10), "monitor_warmup",
+         f"an integer 1 <= warm-up <= --monitor-window = {c.monitor_window or 10}")
+    need(c.monitor_history in (None, "run", "round"), "monitor_history", "run (H kept across rounds) or round")
     need(c.patience is None or c.patience >= 1, "patience", "an integer >= 1")
     need(c.stable_norm is None or c.stable_norm > 0, "stable_norm", "a norm > 0")
     need(c.aggregation in (None, *AGGREGATIONS), "aggregation", ", ".join(AGGREGATIONS))
@@ -219,6 +227,8 @@ def _check_ranges(c: RunConfig) -> None:
     elif c.dtype != "float64":
         raise ConfigError(f"--dtype {c.dtype} applies to neural-network runs only (give --model); "
                           f"the convex problems run in float64")
+    elif c.validation is not None:
+        raise ConfigError("--validation applies to neural-network runs only (give --model)")
     extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
     if extra:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"

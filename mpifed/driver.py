@@ -361,9 +361,13 @@ def _run(config, comm, start=None) -> RunResult:
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         row.update({key: float(v) for key, v in timing.get("report", {}).items()})
+        evaluated = k % config.eval_every == 0
         if fed.test is not None:  # at the broadcast iterate x^k, outside time_s
             acc, test_loss, seconds = timing.get("test") or (np.nan, np.nan, 0.0)
             row.update(test_accuracy=acc, test_loss=test_loss, time_eval=seconds)
+        if fed.validation is not None:  # --validation: the rows a step size may be tuned on (rank 0)
+            acc, val_loss = fed.validation.evaluate(x, config.lam) if evaluated else (np.nan, np.nan)
+            row.update(val_accuracy=acc, val_loss=val_loss)
         done_rows = len(rows.get("round", []))
         for key in set(rows) | set(row):  # a column that some rounds lack holds NaN there, as in the trace
             rows.setdefault(key, [np.nan] * done_rows).append(row.get(key, np.nan))
@@ -433,6 +437,8 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
     test = fed.test_note
     if fed.test and config.model is not None:
         test += f"; test_accuracy and test_loss (cross-entropy) of the global model x^k every {config.eval_every} round(s)"
+        if fed.validation is not None:
+            test += f"; val_accuracy and val_loss: the same on {fed.validation.name} (--validation)"
     elif fed.test:
         test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean log(1 + exp(-b a^T x)) "
                  f"+ lam/2 ||x||^2, every {config.eval_every} round(s) at x^k")

@@ -57,3 +57,5 @@ def test_every_network_method_runs_with_its_defaults(algorithm, tmp_path):
     assert eta_l == DEFAULT_STEP.get(algorithm, SGD_STEP)
     K = params.base.K if hasattr(params, "base") else params.K
     assert K == (FEDRCO_K if algorithm.startswith("fedrco") else DEFAULT_K)
+    if algorithm.startswith("fedrco"):  # App. E.3: eps = 0.03, alpha = 0.95; sec. 6.3: T_inv = 200
+        assert (params.eta_l, params.K, params.eps, params.alpha, params.T_inv) == (0.00625, 20, 0.03, 0.95, 200)

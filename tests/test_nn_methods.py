@@ -150,22 +150,32 @@ def test_stored_inverses_of_one_live_slot_match_the_dense_solve():
             assert _rel(out[j], np.linalg.solve(c[i] * np.eye(D) + U[i].T @ U[i], M[i])) < 1e-10
 
 
-def test_a_singular_or_overflowed_factor_gives_nan_for_that_client_only():
-    """numpy refuses a whole batch when one matrix is singular; the damped inverse instead returns NaN for that
-    client (its step is NaN, which FedRCO's monitor turns into a reset) and the exact inverse for the others."""
+def test_a_singular_indefinite_or_overflowed_factor_gives_nan_for_that_client_only():
+    """numpy refuses a whole batch when one matrix is singular, and inverts an indefinite or overflowed one in
+    silence; the damped inverse instead returns NaN for each such client (its step is NaN, which FedRCO turns into
+    a reset) and, bit for bit, numpy's inverse of each of the others."""
     from mpifed.problems.nn.factors import _inv
 
     rng = np.random.default_rng(0)
-    G = rng.standard_normal((4, 5, 5))
-    K = G @ G.transpose(0, 2, 1) + 0.1 * np.eye(5)
-    K[1] = 1e300  # overflowed but finite: rank one in floating point, even with the shift
-    K[2, 0, 0] = np.inf
-    c3 = np.array([0.1, 0.1, 0.1, 0.0])[:, None, None]  # client 3: a zero shift (pi = 0) is refused too
+    c = 0.1
+    G = rng.standard_normal((9, 5, 5))
+    K = G @ G.transpose(0, 2, 1) + c * np.eye(5)                    # C + c I with C a Gram matrix: healthy
+    w, V = np.linalg.eigh(K[1])
+    K[1] = K[1] - w[0] * np.outer(V[:, 0], V[:, 0])                  # singular: an eigenvalue 0 after damping
+    K[2] = K[2] - (w[0] + 1.0) * np.outer(V[:, 0], V[:, 0])          # indefinite: an eigenvalue -1 after damping
+    K[3] = 1e300 * (G[3] @ G[3].T) + c * np.eye(5)                   # overflowed but finite: the shift is lost
+    K[4] = 1e300                                                     # overflowed but finite: rank one
+    K[5, 0, 0] = np.inf
+    w6, V6 = np.linalg.eigh(K[6])
+    K[6] = K[6] - (w6[0] - 0.1 * c) * np.outer(V6[:, 0], V6[:, 0])   # K is PD, but C = K - c I has eigenvalue -0.9 c
+    c3 = np.full((9, 1, 1), c)
+    c3[7] = 0.0                                                      # a zero shift (pi = 0) is refused too
     with pytest.raises(np.linalg.LinAlgError):
         np.linalg.inv(K)
     out = _inv(np, K, c3)
-    np.testing.assert_allclose(out[0], np.linalg.inv(K[0]), rtol=1e-12)
-    assert np.isnan(out[1:]).all()
+    for i in (0, 8):
+        assert out[i].tobytes() == np.linalg.inv(K[i]).tobytes()
+    assert np.isnan(out[1:8]).all()
 
 
 def test_rows_of_gives_foof_and_kfac_factors():
@@ -364,6 +374,80 @@ def test_monitor_resets_exploding_client_and_without_it_the_model_degrades(tmp_p
         assert "events" not in f
 
 
+def _corrupt(kind, A, client):
+    """Make client's K-FAC factor A (a Factor) singular, indefinite or overflowed-but-finite after damping."""
+    if kind == "rows-1e300":                      # Woodbury storage: rows of 1e150, Gram entries of 1e300
+        A.rows[client] *= 1e150
+        A.sq[client] *= 1e300
+    elif kind == "1e300":
+        A.dense[client] *= 1e300
+    elif kind == "singular":                      # C = -r I: tr < 0 gives pi = 1, shift r = sqrt(eps): K = 0
+        A.dense[client] = -np.sqrt(0.03) * np.eye(A.D)
+    elif kind == "indefinite":                    # a large negative eigenvalue that the damping cannot cover
+        A.dense[client][0, 0] = -1e3 * (np.trace(A.dense[client]) + 1)
+
+
+@pytest.mark.parametrize("monitor", [True, False])
+@pytest.mark.parametrize("kind,layer", [("singular", 1), ("indefinite", 1), ("1e300", 1), ("rows-1e300", 0)])
+def test_a_refused_factor_inverse_resets_that_client_only(kind, layer, monitor, tmp_path, monkeypatch):
+    """A factor of client 1, layer ``layer``, is made singular, indefinite or overflowed-but-finite just before its
+    inversion at round 1, local step 1 (T_inv = 1: every step inverts). The run completes; client 1's step is a hard
+    reset, in the trace's ``resets`` column (and its ``events`` with the monitor on), with or without the monitor;
+    the other clients' local models of that round are bit for bit those of the same run without the corruption.
+    Layer 0 of the MLP keeps its A factor as rows (Woodbury: 785 inputs, 13 batches of 8 rows), layer 1 dense."""
+    from mpifed.algorithms.networks import fedrco
+
+    conf = {**BASE, "model": MLP, "algorithm": "fedrco", "clients": 3, "rounds": 2, "step_size": 0.05,
+            "inverse_every": 1, "monitor": monitor}
+    real_invert, real_step = fedrco._invert, fedrco.client_step
+
+    def runs(corrupt: bool, name: str):
+        calls, sent = [0], []
+
+        def invert(p, state, sel, idx, xp):
+            if corrupt and calls[0] == conf["local_steps"] + 1:   # round 1 (3 steps a round), step 1
+                assert sel[1] and state.A[0].rows is not None and state.A[1].dense is not None
+                _corrupt(kind, state.A[layer], 1)
+            calls[0] += 1
+            return real_invert(p, state, sel, idx, xp)
+
+        def step(p, block, state, x, streams):
+            state, up = real_step(p, block, state, x, streams)
+            sent.append(np.array(up.fields["theta"]))
+            return state, up
+
+        monkeypatch.setattr(fedrco, "_invert", invert)
+        monkeypatch.setattr(fedrco, "client_step", step)
+        result = run({**conf, "out": str(tmp_path / f"{name}.h5")}, comm=SerialComm())
+        monkeypatch.undo()
+        return result, sent
+
+    clean, clean_sent = runs(False, "clean")
+    bad, bad_sent = runs(True, "bad")
+    assert bad.status == "completed", bad.message
+    assert clean.metrics["resets"][:2].tolist() == [0, 0]
+    assert bad.metrics["resets"][:2].tolist() == [0, 1]
+    assert clean_sent[0].tobytes() == bad_sent[0].tobytes()                    # round 0: untouched
+    others = [0, 2]
+    assert clean_sent[1][others].tobytes() == bad_sent[1][others].tobytes()    # round 1: the others unchanged
+    assert not np.array_equal(clean_sent[1][1], bad_sent[1][1]) and np.all(np.isfinite(bad_sent[1][1]))
+    if monitor:
+        with h5py.File(tmp_path / "bad.h5", "r") as f:
+            assert f["events"][:].tolist() == [[1, 1, 1, np.finfo(float).max, 2]]
+
+
+def test_monitor_history_round_empties_the_window_each_round(tmp_path):
+    """K = 3 local steps and a warm-up of 3 norms: with --monitor-history round the window never holds 3 norms
+    when a step is scored, so no score is ever taken (anomaly_max 0 every round); with run (the default) the
+    window fills in round 0 and the steps of the later rounds are scored."""
+    conf = {**BASE, "model": MLP, "algorithm": "fedrco", "clients": 3, "rounds": 3, "step_size": 0.05,
+            "monitor_warmup": 3}
+    per_round = run({**conf, "monitor_history": "round", "out": str(tmp_path / "r.h5")}, comm=SerialComm())
+    kept = run({**conf, "out": str(tmp_path / "k.h5")}, comm=SerialComm())
+    assert per_round.metrics["anomaly_max"][:3].tolist() == [0, 0, 0]
+    assert kept.metrics["anomaly_max"][0] == 0 and np.all(kept.metrics["anomaly_max"][1:3] > 0)
+
+
 @pytest.mark.parametrize("algorithm", ["fedrco", "scaffold", "fedpm"])
 def test_the_final_row_is_the_next_rounds_first_evaluation(algorithm, tmp_path):
     """rounds = R records x^R from mini-batch 0 only (no local steps); its loss, gradient norm and test
@@ -374,6 +458,28 @@ def test_the_final_row_is_the_next_rounds_first_evaluation(algorithm, tmp_path):
     long = run({**conf, "rounds": 4, "out": str(tmp_path / "long.h5")}, comm=SerialComm())
     for key in ("loss", "grad_norm", "test_accuracy", "bits_up"):
         assert short.metrics[key].tobytes() == long.metrics[key][:4].tobytes(), key
+
+
+def test_validation_rows_are_held_out_of_training_and_scored_every_round(tmp_path):
+    """--validation 0.1: 600 of mnist-synthetic's 6,000 training images, drawn from the seed alone, leave the
+    clients; val_accuracy of the last row is the accuracy of x^R on exactly those images (recomputed here), and
+    the test set is untouched."""
+    from mpifed.federation.images import _images, validation_rows
+    from mpifed.problems.nn.block import standardise
+
+    conf = {**BASE, "model": MLP, "algorithm": "fedavg", "clients": 3, "rounds": 2, "step_size": 0.05,
+            "validation": 0.1, "out": str(tmp_path / "v.h5")}
+    result = run(conf, comm=SerialComm())
+    X, y, _ = _images("mnist-synthetic", "train", BASE["seed"])
+    held = validation_rows(len(y), 0.1, BASE["seed"])
+    assert len(np.unique(held)) == 600 and not np.array_equal(held, validation_rows(len(y), 0.1, 4))
+    fed = build_federation(resolve(cfgmod.build(conf)).data, SerialComm())
+    assert fed.block.offsets[-1] == 5400
+    rest = np.delete(np.arange(len(y)), held)
+    assert np.array_equal(np.sort(fed.block.labels), np.sort(y[rest]))
+    z = build_model(MLP, (28, 28), 10).logits(result.x, standardise(np, X[held]), np)
+    assert result.metrics["val_accuracy"][-1] == np.mean(z.argmax(axis=1) == y[held])
+    assert np.all(np.isfinite(result.metrics["val_accuracy"])) and np.all(np.isfinite(result.metrics["test_accuracy"]))
 
 
 # -------------------------------------------------------------------------------------- 5. bad input
@@ -397,6 +503,9 @@ BAD = dict(BASE, model=MLP, algorithm="fedrco", clients=4, rounds=1, step_size=0
     (dict(corrupt="clients=0-1,scale=nan"), ["--corrupt", "out of range"]),
     (dict(dtype="float16"), ["--dtype", "float16", "float64, float32"]),
     (dict(dataset="synthetic", model=None, algorithm="fednl", dtype="float32"), ["--dtype float32", "--model"]),
+    (dict(validation=1.0), ["--validation", "1.0", "0 < f < 1"]),
+    (dict(monitor_warmup=11), ["--monitor-warmup", "11", "--monitor-window = 10"]),
+    (dict(monitor_history="step"), ["--monitor-history", "run", "round"]),
 ])
 def test_bad_input_is_a_one_line_error_before_the_first_round(change, words, tmp_path):
     out = tmp_path / "t.h5"

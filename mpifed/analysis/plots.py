@@ -8,7 +8,7 @@ uploads) or the wall time (``time_s``)::
     mpifed report runs/compare-a9a -x bits -y grad_norm -o a9a.png
     mpifed export runs/x.h5 -o x.csv
 
-The y axis is logarithmic except for test accuracy. Points that a log axis cannot show are
+The y axis is logarithmic except for accuracies and counts. Points that a log axis cannot show are
 dropped: ``f_gap`` = P(x^k) - f* is 0 or slightly negative once a run reaches f* in floating point
 (f* comes from 20 Newton iterations), so non-positive values are left out rather than clipped, as
 are NaN rows (``test_accuracy`` on rounds that were not evaluated).
@@ -36,20 +36,26 @@ X_AXES = {"round": ("round", "round k"),
 Y_AXES = {"grad_norm": ("grad_norm", r"$\|\nabla P(x^k)\|$", True),
           "f_gap": ("f_gap", r"$P(x^k) - P(x^*)$", True),
           "dist_to_opt": ("dist_to_opt", r"$\|x^k - x^*\|$", True),
-          "test_acc": ("test_accuracy", "test accuracy", False)}
+          "test_acc": ("test_accuracy", "test accuracy", False),
+          "val_acc": ("val_accuracy", "validation accuracy (--validation)", False),
+          # FedRCO's monitor (sec. 6.3, Fig. 4): per round, over the participants and their K local steps
+          "precond_max": ("precond_max", r"largest $\|\tilde g^{(l)}_k\|$ over layers and local steps", True),
+          "step_max": ("step_max", r"largest $\|\tilde g_k\|$ of a step taken", True),
+          "rollbacks": ("rollbacks", "soft rollbacks per round", False),
+          "resets": ("resets", "hard resets per round", False)}
 FORMATS = (".png", ".pdf", ".svg")
 
 _NAMES = {"newton": "Newton", "newton-star": "Newton-Star", "nl1": "NL1", "nl2": "NL2", "cnl": "CNL",
           "fednl": "FedNL", "fednl-ls": "FedNL-LS", "fednl-pp": "FedNL-PP", "fednl-cr": "FedNL-CR",
           "fednl-bc": "FedNL-BC", "fedpm": "FedPM", "localnewton": "LocalNewton", "gd": "GD", "dcgd": "DCGD",
           "diana": "DIANA", "adiana": "ADIANA", "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedprox": "FedProx",
-          "scaffold": "SCAFFOLD", "fedadam": "FedAdam"}
+          "scaffold": "SCAFFOLD", "fedadam": "FedAdam", "fedrco": "FedRCO", "fedrco-ori": "FedRCO-ori"}
 # short names of the method fields in legends (the papers' symbols where there is one)
 _SHORT = {"compressor": "", "alpha": "α", "option": "opt", "step_hessian": "H", "mu": "μ", "step_size": "γ",
           "eta": "η", "gamma": "γ", "local_steps": "K", "local_line_search": "ls", "participation": "τ",
           "ls_c": "c", "ls_gamma": "γ", "hessian_lipschitz": "L*", "down_compressor": "down",
           "grad_probability": "p", "server_lr": "η_g", "momentum": "β", "prox_mu": "μ", "scaffold_option": "opt",
-          "beta1": "β1", "beta2": "β2", "adam_eps": "ε", "step_decay": "decay"}
+          "beta1": "β1", "beta2": "β2", "adam_eps": "ε", "step_decay": "decay", "monitor": "monitor"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 _STYLES = ("-", "--", "-.", ":")
 
@@ -77,6 +83,8 @@ def label(t: tracemod.Trace) -> str:
     parts = []
     for key, short in _SHORT.items():
         value = cfg.get(key)
+        if value is False and key == "monitor":
+            parts.append("no monitor")
         if value is None or value is False:
             continue
         text = f"{value:g}" if isinstance(value, float) else str(value)

@@ -32,6 +32,7 @@ class Federation:
     partition: dict = field(default_factory=dict)  # how the partition was drawn (spec, seed, redraws, moved_rows)
     test: object | None = None               # rank 0 only: a held-out set with evaluate(x, lam)
     test_note: str = ""                      # why there is no test set, when there is none
+    validation: object | None = None         # rank 0 only: held-out training rows (--validation), as ``test``
     labels: tuple = LABELS                   # the label histogram's columns
     x0: np.ndarray | None = None             # the model's initial point (networks); None: the run's x^0 rule
     dtype: str = "float64"                   # the clients' arithmetic (networks may run float32)

@@ -5,6 +5,10 @@ pathological:k=..; from the run's seed only) and keeps the uint8 pixels of its o
 (an :class:`~mpifed.problems.nn.block.ImageBlock`), and its share of the test images (chunks of 2000, which the
 ranks evaluate together). ``x0`` is the model's
 He-normal initialisation from the run's seed (the same on every rank).
+
+``--validation f`` first holds out round(f N) of the N training images, drawn from the run's seed alone (so the
+same rows on every rank and at every rank count), before the partition: rank 0 keeps them to measure the global
+model's ``val_accuracy`` and ``val_loss``, which a step size can be tuned on without looking at the test set.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from ..comm import client_range
 from ..data.partition import make_partition
 from ..problems.nn.block import Corruption, ImageBlock, ImageTestSet
 from ..problems.nn.models import build_model
+from ..rng import ClientStreams
 from .base import Federation
 
 SYNTHETIC_SIZE = (6000, 1000)  # train, test images of mnist-synthetic
@@ -37,6 +42,13 @@ def build_images(spec, comm) -> Federation:
     backend = get_backend(spec.backend)
     model = build_model(spec.model, (28, 28), N_CLASSES)  # a spec that does not fit 28x28 fails here
     X, y, source = _images(spec.dataset, "train", spec.seed)
+    held = validation_rows(len(y), spec.validation, spec.seed)
+    if held is not None:
+        keep = np.ones(len(y), dtype=bool)
+        keep[held] = False
+        Xv, yv = X[held], y[held]
+        X, y = X[keep], y[keep]
+        source += f"; {len(held)} training images held out for validation (--validation {spec.validation:g})"
     clients = spec.clients
     seed = spec.shuffle if spec.shuffle is not None else spec.seed
     part = make_partition(spec.partition, y, clients, spec.samples_per_client, seed, spec.min_client_size,
@@ -60,4 +72,17 @@ def build_images(spec, comm) -> Federation:
     Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
     fed.test = ImageTestSet.share(Xt, yt, model, test_source, backend, comm.rank, comm.size, dtype=dtype)
     fed.test_note = f"test set {test_source}"
+    if held is not None and comm.is_root:  # rank 0 evaluates the validation images whole
+        fed.validation = ImageTestSet.share(Xv, yv, model, f"{len(held)} held-out training images", backend,
+                                            dtype=dtype)
     return fed
+
+
+def validation_rows(n: int, fraction: float | None, seed: int):
+    """The sorted indices of the round(fraction n) held-out training images (None without ``--validation``):
+    a permutation drawn from (seed, "validation") alone."""
+    if fraction is None:
+        return None
+    count = min(n - 1, max(1, round(fraction * n)))
+    keys = ClientStreams(seed, np.arange(n), 0).bits("validation", 1)[:, 0]
+    return np.sort(np.argsort(keys, kind="stable")[:count])

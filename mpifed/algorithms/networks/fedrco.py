@@ -17,21 +17,34 @@ Round t, participant c, global model theta^t:
      pi = sqrt((tr A / dim A) / (tr G / dim G)) (Martens & Grosse 2015 sec. 6.3; see :mod:`mpifed.problems.nn.curvature`).
    * Preconditioned gradient (eq. 8) per layer: A_d^{-1} grad_W G_d^{-1}; its norm (eq. 9) is the sum over
      layers of the Frobenius norms.
-   * Look-ahead monitor (eq. 10): S_k = ||g~_k|| / (mean(H) + xi), H the last ``monitor_window`` norms of
-     accepted steps. mean(H) is the mean of the norms: the paper's line under eq. 10 writes squared norms, which
-     would make S_k scale as 1/||g~|| instead of the "relative divergence of the current step compared to
-     recent steps" it describes, with thresholds tau_low 10 and tau_high 1000 on a ratio. Where the paper is
-     silent, these are choices: H holds the last ``--monitor-window`` (10) norms, where the paper's sum runs
-     over the K local steps; only accepted steps enter H, and H persists across rounds; a client is scored
-     once H holds 3 norms (at a start, after a reset), as a baseline of one norm taken when the inverse is
-     fresh would score the steps that follow with a stale inverse against it; ``--patience`` (3) is the
-     number of consecutive steps above tau_low that make a reset. At the paper's settings (step 0.00625,
-     K = 20, b = 32), FedRCO's CNN on MNIST over 100 IID clients scored at most 7.1 in 3 rounds, and the
-     monitor did not act.
+   * Look-ahead monitor (eq. 10): S_k = ||g~_k|| / (mean(H) + xi) with H a sliding window of past norms.
+     mean(H) is the mean of the norms: the paper's line under eq. 10 writes squared norms, which would make S_k
+     scale as 1/||g~|| instead of the "relative divergence of the current step compared to recent steps" it
+     describes, with thresholds tau_low 10 and tau_high 1000 on a ratio. Where the paper is silent or loose,
+     these are choices, each with its flag:
+
+     - window: the paper's H = {||g~_{K-k}||, ..., ||g~_{K-1}||} with mean(H) over the K local steps; here H
+       holds the last ``--monitor-window`` (10) norms, and only accepted steps (S_k <= tau_low) enter it, so
+       a diverging run does not raise its own baseline;
+     - history: the paper does not say whether H survives the round; ``--monitor-history run`` (default)
+       keeps H across rounds, ``round`` empties it when the client starts its round;
+     - warm-up: the paper does not say how a client with an empty H is scored; here a client is scored once H
+       holds ``--monitor-warmup`` (3) norms (at a start, after a reset, each round with ``--monitor-history
+       round``), as a baseline of one norm taken when the inverse is fresh would score the steps that follow
+       with a stale inverse against it;
+     - patience: "remains above S_t > tau_low for multiple local epochs" is ``--patience`` (3) consecutive
+       steps above tau_low, which make a hard reset.
+
+     At the paper's settings (step 0.00625, K = 20, b = 32), FedRCO's CNN on MNIST over 20 IID clients took
+     no rollback and no reset in 6 rounds (docs/methods/networks.md); ``precond_max_<layer>`` in the trace keeps,
+     per round, each layer's largest ||g~^(l)|| over the participants' local steps (Fig. 4).
    * Resilience (eq. 11): S_k <= tau_low: theta -= eta g~; tau_low < S_k < tau_high: soft rollback,
      theta -= eta g~_stable with g~_stable = g~ min(1, stable_norm / ||g~||) (the paper's "stable gradient upper
      bound", set to 10 in App. E.3); S_k >= tau_high, or > tau_low for ``patience`` consecutive steps, or a
-     non-finite g~: hard reset: factors, inverses and history discarded, theta_c <- theta^t, no step.
+     non-finite g~: hard reset: factors, inverses and history discarded, theta_c <- theta^t, no step. A factor
+     whose damped inverse cannot be trusted (singular, indefinite, overflowed; see
+     :meth:`~mpifed.problems.nn.factors.Factor.inverse`) gives a NaN g~, and so a hard reset, also with
+     ``--no-monitor``.
 3. Uplink: theta_c (P floats); the server averages the participants' models, theta^{t+1} = mean_S theta_c.
 
 Every action goes to the trace's ``events`` (round, client, step, score, action: 1 rollback, 2 reset); each
@@ -56,14 +69,15 @@ from .local import (COMMON_USES, DEFAULT_BATCH, FEDRCO_K, FEDRCO_STEP, Clock, co
 from .local import client_metrics  # noqa: F401  (x^R's row: metrics only)
 
 XI = 1e-12  # xi of eq. 10
-MIN_HISTORY = 3  # accepted steps in H before a score is taken (mean(H) of one or two norms is too noisy a baseline)
+HISTORIES = ("run", "round")  # --monitor-history: H kept across rounds, or emptied when a client starts its round
 NORMAL, ROLLBACK, RESET = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Params:
-    """Paper symbols: eta_l, K, eps (damping), alpha (EMA), T_inv, tau_low, tau_high, the monitor window,
-    patience, the stable norm, aggregation ('curvature' or 'mean'), the evaluation batch; tau of n clients."""
+    """Paper symbols: eta_l, K, eps (damping), alpha (EMA), T_inv, tau_low, tau_high; the monitor's window,
+    warm-up, history ('run' or 'round') and patience (choices: see the module docstring), the stable norm,
+    aggregation ('curvature' or 'mean'), the evaluation batch; tau of n clients."""
 
     eta_l: float
     K: int
@@ -74,6 +88,8 @@ class Params:
     tau_low: float = 10.0
     tau_high: float = 1000.0
     window: int = 10
+    warmup: int = 3
+    history: str = "run"
     patience: int = 3
     stable_norm: float = 10.0
     aggregation: str = "curvature"
@@ -83,7 +99,8 @@ class Params:
     float_bits: int = 32
     decay: float = 0.0
     uses = COMMON_USES + ("damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
-                          "monitor_window", "patience", "stable_norm", "aggregation", "eval_batch")
+                          "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm",
+                          "aggregation", "eval_batch")
 
     def __post_init__(self):
         check_local(self)
@@ -94,6 +111,11 @@ class Params:
             raise ConfigError(f"inverse_every T_inv = {self.T_inv!r} is out of range; valid: an integer >= 1")
         if not 1 < self.tau_low < self.tau_high:
             raise ConfigError(f"tau_low = {self.tau_low!r}, tau_high = {self.tau_high!r}; valid: 1 < tau_low < tau_high")
+        if not 1 <= self.warmup <= self.window:
+            raise ConfigError(f"monitor_warmup = {self.warmup!r} is out of range; valid: 1 <= warm-up <= "
+                              f"monitor_window = {self.window}")
+        if self.history not in HISTORIES:
+            raise ConfigError(f"monitor_history = {self.history!r}; valid: {', '.join(HISTORIES)}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation = {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
 
@@ -103,10 +125,12 @@ class Params:
         if opts.algorithm == "fedrco-ori" and opts.aggregation == "curvature":
             raise ConfigError("--aggregation curvature contradicts --algorithm fedrco-ori (plain averaging); "
                               "use --algorithm fedrco")
+        window = _or(opts.monitor_window, 10)
         return cls(**common_fields(opts, fed, FEDRCO_STEP, FEDRCO_K), eps=_or(opts.damping, 0.03), alpha=_or(opts.ema_decay, 0.95),
                    T_inv=_or(opts.inverse_every, 200), monitor=_or(opts.monitor, True),
                    tau_low=_or(opts.tau_low, 10.0), tau_high=_or(opts.tau_high, 1000.0),
-                   window=_or(opts.monitor_window, 10), patience=_or(opts.patience, 3),
+                   window=window, warmup=_or(opts.monitor_warmup, min(3, window)),
+                   history=_or(opts.monitor_history, "run"), patience=_or(opts.patience, 3),
                    stable_norm=_or(opts.stable_norm, 10.0), aggregation=_or(opts.aggregation, default_agg),
                    eval_batch=_or(opts.eval_batch, _or(opts.batch_size, DEFAULT_BATCH)))
 
@@ -174,7 +198,8 @@ def _invert(p, state, sel, idx, xp):
     r = math.sqrt(p.eps)
     for l, (A, G) in enumerate(zip(state.A, state.G)):
         ta, tg = A.trace(who, xp) / A.D, G.trace(who, xp) / G.D
-        pi = xp.where((ta > 0) & (tg > 0), xp.sqrt(ta / xp.where(tg > 0, tg, 1.0)), 1.0)
+        ok = (ta > 0) & (tg > 0)  # else pi = 1 (a factor with a trace <= 0 is refused by its inversion)
+        pi = xp.sqrt(xp.where(ok, ta / xp.where(ok, tg, 1.0), 1.0))
         state.Ainv[l].put(xp.asarray(who), A.inverse(who, pi * r, xp))
         state.Ginv[l].put(xp.asarray(who), G.inverse(who, r / pi, xp))
 
@@ -188,10 +213,14 @@ def client_step(p, block, state, x, streams):
     idx = xp.asarray(idx_host)
     events = np.zeros((block.n, p.K, 2))
     inversions = np.zeros(block.n)
+    # per client, the largest ||g~^(l)|| of each layer (eq. 9) and the largest applied step over its K steps
+    layer_max, applied_max = np.zeros((block.n, len(model.weighted))), np.zeros(block.n)
     theta = None
     if len(idx_host):
         t0 = time.perf_counter()
         theta = aggregate(p, block, state, x, streams, on, idx).astype(x.dtype, copy=False)
+        if p.history == "round":
+            state.history[idx_host] = np.nan
         clock.add("aggregation", t0)
         eta = local_step(p, streams)
         for k in range(p.K):
@@ -216,10 +245,13 @@ def client_step(p, block, state, x, streams):
             for l, dW in enumerate(model.views(g)):
                 left = state.Ainv[l].take(idx).left(dW)
                 step.append(state.Ginv[l].take(idx).left(left.transpose(0, 2, 1)).transpose(0, 2, 1))
-            norm = np.asarray(block.bk.to_host(sum(xp.sqrt((s * s).sum(axis=(1, 2))) for s in step)))
+            layer_norms = [xp.sqrt((s * s).sum(axis=(1, 2))) for s in step]
+            norm = np.asarray(block.bk.to_host(sum(layer_norms)))
+            layer_max[idx_host] = np.fmax(layer_max[idx_host], np.asarray(block.bk.to_host(xp.stack(layer_norms, 1))))
             step = model.flatten(step, xp)
-            theta, action, score = _resilience(p, state, idx_host, theta, step, norm, eta, x, xp)
+            theta, action, score, applied = _resilience(p, state, idx_host, theta, step, norm, eta, x, xp)
             theta = theta.astype(x.dtype, copy=False)  # the factors are float64: keep the model in the run's dtype
+            applied_max[idx_host] = np.fmax(applied_max[idx_host], applied)
             events[idx_host, k] = np.stack([score, action], axis=1)
             state.since[idx_host] += 1
             clock.add("curvature", t0)
@@ -227,7 +259,9 @@ def client_step(p, block, state, x, streams):
     else:
         theta = xp.zeros((0, block.d))
     fields = {"theta": theta}
-    up = uplink(p, block, first, fields, clock, {"events": events} if p.monitor else {})
+    gathered = {f"precond_max_{layer.name}": layer_max[:, [l]] for l, layer in enumerate(model.weighted)}
+    gathered["step_max"] = applied_max[:, None]
+    up = uplink(p, block, first, fields, clock, {**gathered, "events": events} if p.monitor else gathered)
     counts = {"rollbacks": (events[:, :, 1] == ROLLBACK).sum(axis=1), "resets": (events[:, :, 1] == RESET).sum(axis=1),
               "inversions": inversions}
     up.fields.update({k: xp.asarray(v, dtype=np.float64)[:, None] for k, v in counts.items()})
@@ -235,11 +269,13 @@ def client_step(p, block, state, x, streams):
 
 
 def _resilience(p, state, idx, theta, step, norm, eta, x, xp):
-    """Eq. 10-11 for the participants ``idx`` (host): (new theta, action (|S|,), score (|S|,))."""
+    """Eq. 10-11 for the participants ``idx`` (host): (new theta, action (|S|,), score (|S|,), the norm of the step
+    taken (|S|,)). A non-finite g~ (a factor refused by the inversion guard, an overflow) is a hard reset with or
+    without the monitor."""
     n = len(idx)
     hist = state.history[idx]
     count = np.isfinite(hist).sum(axis=1)
-    scored = count >= min(MIN_HISTORY, p.window)
+    scored = count >= p.warmup
     base = np.where(scored, np.nanmean(np.where(scored[:, None], hist, 0.0), axis=1), np.nan)
     score = np.where(scored, norm / (np.nan_to_num(base) + XI), 0.0)
     score = np.where(np.isfinite(norm), score, np.inf)
@@ -250,6 +286,7 @@ def _resilience(p, state, idx, theta, step, norm, eta, x, xp):
         action = np.where(high, ROLLBACK, NORMAL)
         action = np.where((score >= p.tau_high) | (strikes >= p.patience), RESET, action)
         state.strikes[idx] = np.where(action == RESET, 0, strikes)
+    action = np.where(np.isfinite(norm), action, RESET)
     factor = np.where(action == ROLLBACK, np.minimum(1.0, p.stable_norm / np.where(norm > 0, norm, 1.0)), 1.0)
     factor = np.where(action == RESET, 0.0, factor)
     safe = xp.asarray(np.isfinite(norm) | (action != RESET))
@@ -264,7 +301,8 @@ def _resilience(p, state, idx, theta, step, norm, eta, x, xp):
     if accepted.any():
         who = idx[accepted]
         state.history[who] = np.concatenate([state.history[who][:, 1:], norm[accepted][:, None]], axis=1)
-    return new, action, np.where(np.isfinite(score), score, np.finfo(float).max)
+    applied = np.where(action == RESET, 0.0, factor * np.where(np.isfinite(norm), norm, 0.0))
+    return new, action, np.where(np.isfinite(score), score, np.finfo(float).max), applied
 
 
 def server_step(p, state, x, agg):
@@ -273,4 +311,7 @@ def server_step(p, state, x, agg):
                     "resets": float(agg.fields["resets"].sum()), "inversions": float(agg.fields["inversions"].sum())}
     if "events" in agg.gathered:
         state.report["anomaly_max"] = float(agg.gathered["events"][:, :, 0].max())
+    # Fig. 4's trajectories: the largest norms over the participants (0 outside S) and their K local steps
+    norms = {k: float(v.max()) for k, v in agg.gathered.items() if k.startswith(("precond_max_", "step_max"))}
+    state.report.update(norms, precond_max=max(v for k, v in norms.items() if k.startswith("precond_max_")))
     return state, agg.fields["theta"] / agg.participants, to_participants(agg, len(x), p.float_bits)

@@ -114,7 +114,8 @@ class Factor:
         return U.reshape(len(idx), -1, self.D)
 
     def inverse(self, idx, c, xp):
-        """The damped inverse of clients ``idx`` (``c`` (|idx|,) the shifts), as an :class:`Inverse` to reuse."""
+        """The damped inverse of clients ``idx`` (``c`` (|idx|,) the shifts), as an :class:`Inverse` to reuse; NaN for
+        a client whose damped matrix (the D x D one, or Woodbury's R x R one) :func:`_inv` refuses."""
         c3 = c[:, None, None]
         if self.rows is not None:
             U = self.weighted_rows(idx, xp)
@@ -128,18 +129,50 @@ def _host(a, xp):
 
 
 def _inv(xp, K, c3):
-    """Batched inverse of ``K`` (shifted by ``c3`` (n, 1, 1)); NaN for a client whose matrix has a non-finite
-    entry, whose shift is not finite and > 0 (an overflowed factor, or pi = inf from the other factor), or whose
-    matrix is singular in floating point (a factor that overflowed but stayed finite), so that its step is NaN
-    (FedRCO's monitor resets it) rather than a LinAlgError that ends the run or a silently wrong inverse."""
+    """Batched inverse of the damped matrices ``K`` = C + c I (shifts ``c3`` (n, 1, 1)), NaN for every client whose
+    matrix cannot give a usable inverse, so that its step is NaN and FedRCO resets that client's curvature (eq. 11's
+    hard reset) instead of a LinAlgError that ends the run or a wrong inverse used in silence. Refused: a
+    non-finite entry; a shift c not finite and > 0 (pi = inf or 0 from the other factor); a shift lost in rounding,
+    c <= D u tr(K) (u the unit roundoff: K's rounding errors reach c, the damping no longer bounds the smallest
+    eigenvalue; an overflowed-but-finite factor); a factor C = K - c I that is not positive semi-definite to
+    within half the shift (no Cholesky factor of K - c/2 I: K singular, or a negative eigenvalue after damping,
+    where a Gram matrix plus c I has every eigenvalue >= c); an inverse with a non-finite entry. The others'
+    inverses are those of ``xp.linalg.inv``, bit for bit."""
+    D = K.shape[1]
     ok = xp.isfinite(K).all(axis=(1, 2))[:, None, None] & xp.isfinite(c3) & (c3 > 0)
-    safe = xp.where(ok, K, _eye(xp, K.shape[1]))
+    safe = xp.where(ok, K, _eye(xp, D))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows and inf shifts are refused with the rest
+        tr = xp.trace(safe, axis1=1, axis2=2)[:, None, None]
+        ok = ok & (c3 > D * np.finfo(np.float64).eps / 2 * tr)
+        lowered = xp.where(ok, safe - c3 / 2 * _eye(xp, D), _eye(xp, D))
+    ok = ok & _positive_definite(xp, lowered)[:, None, None]
+    safe = xp.where(ok, safe, _eye(xp, D))
     try:
         inv = xp.linalg.inv(safe)
     except np.linalg.LinAlgError:  # numpy refuses the whole batch for one singular matrix: one at a time
         inv = xp.stack([_inv_or_nan(xp, m) for m in safe])
     ok = ok & xp.isfinite(inv).all(axis=(1, 2))[:, None, None]
     return xp.where(ok, inv, xp.nan)
+
+
+def _positive_definite(xp, K):
+    """(n,) bool: a Cholesky factor of each matrix exists, with a finite, positive diagonal (numpy raises for the
+    whole batch when one fails, so that batch is retried one matrix at a time; a failed factor left in place by
+    LAPACK's potrf has a diagonal entry <= 0 or NaN where it stopped)."""
+    try:
+        L = xp.linalg.cholesky(K)
+    except np.linalg.LinAlgError:
+        return xp.asarray([_cholesky_ok(xp, m) for m in K])
+    d = xp.diagonal(L, axis1=1, axis2=2)
+    return xp.isfinite(L).all(axis=(1, 2)) & (d > 0).all(axis=1)
+
+
+def _cholesky_ok(xp, M) -> bool:
+    try:
+        L = xp.linalg.cholesky(M)
+    except np.linalg.LinAlgError:
+        return False
+    return bool(xp.isfinite(L).all() & (xp.diagonal(L) > 0).all())
 
 
 def _inv_or_nan(xp, M):
