@@ -171,8 +171,8 @@ def _ufednl(s_per_round, rounds, seconds, rss_mb):
             "source": "u-FedNL bin_fednl_local, 2 workers, 2-core machine"}
 
 
-# mpifed's own w8a s/round on a 2-core CPU at 2 ranks (2026-11-21 11:31 UTC, the latest table of docs/benchmarks.md); the GPU row's target is 10x less
-CPU_W8A_S_PER_ROUND = 0.0816
+# mpifed's own w8a s/round on a 2-core CPU at 2 ranks (2026-12-03 12:58 UTC, the latest table of docs/benchmarks.md); the GPU row's target is 10x less
+CPU_W8A_S_PER_ROUND = 0.0609
 _SCALE = {"features": 100, "intercept": False}
 
 _UFEDNL = {"w8a": (49749, _ufednl(0.162, 246, 40.9, 693)), "a9a": (32561, _ufednl(0.026, 94, 2.7, 179)),
