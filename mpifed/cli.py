@@ -25,6 +25,7 @@ from .errors import MpifedError
 HELP = {
     "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
+    "problem": "the objective on tabular data: logistic (default; L2-regularised logistic regression)",
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",

@@ -25,6 +25,8 @@ from .errors import ConfigError
 
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
+# --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
+PROBLEMS = ("logistic",)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -49,6 +51,7 @@ class RunConfig:
     """One run. Field names are the flags (``--samples-per-client``) and the TOML keys."""
 
     dataset: str = "synthetic"
+    problem: str = "logistic"
     features: int | None = None
     clients: int | None = None
     samples_per_client: int | None = None
@@ -161,6 +164,7 @@ def _check_ranges(c: RunConfig) -> None:
             raise ConfigError(f"{_flag(name)} = {getattr(c, name)!r} is out of range; valid: {valid}")
 
     need(c.algorithm in METHODS or c.algorithm in NN_METHODS, "algorithm", ", ".join(dict.fromkeys([*METHODS, *NN_METHODS])))
+    need(c.problem in PROBLEMS, "problem", ", ".join(PROBLEMS))
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
@@ -242,6 +246,9 @@ def _check_network(c: RunConfig) -> None:
     from .problems.nn.block import Corruption
 
     model_spec(c.model)
+    if c.problem != "logistic":
+        raise ConfigError(f"--problem {c.problem} is an objective on tabular data; with --model the network's "
+                          f"cross-entropy is the objective (leave --problem out)")
     if c.dataset not in IMAGE_SETS:
         raise ConfigError(f"--model needs an image dataset; --dataset = {c.dataset!r}, valid: {', '.join(IMAGE_SETS)}")
     if parse_spec(c.partition)[0] == "paper":

@@ -22,8 +22,9 @@ class DataSpec:
 
     ``clients`` and (for the papers' split and synthetic data) ``samples_per_client`` are resolved: the
     papers' split of a registered dataset, the synthetic defaults, or 100 clients for image sets. ``tau``
-    is the number of clients per round (n under full participation). ``model`` is None for the logistic
-    problem, else the network spec of :func:`mpifed.problems.nn.build_model`.
+    is the number of clients per round (n under full participation). ``problem`` names the objective on tabular
+    data (:data:`mpifed.problems.BLOCKS`). ``model`` is None for the tabular problems, else the network spec of
+    :func:`mpifed.problems.nn.build_model`.
     """
 
     dataset: str
@@ -44,6 +45,7 @@ class DataSpec:
     corrupt: str | None = None
     dtype: str = "float64"
     validation: float | None = None
+    problem: str = "logistic"
 
     @property
     def images(self) -> bool:
@@ -54,13 +56,13 @@ _METHOD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 MethodOptions = make_dataclass(
     "MethodOptions",
     [("algorithm", str), ("network", bool), ("lam", float), ("seed", int), ("float_bits", int),
-     ("reference_iterations", int)] + [(name, _METHOD_TYPES[name], field(default=None)) for name in METHOD_FIELDS],
+     ("reference_iterations", int), ("problem", str, field(default="logistic"))] + [(name, _METHOD_TYPES[name], field(default=None)) for name in METHOD_FIELDS],
     frozen=True)
 MethodOptions.__module__ = __name__
 MethodOptions.__doc__ = (
-    "A method's options: its name, lam, the seed, the width of a transmitted float, whether x* is computed "
-    "(reference_iterations > 0), and every hyper-parameter flag of the configuration (None: the method's default, "
-    "which its ``Params.from_options`` fills in).")
+    "A method's options: its name, whether it trains a network, lam, the seed, the width of a transmitted "
+    "float, whether x* is computed (reference_iterations > 0), the tabular problem, and every hyper-parameter "
+    "flag of the configuration (None: the method's default, which its ``Params.from_options`` fills in).")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,9 @@ def resolve(c: RunConfig) -> Plan:
     clients, m = split(c)
     data = DataSpec(c.dataset, clients, m, c.features, c.shuffle, c.intercept, c.partition, c.min_client_size,
                     c.test_dataset, c.seed, c.lam, c.backend, participants(c.participation, clients), c.model,
-                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation)
+                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
-                           **{name: getattr(c, name) for name in METHOD_FIELDS})
+                           problem=c.problem, **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)
 
 

@@ -15,7 +15,7 @@ from ..backend import get_backend
 from ..comm import client_range
 from ..data.partition import make_partition, parse_spec
 from ..errors import ConfigError, DataError
-from ..problems.logistic import LogisticBlock
+from ..problems import BLOCKS
 from .base import LABELS, Federation, release_memory
 
 
@@ -70,7 +70,7 @@ def build_tabular(spec, comm) -> Federation:
     if spec.intercept:
         A = data.add_intercept(A)
     m_min, m_max = int(sizes.min()), int(sizes.max())
-    block = LogisticBlock(scipy.sparse.csr_matrix(A), b, offsets, spec.lam, backend, m_max=m_max)
+    block = BLOCKS[spec.problem](scipy.sparse.csr_matrix(A), b, offsets, spec.lam, backend, m_max=m_max)
     del A
     release_memory()  # parsing and the scatter matrices' construction leave freed heap behind
     client_of_row = np.repeat(np.arange(len(ids)), np.diff(offsets))
