@@ -133,7 +133,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             except MpifedError as err:
                 status, message = "failed", str(err)
             if agg is not None:  # setup uploads (FedNL's H_i^0) count towards row 0
-                _spend(bits, agg)
+                _spend(bits, agg, counted=bool(agg.value_bits + agg.index_bits))
                 requests += agg.stop_requests
     flag, received = (STOP if status == "failed" else CONTINUE), False
     while True:
@@ -230,8 +230,10 @@ def _evaluate(fed: Federation, x, lam: float):
     return None if out is None else (*out, time.perf_counter() - t0)
 
 
-def _spend(bits: dict, agg: Aggregate) -> None:
-    """Add an exchange's uplink to the per-client ledger (averaged over all n clients)."""
+def _spend(bits: dict, agg: Aggregate, counted: bool = True) -> None:
+    """Add an exchange's uplink to the per-client ledger (averaged over all n clients), and count the exchange
+    (unless not ``counted``: a setup message that is a simulator's convenience, such as GD's Gram matrices)."""
+    bits["exchanges"] = bits.get("exchanges", 0) + counted  # a checkpoint of an older trace has no count
     bits["up"] += (agg.value_bits + agg.index_bits) / agg.n
     bits["up_index"] += agg.index_bits / agg.n
 
@@ -358,6 +360,7 @@ def _run(config, comm, start=None) -> RunResult:
         row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
                "f_gap": loss - f_star, "dist_to_opt": float(np.linalg.norm(x - x_star)) if x_star is not None else np.nan,
                "participants": agg.participants, "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
+               "exchanges": bits.get("exchanges", 0),
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         row.update({key: float(v) for key, v in timing.get("report", {}).items()})

@@ -26,7 +26,7 @@ def toy_run(comm, rounds=6):
     rows = []
 
     def record(k, agg, x, timing, bits):
-        rows.append((agg.loss / agg.n, bits["up"], bits["down"]))
+        rows.append((agg.loss / agg.n, bits["up"], bits["down"], bits.get("exchanges", 0)))
 
     x, status, _, k = iterate(fed, toy_methods, toy_methods.Params(), np.zeros(fed.d), rounds, 0.0,
                               record if comm.is_root else None)
@@ -40,10 +40,11 @@ def test_queries_and_gathered_payloads_reproduce_plain_backtracking_gd():
     A = A.toarray()
     P = lambda z: np.logaddexp(0.0, -b * (A @ z)).mean() + 0.5e-3 * z @ z  # noqa: E731
     grad = lambda z: A.T @ (-b / (1.0 + np.exp(b * (A @ z)))) / len(b) + 1e-3 * z  # noqa: E731
-    z, up, down, trials_total = np.zeros(fed.d), 0.0, 0.0, 0
+    z, up, down, trials_total, exchanges = np.zeros(fed.d), 0.0, 0.0, 0, 0
     for k in range(6):
         assert rows[k][0] == pytest.approx(P(z), rel=1e-12)
         assert rows[k][1] == up and rows[k][2] == down  # bits spent to reach x^k
+        assert rows[k][3] == exchanges
         g, t, trials = grad(z), 512.0, 1
         while P(z - t * g) > P(z) - 0.5 * t * g @ g:
             t, trials = t / 2, trials + 1
@@ -51,6 +52,7 @@ def test_queries_and_gathered_payloads_reproduce_plain_backtracking_gd():
         down += 32 * trials + 32        # one float per trial point, then x^{k+1}
         z = z - t * g
         trials_total += trials
+        exchanges += 1 + trials  # the round's gradient exchange, then one per trial point
     np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-15)
     assert trials_total > 6  # the line search did backtrack, so the query loop was exercised
 
