@@ -36,8 +36,8 @@ HELP = {
     "intercept": "append a constant-1 feature (d+1 dimensions)",
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam "
-                  "(default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam | "
+                  "lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
@@ -95,7 +95,13 @@ HELP = {
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
     "corrupt": ("fault injection: 'clients=0-2,scale=1e3,from=5' multiplies those clients' inputs by scale "
                 "from round 'from' on (tests FedRCO's monitor)"),
-    "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
+    "step_decay": ("first-order baselines, bpm-lin: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: "
+                   "constant)"),
+    "f_star": "LCD2 / LCD3: the optimal value f* = min P (default: P(x*) of the reference solve)",
+    "local_curvature": ("LCD: use the curvature map C (least squares: A^T A / N + lam I; logistic: lam I; default "
+                        "on); --no-local-curvature sets C = 0 (LCD1 = GD, LCD2 = GD with the Polyak step)"),
+    "radius": "BPM / bpm-lin: the ball radius t > 0 (default 1)",
+    "ball_norm": "BPM / bpm-lin: the ball's norm: l2 (default), linf or l1",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
     "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "

@@ -39,7 +39,7 @@ IMAGE_DEFAULTS = {"model": "cnn", "algorithm": "fedavg"}  # an image dataset wit
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps", "step_decay",
+                 "beta1", "beta2", "adam_eps", "step_decay", "f_star", "local_curvature", "radius", "ball_norm",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -85,6 +85,10 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    f_star: float | None = None
+    local_curvature: bool | None = None
+    radius: float | None = None
+    ball_norm: str | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -158,6 +162,7 @@ def _flag(name: str) -> str:
 def _check_ranges(c: RunConfig) -> None:
     from .algorithms import METHODS, NN_METHODS, method_for
     from .algorithms.networks import AGGREGATIONS
+    from .algorithms.proximal.balls import BALL_NORMS
     from .backend import BACKENDS
 
     def need(ok: bool, name: str, valid: str):
@@ -206,6 +211,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.radius is None or c.radius > 0, "radius", "t > 0")
+    need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
+    need(c.f_star is not None or c.reference_iterations > 0 or c.algorithm not in ("lcd2", "lcd3"), "reference_iterations",
+         f"{c.algorithm} needs f* = min P: keep --reference-iterations > 0 or give --f-star")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
     need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")

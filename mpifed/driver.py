@@ -338,6 +338,8 @@ def _run(config, comm, start=None) -> RunResult:
         x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
         params = dataclasses.replace(params, x_star=x_star)
+    if getattr(params, "f_star", 0.0) is None:  # Polyak-type methods (LCD2, LCD3) without --f-star: P(x*)
+        params = dataclasses.replace(params, f_star=f_star)
     x0 = fed.x0 if fed.x0 is not None else start_point(config, fed.d, x_star)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
