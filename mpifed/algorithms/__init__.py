@@ -1,4 +1,5 @@
-"""The methods, grouped by family: ``second_order/``, ``first_order/`` and ``networks/`` (``--model``).
+"""The methods, grouped by family: ``second_order/``, ``first_order/``, ``riemannian/`` (``--problem pca``) and
+``networks/`` (``--model``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -16,7 +17,11 @@ _MODULES = {
     "gd": "first_order.gd", "dcgd": "first_order.dcgd", "diana": "first_order.diana", "adiana": "first_order.adiana",
     "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
+    "rgd": "riemannian.rgd", "r-lsvrg": "riemannian.r_lsvrg", "r-page": "riemannian.r_page",
+    "r-marina": "riemannian.r_marina",
 }
+# the methods on the unit sphere (--problem pca), and the only ones it takes
+RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))
 # --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
 _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",
