@@ -108,7 +108,8 @@ def test_p_one_is_riemannian_gd_bit_for_bit(method, step, tmp_path):
     """R-MARINA's default step at p = 1 is RGD's 1/L; R-PAGE's is 1/L_tilde, so it gets RGD's step here."""
     base = {**BASE, **SPARSE, "rounds": 25, **step}
     rgd = run({**base, "algorithm": "rgd", "out": str(tmp_path / "rgd.h5")}, comm=SerialComm())
-    other = run({**base, "algorithm": method, "grad_probability": 1.0, "out": str(tmp_path / "o.h5")}, comm=SerialComm())
+    other = run({**base, "algorithm": method, "grad_probability": 1.0, "out": str(tmp_path / "o.h5")},
+                comm=SerialComm())
     np.testing.assert_array_equal(other.x, rgd.x)
     for key in ("loss", "grad_norm", "pca_gap", "bits_up", "bits_down", "exchanges"):
         np.testing.assert_array_equal(other.metrics[key], rgd.metrics[key], err_msg=key)
@@ -222,6 +223,22 @@ def test_biased_compressor_is_refused_before_round_0():
         setup({**SYNTH, "algorithm": "r-marina", "compressor": "topk:k=2"})
 
 
+@pytest.mark.parametrize("name", ["r-lsvrg", "r-page", "r-marina"])
+def test_a_suspended_run_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
+    """The client states (w, x^{k-1}, the previous gradients) and the coins survive a checkpoint."""
+    from test_checkpoint import same_trace, signal_at_round
+
+    config = {**BASE, "rounds": 8, **MPI_RUNS[name]}
+    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
+    signal_at_round(monkeypatch, 2)
+    part = tmp_path / "part.h5"
+    assert run({**config, "out": str(part)}, comm=SerialComm()).status == "suspended"
+    monkeypatch.undo()
+    resumed = run({}, comm=SerialComm(), resume=part)
+    np.testing.assert_array_equal(resumed.x, full.x)
+    same_trace(tmp_path / "full.h5", part)
+
+
 MPI_RUNS = {
     "rgd": {**SPARSE, "algorithm": "rgd"},
     "r-lsvrg": {**SPARSE, "algorithm": "r-lsvrg", "participation": 3, "grad_probability": 0.3},
@@ -240,7 +257,13 @@ def test_every_riemannian_trace_is_the_same_at_any_rank_count(name, tmp_path):
     if distributed.metrics:  # rank 0
         serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
         assert distributed.status == serial.status != "failed", serial.message
-        for key in ("loss", "grad_norm", "pca_gap", "dist_to_opt", "f_gap", "bits_up", "bits_up_index", "bits_down",
-                    "exchanges", "participants"):
+        # the ledger to the bit; the numbers to rounding (a dense block's batched products may round differently
+        # with its rows' alignment, as in tests/test_mpi.py)
+        for key in ("bits_up", "bits_up_index", "bits_down", "exchanges", "participants"):
             np.testing.assert_array_equal(distributed.metrics[key], serial.metrics[key], err_msg=key)
-        np.testing.assert_array_equal(distributed.x, serial.x)
+        for key in ("loss", "grad_norm", "dist_to_opt"):
+            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
+        for key in ("pca_gap", "f_gap"):  # near 0 at the end
+            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-9, atol=1e-15,
+                                       err_msg=key)
+        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)

@@ -1,7 +1,7 @@
 """R-LSVRG: loopless SVRG (Kovalev, Horvath, Richtarik, ALT 2020, Algorithm 1) lifted to the sphere, after
 Demidovich, Malinovsky and Richtarik 2024 ("Streamlining in the Riemannian Realm", arXiv:2403.06677). The
 reference point w^k and mu^k = grad f(w^k) are kept by the server (w^k by every client too); a mini-batch is
-the round's participants S^k, b = tau of the n clients (``--participation``, default a tenth). Round k:
+the round's participants S^k, b = tau of the n clients (``--participation``, default a tenth). Round k::
 
     g^k = T_k mu^k + (1/b) sum_{i in S^k} (grad f_i(x^k) - T_k grad f_i(w^k))   (participants: d floats),
     x^{k+1} = R_{x^k}(-eta g^k),

@@ -1,6 +1,6 @@
 """R-MARINA: MARINA (Gorbunov, Burlachenko, Li, Richtarik, ICML 2021, Algorithm 1) lifted to the sphere, after
 Demidovich, Malinovsky and Richtarik 2024 ("Streamlining in the Riemannian Realm", arXiv:2403.06677), who
-derive it from R-PAGE. Round k, with the shared coin c_k (c_0 = 1, then Bernoulli(p)):
+derive it from R-PAGE. Round k, with the shared coin c_k (c_0 = 1, then Bernoulli(p))::
 
     c_k = 1:  every client sends grad f_i(x^k) (d floats);       g^k = (1/n) sum_i grad f_i(x^k),
     c_k = 0:  every client sends Q_i(grad f_i(x^k) - T_k grad f_i(x^{k-1}))  (the compressor's bits);

@@ -1,7 +1,7 @@
 """R-PAGE: PAGE (Li, Bao, Zhang, Richtarik, ICML 2021, Algorithm 1) lifted to the sphere, after Demidovich,
 Malinovsky and Richtarik 2024 ("Streamlining in the Riemannian Realm", arXiv:2403.06677). A mini-batch is the
 round's participants S^k, b = tau of the n clients drawn uniformly without replacement from (seed, round)
-(``--participation``, default a tenth). Round k, with the shared coin c_k (c_0 = 1, then Bernoulli(p)):
+(``--participation``, default a tenth). Round k, with the shared coin c_k (c_0 = 1, then Bernoulli(p))::
 
     c_k = 1:  every client sends grad f_i(x^k) (d floats);        g^k = (1/n) sum_i grad f_i(x^k),
     c_k = 0:  the participants send grad f_i(x^k) - T_k grad f_i(x^{k-1}) (d floats);
