@@ -25,29 +25,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..base import Uplink, participation
-from . import sphere
+from . import r_page, sphere
 
 COIN_STREAM = "r-lsvrg-coin"
 
 
 @dataclass(frozen=True)
-class Params:
-    """b = tau participants of n per round; p: probability that w moves to x^k; eta: the step (None: theory)."""
+class Params(r_page.Params):
+    """As R-PAGE's: b = tau participants of n per round; p: probability that w moves to x^k; eta (None: theory)."""
 
-    b: int
-    p: float
-    eta: float | None
-    n: int
-    seed: int
-    float_bits: int = 32
-    uses = ("participation", "grad_probability", "step_size")
-
-    @classmethod
-    def from_options(cls, opts, fed) -> "Params":
-        n = fed.n_clients
-        b = fed.tau or n
-        p = opts.grad_probability if opts.grad_probability is not None else b / n
-        return cls(b, p, opts.step_size, n, opts.seed, opts.float_bits)
+    @staticmethod
+    def default_p(b: int, n: int) -> float:
+        return b / n
 
 
 @dataclass(frozen=True)

@@ -82,22 +82,13 @@ class ClientState:
     grad: object  # (n, d) grad f_i(x^{k-1}), Riemannian
 
 
-@dataclass(frozen=True)
-class ServerState:
-    eta: float
-    g: np.ndarray  # g^{k-1}
-    smooth: sphere.Smoothness
-    k: int = 0
-
-
-def client_init(p: Params, block, x0, streams):
-    return None, sphere.smoothness_uplink(block, x0)
+client_init = sphere.client_init
 
 
 def server_init(p: Params, agg, x0):
     s = sphere.smoothness(agg)
     eta = p.eta or 1.0 / (s.L + s.L_tilde * math.sqrt((1.0 - p.p) * p.Q.omega / (p.p * p.n)))
-    return ServerState(eta, np.zeros(len(x0)), s)
+    return sphere.EstimatorState(eta, np.zeros(len(x0)), s)
 
 
 def client_step(p: Params, block, state, x, streams):
@@ -109,7 +100,7 @@ def client_step(p: Params, block, state, x, streams):
     return ClientState(grad), Uplink(loss, grad, *bits, {"q": message.values})
 
 
-def server_step(p: Params, state: ServerState, x, agg):
+def server_step(p: Params, state: sphere.EstimatorState, x, agg):
     if sphere.coin(p.seed, p.n, COIN_STREAM, state.k, p.p):
         g = agg.grad / agg.n
     else:

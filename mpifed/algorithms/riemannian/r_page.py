@@ -43,11 +43,15 @@ class Params:
     float_bits: int = 32
     uses = ("participation", "grad_probability", "step_size")
 
+    @staticmethod
+    def default_p(b: int, n: int) -> float:
+        return b / (b + n)
+
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         n = fed.n_clients
         b = fed.tau or n
-        p = opts.grad_probability if opts.grad_probability is not None else b / (b + n)
+        p = opts.grad_probability if opts.grad_probability is not None else cls.default_p(b, n)
         return cls(b, p, opts.step_size, n, opts.seed, opts.float_bits)
 
 
@@ -56,22 +60,13 @@ class ClientState:
     x: object  # x^{k-1}, the previous broadcast point
 
 
-@dataclass(frozen=True)
-class ServerState:
-    eta: float
-    g: np.ndarray  # g^{k-1}
-    smooth: sphere.Smoothness
-    k: int = 0
-
-
-def client_init(p: Params, block, x0, streams):
-    return None, sphere.smoothness_uplink(block, x0)
+client_init = sphere.client_init
 
 
 def server_init(p: Params, agg, x0):
     s = sphere.smoothness(agg)
     eta = p.eta or 1.0 / (s.L_tilde * (1.0 + math.sqrt((1.0 - p.p) / (p.p * p.b))))
-    return ServerState(eta, np.zeros(len(x0)), s)
+    return sphere.EstimatorState(eta, np.zeros(len(x0)), s)
 
 
 def client_step(p: Params, block, state, x, streams):
@@ -85,7 +80,7 @@ def client_step(p: Params, block, state, x, streams):
                                   {"delta": delta})
 
 
-def server_step(p: Params, state: ServerState, x, agg):
+def server_step(p: Params, state: sphere.EstimatorState, x, agg):
     if sphere.coin(p.seed, p.n, COIN_STREAM, state.k, p.p):
         g = agg.grad / agg.n
     else:

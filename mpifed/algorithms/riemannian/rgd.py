@@ -39,8 +39,7 @@ class ServerState:
     smooth: sphere.Smoothness
 
 
-def client_init(p: Params, block, x0, streams):
-    return None, sphere.smoothness_uplink(block, x0)
+client_init = sphere.client_init
 
 
 def server_init(p: Params, agg, x0):

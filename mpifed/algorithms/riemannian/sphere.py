@@ -74,6 +74,21 @@ class Smoothness:
     L_max: float
 
 
+@dataclass(frozen=True)
+class EstimatorState:
+    """The server state of R-PAGE and R-MARINA: the step, the last estimator g^{k-1}, the constants, the round."""
+
+    eta: float
+    g: np.ndarray
+    smooth: Smoothness
+    k: int = 0
+
+
+def client_init(p, block, x0, streams):
+    """Every method's setup: no client state yet, and the :func:`smoothness_uplink`."""
+    return None, smoothness_uplink(block, x0)
+
+
 def smoothness_uplink(block, x0) -> Uplink:
     """The setup message: each client's Lambda_i, gathered (no bits, not an exchange)."""
     xp, zero = block.bk.xp, np.zeros(block.n)
