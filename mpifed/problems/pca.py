@@ -6,10 +6,11 @@ column); the federation solves
     min_{||x|| = 1}  f(x) = (1/n) sum_i f_i(x),   f_i(x) = -x^T A_i x,
 
 whose minimisers are +-v_1, the leading eigenvector of the mean second moment A = (1/n) sum_i A_i, with
-f* = -lambda_1(A) (Demidovich, Malinovsky, Richtarik 2024, "Streamlining in the Riemannian Realm", the PCA
-experiment). With equal client sizes (the papers' split) A is the second moment of all the federation's rows.
-The Euclidean gradient is grad f_i(x) = -2 A_i x; the Riemannian one (its projection onto the tangent space
-of the sphere) is taken by the methods (:mod:`mpifed.algorithms.riemannian.sphere`).
+f* = -lambda_1(A) (PCA, the first application Demidovich, Malinovsky and Richtarik 2024 name for their
+problem (1), "Streamlining in the Riemannian Realm"). With equal client sizes (the papers' split) A is the
+second moment of all the federation's rows. The Euclidean gradient is grad f_i(x) = -2 A_i x; the Riemannian
+one (its projection onto the tangent space of the sphere) is taken by the methods
+(:mod:`mpifed.algorithms.riemannian.sphere`).
 
 No client's d x d matrix is formed: A_i x = (1/m_i) Z_i^T (Z_i x) comes from the block's rows, one sparse
 product over the block for every client's margins Z_i x and one scatter of the weighted rows (sparse data),

@@ -16,9 +16,9 @@ grad f(x^k) up to rounding.
 
 The coin is drawn from (seed, round) alone (a pseudo-client stream, :func:`.sphere.coin`), so the server and
 every rank agree without a message. Q: an unbiased vector compressor (``--compressor``, default Rand-K with
-K = d/4, as DCGD), each client from its own stream. Defaults (the Euclidean template's, Gorbunov et al. 2021,
-Thm 2.1 and Cor. 2.1; the Riemannian theory adds curvature constants): p = the cost of one compressed message
-over a dense one (K/d for Rand-K up to the index bits: MARINA's p = zeta_Q/d), and
+K = d/4, as DCGD), each client from its own stream. Defaults (the Euclidean template's non-convex step, Gorbunov
+et al. 2021, as the method sheet gives it; the Riemannian theory adds curvature constants): p = the cost of one
+compressed message over a dense one (K/d for Rand-K up to the index bits: MARINA's p = zeta_Q/d), and
 eta = 1/(L + L_tilde sqrt((1 - p) omega / (p n))) with L, L_tilde from the setup (:mod:`.sphere`).
 Downlink: x^{k+1} to every client, d floats (the coin costs nothing).
 

@@ -10,10 +10,10 @@ round's participants S^k, b = tau of the n clients drawn uniformly without repla
 
 T_k = P_{x^k} the vector transport from x^{k-1}, R the retraction (:mod:`.sphere`). A participant evaluates its
 gradient at both points (every client keeps x^{k-1}: the broadcast reaches all of them). Defaults (the
-Euclidean template's, Li et al. 2021, Thm 1): p = b/(b + n), eta = 1/(L_tilde (1 + sqrt((1 - p)/(p b)))),
-L_tilde the clients' mean-square smoothness from the setup. Downlink: x^{k+1} to every client, d floats.
-With b = n the estimator is grad f(x^k) up to rounding (the transported terms cancel), and p = 1 gives
-:mod:`.rgd` to the last bit.
+Euclidean template's non-convex step, Li et al. 2021, as the method sheet gives it): p = b/(b + n),
+eta = 1/(L_tilde (1 + sqrt((1 - p)/(p b)))), L_tilde the clients' mean-square smoothness from the setup.
+Downlink: x^{k+1} to every client, d floats. With b = n the estimator is grad f(x^k) up to rounding (the
+transported terms cancel), and p = 1 gives :mod:`.rgd`'s update to the last bit (at RGD's step).
 
 What was checked: the paper's abstract and introduction (arXiv HTML v1); its algorithm boxes were not reachable,
 so the lifting follows the PAGE template and the project's sheet of the method, which is reconstructed.
