@@ -25,10 +25,14 @@ from .errors import MpifedError
 HELP = {
     "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
-    "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression) or "
-                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible)"),
+    "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression), "
+                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible) or "
+                "pca (min over ||x|| = 1 of -(1/n) sum_i x^T A_i x, A_i the uncentered second moment of client i's rows; "
+                "methods rgd, r-lsvrg, r-page, r-marina; trace column pca_gap = 1 - <x, v_1>^2)"),
     "condition": ("synthetic dataset: scale the features so that their covariance has condition number kappa >= 1 "
                   "(an ill-conditioned ridge / logistic problem; default: no scaling)"),
+    "eigengap": ("--problem pca on the synthetic dataset: lambda_1 - lambda_2 in (0, 1) of the clients' mean second "
+                 "moment (lambda_1 = 1; default 0.1); needs --samples-per-client >= --features"),
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
@@ -37,16 +41,19 @@ HELP = {
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam | "
-                  "lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --problem pca: rgd | r-lsvrg | r-page | r-marina; "
+                  "with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
-                   "Newton-Learn: randk:k=1 (r coefficients per client)"),
+                   "Newton-Learn: randk:k=1 (r coefficients per client); DCGD, DIANA, ADIANA, R-MARINA: a vector "
+                   "compressor (default randk:k=0.25d)"),
     "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam)",
-    "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
+    "step_size": ("GD step size (default 1/L); Riemannian methods: eta (default rgd 1/L, the others their "
+                  "templates' theory, see docs/methods/riemannian.md); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
@@ -55,12 +62,14 @@ HELP = {
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
-    "participation": "clients per round: a fraction in (0, 1] or a count (FedNL-PP's tau); default all",
+    "participation": ("clients per round: a fraction in (0, 1] or a count (FedNL-PP's tau); default all "
+                      "(R-LSVRG, R-PAGE: their mini-batch b, default 0.1)"),
     "ls_c": "FedNL-LS Armijo constant c in (0, 1/2] (default 0.5)",
     "ls_gamma": "FedNL-LS backtracking factor gamma in (0, 1) (default 0.5)",
     "hessian_lipschitz": "FedNL-CR / CNL: Lipschitz constant of the Hessian in the cubic term",
     "down_compressor": "FedNL-BC: compressor of the model on the downlink",
-    "grad_probability": "FedNL-BC: probability p that a client sends its gradient",
+    "grad_probability": ("FedNL-BC: probability p that a client sends its gradient; R-LSVRG, R-PAGE, R-MARINA: "
+                         "probability p of a full-gradient round (default b/n, b/(b+n), the compressor's cost ratio)"),
     "x0_noise": "start at x0 = x* + sigma N(0, I) (FedPM Test 1 uses 0.1); default x0 = 0",
     "server_lr": "FedAvg family / FedAdam: server learning rate applied to the mean client update (default 1)",
     "momentum": "FedAvgM: server momentum beta in [0, 1)",
@@ -105,10 +114,11 @@ HELP = {
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
     "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "
-            "default 0)"),
+            "default 0; --problem pca: the Riemannian gradient's norm)"),
     "seed": "seed of every client's random stream (default 0)",
     "float_bits": "bits per transmitted float in the bit count: 16, 32 (default) or 64",
     "reference_iterations": ("Newton iterations for x*, f* (default 20, as the papers; 0 skips f_gap and dist_to_opt; "
+                             "--problem pca: > 0 computes v_1 with ARPACK instead; "
                              "networks: 0, there is no x*)"),
     "backend": "numpy (default), cupy (GPU) or auto",
     "dtype": ("neural networks: float64 (default) or float32 for the clients' model, curvature and test arithmetic "

@@ -26,7 +26,10 @@ from .errors import ConfigError
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
-PROBLEMS = ("logistic", "least-squares")
+PROBLEMS = ("logistic", "least-squares", "pca")
+# --problem pca is an objective on the unit sphere: only the Riemannian methods (mpifed/algorithms/riemannian/)
+# solve it, and they solve nothing else; the mini-batch ones sample a tenth of the clients per round by default
+RIEMANNIAN_DEFAULTS = {"r-lsvrg": {"participation": 0.1}, "r-page": {"participation": 0.1}}
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -53,6 +56,7 @@ class RunConfig:
     dataset: str = "synthetic"
     problem: str = "logistic"
     features: int | None = None
+    eigengap: float | None = None
     clients: int | None = None
     samples_per_client: int | None = None
     shuffle: int | None = None
@@ -185,6 +189,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.features is None or c.features >= 1, "features", "an integer >= 1")
     need(c.condition is None or c.condition >= 1, "condition", "kappa >= 1 (the synthetic features' covariance)")
     need(c.condition is None or c.dataset == "synthetic", "condition", "only with --dataset synthetic")
+    need(c.eigengap is None or 0 < c.eigengap < 1, "eigengap", "0 < lambda_1 - lambda_2 < 1 (lambda_1 = 1)")
     need(c.alpha is None or c.alpha > 0, "alpha", "alpha > 0")
     need(c.option in (None, 1, 2), "option", "1 (projection [H]_mu) or 2 (H + l I)")
     need(c.step_hessian in (None, "previous", "updated"), "step_hessian", "previous (paper) or updated (u-FedNL)")
@@ -245,11 +250,47 @@ def _check_ranges(c: RunConfig) -> None:
                           f"the convex problems run in float64")
     elif c.validation is not None:
         raise ConfigError("--validation applies to neural-network runs only (give --model)")
+    _check_problem(c)
     extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
     if extra:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"
         raise ConfigError(f"{', '.join(_flag(n) for n in extra)} does not apply to algorithm "
                           f"{c.algorithm!r} (it takes {takes})")
+
+
+def _check_problem(c: RunConfig) -> None:
+    """One-line errors for a method or option that does not fit ``--problem`` (tabular runs)."""
+    from .algorithms import RIEMANNIAN_METHODS
+
+    if c.model is not None:
+        return
+    valid = ", ".join(RIEMANNIAN_METHODS)
+    if c.problem != "pca":
+        if c.algorithm in RIEMANNIAN_METHODS:
+            raise ConfigError(f"--algorithm = {c.algorithm!r} optimises on the unit sphere; --problem {c.problem} has "
+                              f"no manifold (give --problem pca, or a method of the problem such as gd)")
+        if c.eigengap is not None:
+            raise ConfigError("--eigengap applies to --problem pca on the synthetic dataset only")
+        return
+    if c.algorithm not in RIEMANNIAN_METHODS:
+        raise ConfigError(f"--algorithm = {c.algorithm!r} does not apply to --problem pca (an objective on the unit "
+                          f"sphere, unbounded below off it); valid: {valid}")
+    if c.intercept:
+        raise ConfigError("--intercept does not apply to --problem pca (the second moment of the rows as they are)")
+    if c.x0_noise is not None:
+        raise ConfigError("--x0-noise does not apply to --problem pca (x0 is a seeded random unit vector)")
+    if c.test_dataset is not None:
+        raise ConfigError("--test-dataset does not apply to --problem pca (it has no test metric; see pca_gap)")
+    if c.eigengap is not None and c.dataset != "synthetic":
+        raise ConfigError(f"--eigengap applies to the synthetic dataset only; --dataset = {c.dataset!r} has its own")
+    if c.dataset == "synthetic":
+        from .data import SYNTHETIC_DEFAULTS
+
+        m = c.samples_per_client or SYNTHETIC_DEFAULTS["samples_per_client"]
+        d = c.features or SYNTHETIC_DEFAULTS["features"]
+        if m < d:
+            raise ConfigError(f"--samples-per-client = {m} is out of range for the synthetic PCA federation; valid: "
+                              f">= --features = {d} (each client's rows have the set second moment)")
 
 
 def _check_network(c: RunConfig) -> None:
@@ -282,6 +323,9 @@ def with_run_defaults(values: dict) -> dict:
     trains a CNN with FedAvg; a network run (``model``) uses an IID partition, no reference solve and no
     tolerance (:data:`NETWORK_DEFAULTS`)."""
     values = dict(values)
+    for key, default in RIEMANNIAN_DEFAULTS.get(values.get("algorithm"), {}).items():
+        if values.get(key) is None:
+            values[key] = default
     if values.get("dataset") in IMAGE_SETS:
         for key, default in IMAGE_DEFAULTS.items():
             if values.get(key) is None:

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import config as cfgmod
 from . import trace as tracemod
 from .algorithms import method_for
-from .algorithms.base import Aggregate, Query
+from .algorithms.base import Aggregate, Query, Uplink
 from .algorithms.second_order import newton
 from .checkpoint import SIGNALS
 from .comm import collective, world
@@ -267,9 +267,12 @@ def _client(fed: Federation, step):
 
 
 def reference_solution(fed: Federation, iterations: int):
-    """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20)."""
+    """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20); on the sphere (``--problem pca``)
+    the leading eigenvector instead (:func:`reference_eigenvector`; ``iterations`` > 0 only asks for it)."""
     if iterations == 0:
         return None, float("nan")
+    if getattr(fed.block, "manifold", None) == "sphere":
+        return reference_eigenvector(fed)
     params = newton.Params()
     out = {}
 
@@ -281,6 +284,64 @@ def reference_solution(fed: Federation, iterations: int):
         raise MpifedError(f"the reference Newton solve for x* failed: {message}")
     f_star = fed.comm.allgather(out.get("f"))[0]
     return x, f_star
+
+
+EIGEN_TOL = 1e-12  # ARPACK's relative accuracy of the reference eigenpair
+
+
+def reference_eigenvector(fed: Federation):
+    """(v_1, f* = -lambda_1) of the mean second moment A = (1/n) sum_i A_i, the minimiser of PCA on the sphere.
+
+    Rank 0 runs ARPACK (scipy's eigsh, largest algebraic, tol :data:`EIGEN_TOL`, a seeded start); each product
+    A v it asks for is one collective exchange of the clients' A_i v (double-double sums: the same bits at any
+    rank count). The sign is fixed so that v_1's largest entry is positive. Every rank returns the pair.
+    """
+    comm, d = fed.comm, fed.d
+    buf = np.zeros(d + 1)
+
+    def product(v):
+        buf[0], buf[1:] = CONTINUE, np.ravel(v)
+        comm.bcast_array(buf)
+        return _moment_products(fed, buf[1:]).ravel()
+
+    result = np.full(d + 1, np.nan)
+    if comm.is_root:
+        import scipy.sparse.linalg as sla
+
+        try:
+            if d <= 2:  # ARPACK needs k < d: the d products of the basis vectors, then a dense solve
+                w, V = np.linalg.eigh(np.stack([product(e) for e in np.eye(d)], axis=1))
+                lam, v = w[-1], V[:, -1]
+            else:
+                op = sla.LinearOperator((d, d), matvec=product, dtype=np.float64)
+                v0 = np.random.default_rng(0).standard_normal(d)
+                w, V = sla.eigsh(op, k=1, which="LA", tol=EIGEN_TOL, v0=v0)
+                lam, v = w[0], V[:, 0]
+            v = v / np.linalg.norm(v)
+            result[0], result[1:] = lam, v * np.sign(v[np.argmax(np.abs(v))])
+        except Exception as err:  # noqa: BLE001 - every rank must leave the loop below; the error follows
+            result[0] = np.nan
+            print(f"mpifed: the reference eigensolver failed: {type(err).__name__}: {err}", file=sys.stderr)
+        buf[0] = STOP
+        comm.bcast_array(buf)
+    else:
+        while True:
+            comm.bcast_array(buf)
+            if buf[0] == STOP:
+                break
+            _moment_products(fed, buf[1:])
+    comm.bcast_array(result)
+    if not np.all(np.isfinite(result)):
+        raise MpifedError("the reference eigensolver for v_1 failed (see the message above)")
+    return result[1:].copy(), -float(result[0])
+
+
+def _moment_products(fed: Federation, v):
+    """(1/n) sum_i A_i v on rank 0 (None elsewhere): the clients' products summed in one exchange."""
+    Av = _client(fed, lambda: fed.block.products(fed.backend.asarray(v)))
+    zero = np.zeros(fed.block.n)
+    agg = exchange(fed, Uplink(fed.backend.xp.zeros(fed.block.n), Av, zero, zero))
+    return None if agg is None else agg.grad / agg.n
 
 
 def run(config, comm=None, resume: str | Path | None = None) -> RunResult:
@@ -355,16 +416,19 @@ def _run(config, comm, start=None) -> RunResult:
         resume = ckpt.State(head["round"], head["x"], server, client, head["bits"])
     fed.on_abort = (lambda msg: writer.close("failed", msg)) if writer else None
     rows = {key: list(v) for key, v in writer.metrics_so_far().items()} if writer and start else {}
+    sphere = config.problem == "pca" and config.model is None
     report = _Progress(config, comm.is_root, resume.k if resume else 0)
     events = [writer.file["events"][()]] if writer and start and "events" in writer.file else []
     def record(k, agg, x, timing, bits):
         loss = agg.loss / agg.n
         row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
-               "f_gap": loss - f_star, "dist_to_opt": float(np.linalg.norm(x - x_star)) if x_star is not None else np.nan,
+               "f_gap": loss - f_star, "dist_to_opt": _distance(x, x_star, sphere),
                "participants": agg.participants, "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
                "exchanges": bits.get("exchanges", 0),
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
+        if sphere:
+            row["pca_gap"] = pca_gap(x, x_star) if x_star is not None else np.nan
         row.update({key: float(v) for key, v in timing.get("report", {}).items()})
         evaluated = k % config.eval_every == 0
         if fed.test is not None:  # at the broadcast iterate x^k, outside time_s
@@ -419,10 +483,26 @@ def _note_events(writer, events: list, k: int, gathered) -> None:
 
 
 def start_point(config, d: int, x_star) -> np.ndarray:
-    """x^0 = 0, or x* + sigma N(0, I) drawn from the run's seed (FedPM Test 1: sigma = 0.1)."""
+    """x^0 = 0, or x* + sigma N(0, I) drawn from the run's seed (FedPM Test 1: sigma = 0.1); on the sphere
+    (``--problem pca``) a random unit vector drawn from the run's seed."""
+    if config.problem == "pca":
+        x0 = np.random.default_rng(config.seed).standard_normal(d)
+        return x0 / np.linalg.norm(x0)
     if config.x0_noise is None:
         return np.zeros(d)
     return x_star + config.x0_noise * np.random.default_rng(config.seed).standard_normal(d)
+
+
+def pca_gap(x, v) -> float:
+    """1 - <x, v>^2 / ||x||^2 for unit v, as ||x - <x, v> v||^2 / ||x||^2 (no cancellation near the optimum)."""
+    return float(np.sum((x - (x @ v) * v) ** 2) / (x @ x))
+
+
+def _distance(x, x_star, sphere: bool) -> float:
+    """||x - x*||; on the sphere to the nearer of +-v_1 (both minimise)."""
+    if x_star is None:
+        return np.nan
+    return float(np.linalg.norm(x - np.copysign(1.0, x @ x_star) * x_star if sphere else x - x_star))
 
 
 def _reopen_trace(comm, start, env):

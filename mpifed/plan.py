@@ -47,6 +47,7 @@ class DataSpec:
     validation: float | None = None
     problem: str = "logistic"
     condition: float | None = None
+    eigengap: float | None = None  # the synthetic PCA federation's lambda_1 - lambda_2 (None: its default)
 
     @property
     def images(self) -> bool:
@@ -77,7 +78,8 @@ def resolve(c: RunConfig) -> Plan:
     clients, m = split(c)
     data = DataSpec(c.dataset, clients, m, c.features, c.shuffle, c.intercept, c.partition, c.min_client_size,
                     c.test_dataset, c.seed, c.lam, c.backend, participants(c.participation, clients), c.model,
-                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem, c.condition)
+                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem, c.condition,
+                    c.eigengap)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
                            problem=c.problem, **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)

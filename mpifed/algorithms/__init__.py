@@ -1,4 +1,5 @@
-"""The methods, grouped by family: ``second_order/``, ``first_order/``, ``proximal/`` and ``networks/`` (``--model``).
+"""The methods, grouped by family: ``second_order/``, ``first_order/``, ``proximal/``, ``riemannian/``
+(``--problem pca``) and ``networks/`` (``--model``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -18,7 +19,11 @@ _MODULES = {
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
     "lcd1": "first_order.lcd", "lcd2": "first_order.lcd", "lcd3": "first_order.lcd",
     "bpm": "proximal.bpm", "bpm-lin": "proximal.bpm_lin",
+    "rgd": "riemannian.rgd", "r-lsvrg": "riemannian.r_lsvrg", "r-page": "riemannian.r_page",
+    "r-marina": "riemannian.r_marina",
 }
+# the methods on the unit sphere (--problem pca), and the only ones it takes
+RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))
 # --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
 _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",

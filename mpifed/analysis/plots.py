@@ -36,6 +36,7 @@ X_AXES = {"round": ("round", "round k"),
 Y_AXES = {"grad_norm": ("grad_norm", r"$\|\nabla P(x^k)\|$", True),
           "f_gap": ("f_gap", r"$P(x^k) - P(x^*)$", True),
           "dist_to_opt": ("dist_to_opt", r"$\|x^k - x^*\|$", True),
+          "pca_gap": ("pca_gap", r"$1 - \langle x^k, v_1\rangle^2$", True),
           "test_acc": ("test_accuracy", "test accuracy", False),
           "val_acc": ("val_accuracy", "validation accuracy (--validation)", False),
           # FedRCO's monitor (sec. 6.3, Fig. 4): per round, over the participants and their K local steps
@@ -49,7 +50,8 @@ _NAMES = {"newton": "Newton", "newton-star": "Newton-Star", "nl1": "NL1", "nl2":
           "fednl": "FedNL", "fednl-ls": "FedNL-LS", "fednl-pp": "FedNL-PP", "fednl-cr": "FedNL-CR",
           "fednl-bc": "FedNL-BC", "fedpm": "FedPM", "localnewton": "LocalNewton", "gd": "GD", "dcgd": "DCGD",
           "diana": "DIANA", "adiana": "ADIANA", "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedprox": "FedProx",
-          "scaffold": "SCAFFOLD", "fedadam": "FedAdam", "fedrco": "FedRCO", "fedrco-ori": "FedRCO-ori"}
+          "scaffold": "SCAFFOLD", "fedadam": "FedAdam", "fedrco": "FedRCO", "fedrco-ori": "FedRCO-ori",
+          "rgd": "RGD", "r-lsvrg": "R-LSVRG", "r-page": "R-PAGE", "r-marina": "R-MARINA"}
 # short names of the method fields in legends (the papers' symbols where there is one)
 _SHORT = {"compressor": "", "alpha": "α", "option": "opt", "step_hessian": "H", "mu": "μ", "step_size": "γ",
           "eta": "η", "gamma": "γ", "local_steps": "K", "local_line_search": "ls", "participation": "τ",

@@ -1,5 +1,5 @@
 """LIBSVM and synthetic federations of the tabular problems: a rank's rows as the ``--problem``'s block
-(:data:`mpifed.problems.BLOCKS`: logistic or least squares), and the held-out set on rank 0.
+(:data:`mpifed.problems.BLOCKS`: logistic, least squares, PCA), and the held-out set on rank 0 (not for PCA).
 
 A synthetic federation is generated per client, so a rank generates only its own clients.
 """
@@ -48,10 +48,15 @@ def build_tabular(spec, comm) -> Federation:
         lo, hi = client_range(clients, comm.size, comm.rank)
         ids = np.arange(lo, hi)
         features = spec.features or data.SYNTHETIC_DEFAULTS["features"]
-        A, b = data.synthetic_clients(ids, m, features, spec.seed, spec.condition)
+        if spec.problem == "pca":
+            gap = spec.eigengap if spec.eigengap is not None else data.PCA_EIGENGAP
+            A, b = data.synthetic_pca_clients(ids, clients, m, features, gap, spec.seed), np.ones(len(ids) * m)
+            source = f"synthetic-pca(features={features}, eigengap={gap:g}, seed={spec.seed})"
+        else:
+            A, b = data.synthetic_clients(ids, m, features, spec.seed, spec.condition)
+            kappa = "" if spec.condition is None else f", condition={spec.condition:g}"
+            source = f"synthetic(features={features}, seed={spec.seed}{kappa})"
         offsets = np.arange(len(ids) + 1) * m
-        kappa = "" if spec.condition is None else f", condition={spec.condition:g}"
-        source = f"synthetic(features={features}, seed={spec.seed}{kappa})"
         sizes, info, width = np.full(clients, m), {"spec": spec.partition, "seed": spec.seed}, features
     else:
         dataset = data.load(spec.dataset, spec.features)
@@ -80,7 +85,9 @@ def build_tabular(spec, comm) -> Federation:
     label_counts = np.stack([np.bincount(client_of_row[b == v], minlength=len(ids)) for v in LABELS], axis=1)
     fed = Federation(spec.seed, comm, backend, block, ids, clients, block.d, source, tau=spec.tau, m_min=m_min,
                      m_max=m_max, label_counts=label_counts, partition=info)
-    if comm.is_root:
+    if comm.is_root and spec.problem == "pca":
+        fed.test_note = "no test set (--problem pca: the trace's pca_gap measures the run)"
+    elif comm.is_root:
         fed.test, fed.test_note = load_test_set(spec, width)
         release_memory()  # and what parsing the test file left
     return fed

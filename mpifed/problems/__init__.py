@@ -1,5 +1,6 @@
 """The objectives clients optimise: :mod:`~mpifed.problems.logistic` (the GLM block of the convex methods),
-:mod:`~mpifed.problems.least_squares` (ridge regression on the same block) and :mod:`~mpifed.problems.nn`
+:mod:`~mpifed.problems.least_squares` (ridge regression on the same block), :mod:`~mpifed.problems.pca` (PCA on the
+unit sphere, for the Riemannian methods) and :mod:`~mpifed.problems.nn`
 (networks: models, layers, curvature factors, the image block).
 
 :data:`BLOCKS` maps ``--problem`` to the block class of a tabular federation; each is built as
@@ -7,5 +8,6 @@
 """
 from .least_squares import LeastSquaresBlock
 from .logistic import LogisticBlock
+from .pca import PCABlock
 
-BLOCKS = {"logistic": LogisticBlock, "least-squares": LeastSquaresBlock}
+BLOCKS = {"logistic": LogisticBlock, "least-squares": LeastSquaresBlock, "pca": PCABlock}
