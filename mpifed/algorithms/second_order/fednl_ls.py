@@ -34,6 +34,9 @@ and nothing for the accepted point, which the clients already hold (the next rou
 tells them the last trial was accepted). The authors' code counts 32 bits per backtracking
 step and nothing for the function values.
 
+FedNL's ``hessian`` (diagonal) and ``solver`` (cg) options apply to the direction as in FedNL
+(:mod:`mpifed.algorithms.second_order.fednl`; CG starts from 0 here).
+
 Deviation from the authors' code: its unbiased-compressor branch uses alpha = 0.5/(omega + 1);
 here alpha defaults to FedNL's theory (1/(omega + 1)), as the paper's Algorithm 3 takes FedNL's
 Hessian learning unchanged.
@@ -45,7 +48,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import tri
 from ...errors import MpifedError
 from . import fednl
 from ..base import Aggregate, Query, Uplink, bits_for
@@ -66,7 +68,7 @@ class Params:
     c: float = 0.5
     gamma: float = 0.5
     max_backtracks: int = 50
-    uses = ("compressor", "alpha", "option", "mu", "ls_c", "ls_gamma")
+    uses = ("compressor", "alpha", "option", "mu", "ls_c", "ls_gamma", "hessian", "solver", "cg_iterations")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
@@ -104,7 +106,7 @@ def client_step(p: Params, block, state, x, streams):
 
 
 def server_step(p: Params, state: fednl.ServerState, x, agg: Aggregate):
-    H, g = tri.unpack(state.H, len(x)), agg.grad / agg.n
+    H, g = fednl.server_matrix(p.fednl, state.H, len(x)), agg.grad / agg.n
     report = {}
     direction = -fednl.newton_step(p.fednl, H, g, agg, report)
     H_next, f0, slope = state.H + p.fednl.alpha * agg.mean("S"), agg.loss / agg.n, float(g @ direction)
