@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from conftest import data_params
 from sparse_data import sparse_binary
-from test_fednl_variants import LAM, SEED, SYNTH, clients_of, grad_P
+from test_fednl_variants import LAM, SEED, SYNTH, _start, clients_of, grad_P
 from mpifed import compressors, problems
 from mpifed.algorithms.base import SolverError, solve_projected
 from mpifed.algorithms.second_order import fednl
@@ -211,13 +211,6 @@ def test_adaptive_regularization_matches_a_plain_levenberg_marquardt_loop(cfg, d
     S = d * 32 if diagonal else d * (d + 1) // 2 * 32
     np.testing.assert_allclose(np.diff(r.metrics["bits_up"]), (d + 1) * 32 + S + 32 * (outcome != 0))
     np.testing.assert_allclose(np.diff(r.metrics["bits_down"]), d * 32)
-
-
-def _start(result):
-    import h5py
-
-    with h5py.File(result.path, "r") as f:
-        return f["x/start"][()]
 
 
 # ------------------------------------------------------------------ bad input

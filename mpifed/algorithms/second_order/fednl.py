@@ -57,7 +57,7 @@ CG_ITERATIONS = 20  # --solver cg without --cg-iterations (the blog's cg_iterati
 class Params:
     """compressor C, Hessian learning rate alpha, option (1 or 2), mu for Option 1, step_hessian; hessian
     (full or diagonal), solver (cholesky or cg) with cg_iterations, adaptive (the LM shift sigma) with its
-    floor sigma_min, warm_start (CG from the previous solution)."""
+    floor sigma_min."""
 
     compressor: compressors.Compressor
     alpha: float
@@ -70,7 +70,6 @@ class Params:
     cg_iterations: int = CG_ITERATIONS
     adaptive: bool = False
     sigma_min: float = 1e-3
-    warm_start: bool = True
     uses = ("compressor", "alpha", "option", "mu", "step_hessian", "hessian", "solver", "cg_iterations",
             "adaptive_regularization")
 
@@ -118,7 +117,6 @@ class ServerState:
     H: object  # (T,) H^k = mean of the H_i^k, packed; (d,) diagonal
     report: dict = field(default_factory=dict)  # Option 1: how many eigenvalues the projection clipped
     sigma: float = 0.0  # adaptive: the LM shift sigma^k
-    previous: object = None  # CG: the last solution M^{-1} g, the warm start
 
 
 def client_init(p: Params, block, x0, streams):
@@ -185,8 +183,8 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     H_next = state.H + p.alpha * agg.mean("S")
     H = server_matrix(p, H_next if p.step_hessian == "updated" else state.H, len(x))
     g, report = agg.grad / agg.n, {}
-    step = newton_step(p, H, g, agg, report, shift=state.sigma, guess=state.previous)
-    server = ServerState(H_next, report, state.sigma, step if p.solver == "cg" and p.warm_start else None)
+    step = newton_step(p, H, g, agg, report, shift=state.sigma)
+    server = ServerState(H_next, report, state.sigma)
     if p.adaptive:
         return fednl_lm.propose(server, x, -step, H, g, agg.loss / agg.n, state.sigma, p.float_bits)
     return server, x - step, len(x) * p.float_bits
@@ -206,17 +204,20 @@ def server_matrix(p: Params, H, d: int):
     return H if p.hessian == "diagonal" else tri.unpack(H, d)
 
 
-def newton_step(p: Params, H, g, agg: Aggregate, report: dict, shift: float = 0.0, guess=None):
+def newton_step(p: Params, H, g, agg: Aggregate, report: dict, shift: float = 0.0):
     """M^{-1} g with M = [H]_mu (Option 1; the clipped count goes to ``report``) or H + (l^k + shift) I
-    (Option 2), for H from :func:`server_matrix`: by Cholesky / eigendecomposition, by CG (``guess``: the warm
-    start), or elementwise for a diagonal H."""
+    (Option 2), for H from :func:`server_matrix`: by Cholesky / eigendecomposition, by CG from 0, or
+    elementwise for a diagonal H.
+
+    CG starts from 0: a warm start from the best multiple of the previous round's solution saved 2-4% of
+    the CG iterations on a9a and w8a (to ||grad P|| <= 1e-8) and costs one product per solve."""
     mu = p.mu if p.option == 1 else None
     if p.option == 2:
         shift = float(agg.mean("l")) + shift
     if H.ndim == 1:
         return diagonal_solve(H, g, shift, mu, report)
     if p.solver == "cg":
-        return cg_solve(H, g, p.cg_iterations, shift, mu, guess, report)
+        return cg_solve(H, g, p.cg_iterations, shift, mu, report=report)
     if p.option == 1:
         return solve_projected(H, g, p.mu, report)
     return solve_spd(H, g, shift=shift, what="H^k + l^k I")

@@ -35,7 +35,7 @@ tells them the last trial was accepted). The authors' code counts 32 bits per ba
 step and nothing for the function values.
 
 FedNL's ``hessian`` (diagonal) and ``solver`` (cg) options apply to the direction as in FedNL
-(:mod:`mpifed.algorithms.second_order.fednl`; CG starts from 0 here).
+(:mod:`mpifed.algorithms.second_order.fednl`).
 
 Deviation from the authors' code: its unbiased-compressor branch uses alpha = 0.5/(omega + 1);
 here alpha defaults to FedNL's theory (1/(omega + 1)), as the paper's Algorithm 3 takes FedNL's
