@@ -65,7 +65,7 @@ HELP = {
     "cg_iterations": "--solver cg: at most this many CG iterations per solve (default 20)",
     "adaptive_regularization": ("FedNL Option 2: Levenberg-Marquardt shift sigma added to l^k, doubled (step rejected) "
                                 "when the actual/predicted decrease is below 1/4, halved above 3/4; one extra "
-                                "exchange per round"),
+                                "exchange per round (default on with --hessian diagonal under Option 2)"),
     "x0_noise": "start at x0 = x* + sigma N(0, I) (FedPM Test 1 uses 0.1); default x0 = 0",
     "server_lr": "FedAvg family / FedAdam: server learning rate applied to the mean client update (default 1)",
     "momentum": "FedAvgM: server momentum beta in [0, 1)",

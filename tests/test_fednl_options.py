@@ -82,7 +82,8 @@ def test_diagonal_fednl_is_a_diagonal_newton_iteration_with_its_bit_ledger(cfg, 
     d, rounds = clients[0].A.shape[1], 8
     k = d if spec == "identity" else int(spec.split("=")[1])
     xs = plain_diagonal(clients, np.zeros(d), rounds, option, top_k_vector(k))
-    r = go(cfg, hessian="diagonal", compressor=spec, alpha=1.0, option=option, rounds=rounds)
+    r = go(cfg, hessian="diagonal", compressor=spec, alpha=1.0, option=option, rounds=rounds,
+           adaptive_regularization=False)
     np.testing.assert_allclose(r.x, xs[-1], rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(r.metrics["grad_norm"], [np.linalg.norm(grad_P(clients, x)) for x in xs], rtol=1e-10)
     S = d * 32 if spec == "identity" else k * (32 + math.ceil(math.log2(d)))
@@ -213,6 +214,15 @@ def test_adaptive_regularization_matches_a_plain_levenberg_marquardt_loop(cfg, d
     np.testing.assert_allclose(np.diff(r.metrics["bits_down"]), d * 32)
 
 
+def test_diagonal_option_2_is_damped_by_default():
+    on = go(SPARSE, hessian="diagonal", rounds=6)
+    off = go(SPARSE, hessian="diagonal", rounds=6, adaptive_regularization=False)
+    explicit = go(SPARSE, hessian="diagonal", rounds=6, adaptive_regularization=True)
+    np.testing.assert_array_equal(on.x, explicit.x)
+    assert "lm_sigma" in on.metrics and "lm_sigma" not in off.metrics
+    assert "lm_sigma" not in go(SPARSE, rounds=2, compressor="topk:k=d").metrics  # the full Hessian: the paper's
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("values, match", [
     ({"hessian": "diagonal", "compressor": "rankr:r=1"},
@@ -240,13 +250,13 @@ def test_bad_options_fail_before_the_first_round_with_one_line(values, match):
 
 # ------------------------------------------------------------------ rank count (mpiexec -n 2 / -n 4)
 EVERY_OPTION = {
-    "diagonal-topk": {**SPARSE, "hessian": "diagonal", "compressor": "topk:k=10"},
+    "diagonal-topk": {**SPARSE, "hessian": "diagonal", "compressor": "topk:k=10", "adaptive_regularization": False},
     "diagonal-randk-opt1": {**SYNTH, "hessian": "diagonal", "compressor": "randk:k=3", "option": 1},
     "diagonal-natural-dense": {**SYNTH, "hessian": "diagonal", "compressor": "natural"},
     "cg-opt2": {**SPARSE, "solver": "cg", "cg_iterations": 7},
     "cg-opt1": {**SPARSE, "solver": "cg", "option": 1, "compressor": "topk:k=d"},
     "adaptive": {**SPARSE, "adaptive_regularization": True, "compressor": "randk:k=2d"},
-    "adaptive-diagonal": {**SYNTH, "hessian": "diagonal", "adaptive_regularization": True, "compressor": "identity"},
+    "adaptive-diagonal": {**SYNTH, "hessian": "diagonal", "compressor": "identity"},  # on by default here
     "ls-diagonal": {**SPARSE, "algorithm": "fednl-ls", "hessian": "diagonal"},
     "ls-cg": {**SYNTH, "algorithm": "fednl-ls", "compressor": "topk:k=6", "solver": "cg", "cg_iterations": 3},
     "pp-cg": {**SPARSE, "algorithm": "fednl-pp", "participation": 4, "solver": "cg", "cg_iterations": 5},

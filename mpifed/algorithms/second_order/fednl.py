@@ -31,7 +31,8 @@ Options beyond the paper (defaults: the paper's method):
 
 * ``hessian = "diagonal"``: learn only diag grad^2 f_i, a d-vector per client, compressed as a vector
   (:mod:`~mpifed.algorithms.second_order.fednl_diag`); the server's M is diagonal and its solve elementwise,
-  [H]_mu = max(H, mu) entrywise under Option 1. The default compressor is then ``topk:k=0.25d``.
+  [H]_mu = max(H, mu) entrywise under Option 1. The default compressor is then ``topk:k=0.25d``, and under
+  Option 2 adaptive regularization is on unless turned off (``--no-adaptive-regularization``).
 * ``solver = "cg"``: the server solves with ``cg_iterations`` conjugate-gradient steps on the learned H
   (:mod:`~mpifed.algorithms.second_order.fednl_solve`) instead of Cholesky / the eigendecomposition.
 * ``adaptive``: Option 2's shift becomes l^k + sigma^k with sigma^k set by a Levenberg-Marquardt ratio test
@@ -89,7 +90,10 @@ class Params:
                               f"it needs --solver cg (got {solver})")
         if solver == "cg" and hessian == "diagonal":
             raise ConfigError("--solver cg needs --hessian full: the diagonal solve is elementwise")
-        adaptive = bool(opts.adaptive_regularization)
+        # the diagonal model need not dominate grad^2 P, and undamped it diverges on a9a and w8a: damp it by default
+        adaptive = opts.adaptive_regularization
+        if adaptive is None:
+            adaptive = hessian == "diagonal" and option == 2
         if adaptive and option != 2:
             raise ConfigError("--adaptive-regularization adjusts the shift of Option 2 (H + l I); "
                               "it does not apply to --option 1")

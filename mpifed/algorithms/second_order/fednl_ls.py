@@ -73,7 +73,9 @@ class Params:
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         # The paper's direction is Option 1's [H^k]_mu; ranges of c and gamma are checked by the configuration.
-        base = fednl.Params.from_options(dataclasses.replace(opts, option=opts.option or 1), fed)
+        # the line search is its safeguard: no LM shift, also with the diagonal under Option 2
+        base = fednl.Params.from_options(dataclasses.replace(opts, option=opts.option or 1,
+                                                             adaptive_regularization=False), fed)
         return cls(base, 0.5 if opts.ls_c is None else opts.ls_c,
                    0.5 if opts.ls_gamma is None else opts.ls_gamma)
 
