@@ -1,5 +1,7 @@
 """FedNL's clients with ``hessian = "diagonal"``: Algorithm 1 of Safaryan et al. (ICML 2022) on the space
-of diagonal matrices, so each client learns and sends only d numbers.
+of diagonal matrices, so each client learns and sends only d numbers. The FedNL paper has no diagonal
+variant; this is Algorithm 1 with the matrix space restricted (the option a blog's ``hessian_approx =
+diagonal`` names), every other rule unchanged.
 
 Client i keeps the d-vector H_i (O(d) state, no packed matrix is ever built) and computes only
 
@@ -14,8 +16,8 @@ Rand-K, natural, RandSeqK): K counts diagonal entries, 1 <= K <= d, and ``k=0.25
 diagonal. l_i measures how far the learned diagonal is from the true one, not from the full Hessian (that
 would need the off-diagonal entries), so H + l I need not dominate grad^2 f: with the identity compressor
 and alpha = 1 the method is the diagonal-Newton (Jacobi-preconditioned gradient) iteration with a one-round
--old diagonal, which converges linearly where the preconditioned Hessian's eigenvalues stay below 2, and
-``adaptive_regularization`` damps it where they do not. Bits: what the compressed d-vector costs
+-old diagonal, which converges linearly where the preconditioned Hessian's eigenvalues stay below 2. On
+a9a and w8a they do not, so under Option 2 ``adaptive_regularization`` (which damps it) is on by default. Bits: what the compressed d-vector costs
 (values, and indices of ceil(log2 d) bits for the sparse ones), plus d floats of gradient and l_i.
 """
 from __future__ import annotations
