@@ -70,6 +70,14 @@ HELP = {
     "down_compressor": "FedNL-BC: compressor of the model on the downlink",
     "grad_probability": ("FedNL-BC: probability p that a client sends its gradient; R-LSVRG, R-PAGE, R-MARINA: "
                          "probability p of a full-gradient round (default b/n, b/(b+n), the compressor's cost ratio)"),
+    "hessian": ("FedNL, FedNL-LS: learn the full Hessian (default) or its diagonal only (d numbers per client, "
+                "compressed as a vector: identity, topk:k=K, randk:k=K, natural, randseqk with K <= d; default "
+                "topk:k=0.25d)"),
+    "solver": "FedNL, FedNL-LS, FedNL-PP: the server's solve, cholesky (default) or cg (conjugate gradients)",
+    "cg_iterations": "--solver cg: at most this many CG iterations per solve (default 20)",
+    "adaptive_regularization": ("FedNL Option 2: Levenberg-Marquardt shift sigma added to l^k, doubled (step rejected) "
+                                "when the actual/predicted decrease is below 1/4, halved above 3/4; one extra "
+                                "exchange per round (default on with --hessian diagonal under Option 2)"),
     "x0_noise": "start at x0 = x* + sigma N(0, I) (FedPM Test 1 uses 0.1); default x0 = 0",
     "server_lr": "FedAvg family / FedAdam: server learning rate applied to the mean client update (default 1)",
     "momentum": "FedAvgM: server momentum beta in [0, 1)",

@@ -43,6 +43,7 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
                  "beta1", "beta2", "adam_eps", "step_decay", "f_star", "local_curvature", "radius", "ball_norm",
+                 "hessian", "solver", "cg_iterations", "adaptive_regularization",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -93,6 +94,10 @@ class RunConfig:
     local_curvature: bool | None = None
     radius: float | None = None
     ball_norm: str | None = None
+    hessian: str | None = None
+    solver: str | None = None
+    cg_iterations: int | None = None
+    adaptive_regularization: bool | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -212,6 +217,9 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.beta1 is None or 0 <= c.beta1 < 1, "beta1", "0 <= beta1 < 1")
     need(c.beta2 is None or 0 <= c.beta2 < 1, "beta2", "0 <= beta2 < 1")
     need(c.adam_eps is None or c.adam_eps > 0, "adam_eps", "eps > 0")
+    need(c.hessian in (None, "full", "diagonal"), "hessian", "full (the paper's) or diagonal")
+    need(c.solver in (None, "cholesky", "cg"), "solver", "cholesky (the paper's) or cg")
+    need(c.cg_iterations is None or c.cg_iterations >= 1, "cg_iterations", "an integer >= 1")
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")

@@ -34,6 +34,9 @@ and nothing for the accepted point, which the clients already hold (the next rou
 tells them the last trial was accepted). The authors' code counts 32 bits per backtracking
 step and nothing for the function values.
 
+FedNL's ``hessian`` (diagonal) and ``solver`` (cg) options apply to the direction as in FedNL
+(:mod:`mpifed.algorithms.second_order.fednl`).
+
 Deviation from the authors' code: its unbiased-compressor branch uses alpha = 0.5/(omega + 1);
 here alpha defaults to FedNL's theory (1/(omega + 1)), as the paper's Algorithm 3 takes FedNL's
 Hessian learning unchanged.
@@ -45,7 +48,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import tri
 from ...errors import MpifedError
 from . import fednl
 from ..base import Aggregate, Query, Uplink, bits_for
@@ -66,12 +68,14 @@ class Params:
     c: float = 0.5
     gamma: float = 0.5
     max_backtracks: int = 50
-    uses = ("compressor", "alpha", "option", "mu", "ls_c", "ls_gamma")
+    uses = ("compressor", "alpha", "option", "mu", "ls_c", "ls_gamma", "hessian", "solver", "cg_iterations")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         # The paper's direction is Option 1's [H^k]_mu; ranges of c and gamma are checked by the configuration.
-        base = fednl.Params.from_options(dataclasses.replace(opts, option=opts.option or 1), fed)
+        # the line search is its safeguard: no LM shift, also with the diagonal under Option 2
+        base = fednl.Params.from_options(dataclasses.replace(opts, option=opts.option or 1,
+                                                             adaptive_regularization=False), fed)
         return cls(base, 0.5 if opts.ls_c is None else opts.ls_c,
                    0.5 if opts.ls_gamma is None else opts.ls_gamma)
 
@@ -104,7 +108,7 @@ def client_step(p: Params, block, state, x, streams):
 
 
 def server_step(p: Params, state: fednl.ServerState, x, agg: Aggregate):
-    H, g = tri.unpack(state.H, len(x)), agg.grad / agg.n
+    H, g = fednl.server_matrix(p.fednl, state.H, len(x)), agg.grad / agg.n
     report = {}
     direction = -fednl.newton_step(p.fednl, H, g, agg, report)
     H_next, f0, slope = state.H + p.fednl.alpha * agg.mean("S"), agg.loss / agg.n, float(g @ direction)

@@ -27,7 +27,8 @@ S^{k-1}, which update at x^k before the server forms x^{k+1}. In round 0 nobody 
 paper's x^1 comes from the initial aggregates (an update at x^0 would be a no-op anyway, as
 H_i^0 = grad^2 f_i(x^0)), so row 0 carries no uplink bits. Downlink: x^{k+1} goes to the tau
 clients of the next round only, counted as tau/n * d floats per client (the ledger's per-client
-mean, like the uplink's). With tau = n, the identity compressor and alpha = 1 the step is
+mean, like the uplink's). ``solver = "cg"`` solves for x^{k+1} with FedNL's CG
+(:mod:`mpifed.algorithms.second_order.fednl_solve`), warm-started at x^k. With tau = n, the identity compressor and alpha = 1 the step is
 x^k - grad^2 P(x^k)^{-1} grad P(x^k): Newton's method.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 from ... import tri
 from ...rng import ClientStreams
 from . import fednl
+from .fednl_solve import cg_solve
 from ..base import Aggregate, BlockSums, Uplink, bits_for, clients_per_chunk, hessians_in_chunks, solve_spd
 from ..base import to_participants
 
@@ -51,7 +53,7 @@ class Params:
     fednl: fednl.Params
     tau: int
     n: int
-    uses = ("compressor", "alpha", "participation")
+    uses = ("compressor", "alpha", "participation", "solver", "cg_iterations")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
@@ -129,5 +131,8 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     H = state.H + p.fednl.alpha * agg.mean("S")
     l = state.l + float(agg.mean("l"))
     g = state.g + agg.mean("g")
-    x_next = solve_spd(tri.unpack(H, len(x)), g, shift=l, what="H^k + l^k I")
+    if p.fednl.solver == "cg":  # warm: the solution moves from x^k to x^{k+1}
+        x_next = cg_solve(tri.unpack(H, len(x)), g, p.fednl.cg_iterations, shift=l, guess=x)
+    else:
+        x_next = solve_spd(tri.unpack(H, len(x)), g, shift=l, what="H^k + l^k I")
     return ServerState(H, l, g), x_next, to_participants(agg, len(x), p.fednl.float_bits)
