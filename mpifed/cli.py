@@ -33,8 +33,8 @@ HELP = {
     "intercept": "append a constant-1 feature (d+1 dimensions)",
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam "
-                  "(default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
+                  "fedprox | scaffold | fedadam (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
@@ -42,7 +42,7 @@ HELP = {
     "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
-    "mu": "FedNL Option 1 projection level (default lam)",
+    "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam)",
     "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
@@ -66,6 +66,10 @@ HELP = {
     "beta1": "FedAdam: first-moment decay",
     "beta2": "FedAdam: second-moment decay",
     "adam_eps": "FedAdam: adaptivity tau (epsilon)",
+    "cg_iterations": "newton-cg, disco: CG iterations per round at most (default 100; each one exchange)",
+    "forcing": ("newton-cg: c in the CG stop ||r|| <= min(0.5, c sqrt(||g||)) ||g|| (default 1); disco: beta in "
+                "||r|| <= beta ||g|| (default 0.1)"),
+    "memory": "lbfgs: pairs (s, y) the server keeps (default 10; 0 = steepest descent with the same line search)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "
               "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, fedavgm, fedprox, scaffold, fedadam, "
               "localnewton, fedpm, fedrco, fedrco-ori"),

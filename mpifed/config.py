@@ -40,6 +40,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
                  "beta1", "beta2", "adam_eps", "step_decay",
+                 # Hessian-free methods: CG's iteration cap, the forcing constant, L-BFGS's memory
+                 "cg_iterations", "forcing", "memory",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -84,6 +86,9 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    cg_iterations: int | None = None
+    forcing: float | None = None
+    memory: int | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -202,6 +207,9 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
+    need(c.cg_iterations is None or c.cg_iterations >= 1, "cg_iterations", "an integer >= 1 (CG iterations per round)")
+    need(c.forcing is None or c.forcing > 0, "forcing", "a forcing constant > 0")
+    need(c.memory is None or c.memory >= 0, "memory", "an integer M >= 0 (0: steepest descent)")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
