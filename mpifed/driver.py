@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import checkpoint as ckpt
+from . import footprint
 from . import config as cfgmod
 from . import trace as tracemod
 from .algorithms import method_for
@@ -347,6 +348,9 @@ def _run(config, comm, start=None) -> RunResult:
     plan = collective(comm, lambda: resolve(config))
     fed = collective(comm, lambda: build_federation(plan.data, comm))
     method = method_for(config.algorithm, config.model is not None)
+    if config.model is None:  # before any d x d allocation: refuse a state that cannot fit
+        collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,
+                                                 config.reference_iterations > 0 and start is None))
     params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations)

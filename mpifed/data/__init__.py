@@ -5,12 +5,13 @@ from .libsvm import Dataset, add_intercept, read_libsvm
 from .partition import Partition, paper_split
 from .registry import DATASETS, PAPER_SPLITS, DatasetInfo, cache_dir, data_dirs, describe, fetch, load, resolve
 from .synthetic import SYNTHETIC_DEFAULTS, synthetic_clients
+from . import sparse_synthetic
 from . import mnist
 from .mnist import IMAGE_SETS, load_images, load_mnist, synthetic_images
 
 __all__ = [
     "Dataset", "read_libsvm", "add_intercept",
     "DATASETS", "PAPER_SPLITS", "DatasetInfo", "resolve", "fetch", "load", "cache_dir", "data_dirs", "describe",
-    "Partition", "paper_split", "synthetic_clients", "SYNTHETIC_DEFAULTS",
+    "Partition", "paper_split", "synthetic_clients", "SYNTHETIC_DEFAULTS", "sparse_synthetic",
     "mnist", "IMAGE_SETS", "load_images", "load_mnist", "synthetic_images",
 ]
