@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .data import IMAGE_SETS
+from .data import IMAGE_SETS, sparse_synthetic
 from .data.partition import parse_spec
 from .errors import ConfigError
 
@@ -227,6 +227,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.eval_batch is None or c.eval_batch >= 1, "eval_batch", "an integer >= 1")
     need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0: no periodic checkpoints)")
     parse_spec(c.partition)
+    sparse_synthetic.parse(c.dataset)  # a bad synthetic-sparse:nnz=K fails here, before any rank generates data
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
     method = method_for(c.algorithm, c.model is not None)
