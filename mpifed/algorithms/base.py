@@ -110,10 +110,6 @@ class BlockSums(dict):
         """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits)."""
         self._add(name, *dd_sum_sparse_rows(index, values, width, xp))
 
-    def add_pair(self, name: str, hi, lo) -> None:
-        """Add a double-double (hi, lo) the caller has summed itself."""
-        self._add(name, hi, lo)
-
     def _add(self, name: str, hi, lo) -> None:
         self[name] = dd_add(*self[name], hi, lo) if name in self else (hi, lo)
 

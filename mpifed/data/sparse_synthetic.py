@@ -59,22 +59,29 @@ def _zipf_columns(rng, rows: int, k: int, d: int) -> np.ndarray:
 
 
 def sparse_clients(client_ids, samples_per_client: int, features: int, nnz: int, seed: int):
-    """(A (rows x d CSR, canonical), b) of the given clients, rows concatenated in client order."""
+    """(A (rows x d CSR, canonical), b) of the given clients, rows concatenated in client order.
+
+    Every row has exactly min(nnz, d) entries, so the CSR arrays are allocated once at their final size and
+    filled client by client (no list of per-client matrices to stack: the data exist once)."""
     from scipy.special import expit
 
     x_true = ground_truth(features, seed)
+    ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
     m, k = samples_per_client, min(nnz, features)
-    parts, labels = [], []
-    for c in np.asarray(client_ids).reshape(-1).tolist():  # one vectorised draw per client
+    values, columns = np.empty(len(ids) * m * k), np.empty(len(ids) * m * k, dtype=np.int32)
+    labels = np.empty(len(ids) * m)
+    for at, c in enumerate(ids.tolist()):  # one vectorised draw per client
         rng = np.random.default_rng([seed, c, SPARSE_STREAM])
         bias = rng.standard_normal()
         cols = _zipf_columns(rng, m, k, features)
         vals = np.abs(rng.standard_normal((m, k)))
         vals /= np.linalg.norm(vals, axis=1, keepdims=True)
-        A = sp.csr_matrix((vals.ravel(), cols.ravel(), np.arange(m + 1) * k), shape=(m, features))
-        A.sort_indices()
-        parts.append(A)
-        labels.append(np.where(rng.random(m) < expit(3.0 * (A @ x_true) + bias), 1.0, -1.0))
-    if not parts:
-        return sp.csr_matrix((0, features)), np.empty(0)
-    return sp.vstack(parts, format="csr"), np.concatenate(labels)
+        order = np.argsort(cols, axis=1)  # canonical CSR: ascending columns in each row
+        rows = slice(at * m * k, (at + 1) * m * k)
+        columns[rows] = np.take_along_axis(cols, order, axis=1).ravel()
+        values[rows] = np.take_along_axis(vals, order, axis=1).ravel()
+        margin = (values[rows].reshape(m, k) * x_true[columns[rows].reshape(m, k)]).sum(axis=1)
+        labels[at * m:(at + 1) * m] = np.where(rng.random(m) < expit(3.0 * margin + bias), 1.0, -1.0)
+    A = sp.csr_matrix((values, columns, np.arange(len(ids) * m + 1, dtype=np.int64) * k),
+                      shape=(len(ids) * m, features), copy=False)
+    return A, labels

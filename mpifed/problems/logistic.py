@@ -154,23 +154,40 @@ class LogisticBlock:
                                       self.n, self.d, self.T))
 
     def _build_support(self):
-        """Each client's columns: (index (n, K), the slot in the flattened (n, K) layout of every non-zero).
+        """Each client's columns: (index (n, K), the slot in the flattened (n, K) layout of every non-zero,
+        the block's columns (U,)).
 
-        Row i of ``index`` lists client i's distinct columns, ascending, padded with the spare column d
-        (:meth:`weighted_row_chunks` sums into d + 1 columns and drops the last).
+        The block's non-zeros touch U <= d distinct columns (ascending in ``columns``); row i of ``index``
+        lists client i's distinct columns as positions in ``columns``, ascending, padded with the spare
+        position U (:meth:`weighted_row_chunks` sums into U + 1 slots and drops the last). Two passes over ranges of
+        clients of some PAIR_CHUNK non-zeros (the first finds K, the widest client), so the sort's temporaries
+        never span the whole block.
         """
-        A = self._host_A()
-        client = self.row_client[np.repeat(np.arange(self.N), np.diff(A.indptr))]
-        keys, inverse = np.unique(client * np.int64(self.d) + A.indices, return_inverse=True)
-        del client
-        owner, column = np.divmod(keys, self.d)
-        count = np.bincount(owner, minlength=self.n)
-        K = max(1, int(count.max(initial=0)))
-        slot = np.arange(len(keys)) - np.repeat(np.cumsum(count) - count, count)
-        index = np.full((self.n, K), self.d, dtype=np.int32 if self.d < 2**31 - 1 else np.int64)
-        index[owner, slot] = column
-        flat = (owner * K + slot).astype(np.int32 if self.n * K < 2**31 else np.int64)
-        return self.bk.xp.asarray(index), self.bk.xp.asarray(flat[inverse.ravel()])
+        A, n, d = self._host_A(), self.n, self.d
+        columns = np.flatnonzero(np.bincount(A.indices, minlength=d))
+        compact = np.zeros(d, dtype=np.int64)
+        compact[columns] = np.arange(len(columns))
+        ptr = A.indptr[np.concatenate([[0], np.cumsum(self.sizes)])]  # client i's non-zeros: ptr[i]:ptr[i+1]
+
+        def pieces():
+            lo = 0
+            while lo < n:  # clients lo..hi-1: at least one, else about PAIR_CHUNK non-zeros
+                hi = min(n, max(lo + 1, int(np.searchsorted(ptr, ptr[lo] + PAIR_CHUNK, side="right")) - 1))
+                client = np.repeat(np.arange(hi - lo), np.diff(ptr[lo:hi + 1]))
+                keys, inverse = np.unique(client * np.int64(d) + compact[A.indices[ptr[lo]:ptr[hi]]],
+                                          return_inverse=True)
+                owner, column = np.divmod(keys, d)
+                yield lo, hi, owner, column, np.bincount(owner, minlength=hi - lo), inverse.ravel()
+                lo = hi
+
+        K = max([1] + [int(count.max(initial=0)) for *_, count, _ in pieces()])
+        index = np.full((n, K), len(columns), dtype=np.int32 if d < 2**31 - 1 else np.int64)
+        flat = np.empty(A.nnz, dtype=np.int32 if n * K < 2**31 else np.int64)
+        for lo, hi, owner, column, count, inverse in pieces():
+            slot = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
+            index[lo + owner, slot] = column
+            flat[ptr[lo]:ptr[hi]] = ((lo + owner) * K + slot)[inverse]
+        return self.bk.xp.asarray(index), self.bk.xp.asarray(flat), self.bk.xp.asarray(columns)
 
     def _init_dense(self, A, row_weight, m_max):
         xp = self.bk.xp
@@ -328,9 +345,9 @@ class LogisticBlock:
     def weighted_row_chunks(self, coef):
         """(lo, hi, index, values) for chunks of clients: client i's (1/m_i) sum_j coef_ij a_ij.
 
-        Sparse blocks: ``index`` (c, K) holds each client's distinct columns (padded with the spare column d,
-        whose values are 0), ``values`` (c, K) the sums there, each a bincount over the client's own non-zeros
-        in row order. Dense blocks: ``index`` is None and ``values`` the (c, d) rows (batched products).
+        Sparse blocks: ``index`` (c, K) holds each client's distinct columns as positions in the block's U
+        columns (:meth:`support_columns`; padded with the spare position U, whose values are 0), ``values``
+        (c, K) the sums there, each a bincount over the client's own non-zeros in row order. Dense blocks: ``index`` is None and ``values`` the (c, d) rows (batched products).
         Chunks keep the temporaries near SUM_CHUNK_BYTES whatever the number of clients.
         """
         xp = self.bk.xp
@@ -340,11 +357,11 @@ class LogisticBlock:
                 hi = min(lo + step, self.n)
                 yield lo, hi, None, ((self._W[lo:hi] * coef[lo:hi])[:, None, :] @ self._A3[lo:hi])[:, 0, :]
             return
-        index, flat = self._support
+        index, flat, columns = self._support
         K, ptr, starts = index.shape[1], self._A.indptr, np.concatenate([[0], np.cumsum(self.sizes)])
         weight = coef / xp.asarray(self.sizes[self.row_client], dtype=np.float64)
         # per client: its values and non-zero products, and its share of the (c/32, d + 1) double-double accumulator
-        per_client = 2 * max(K, self._A.nnz // max(self.n, 1)) + 2 * (self.d + 1) // 32 + 1
+        per_client = 2 * max(K, self._A.nnz // max(self.n, 1)) + 2 * (len(columns) + 1) // 32 + 1
         step = max(1, SUM_CHUNK_BYTES // (8 * per_client))
         for lo in range(0, self.n, step):
             hi = min(lo + step, self.n)
@@ -353,6 +370,10 @@ class LogisticBlock:
             per_nnz = xp.repeat(weight[r0:r1], xp.diff(ptr[r0:r1 + 1])) * self._A.data[a0:a1]
             values = xp.bincount(flat[a0:a1] - lo * K, weights=per_nnz, minlength=(hi - lo) * K)
             yield lo, hi, index[lo:hi], values.reshape(hi - lo, K)
+
+    def support_columns(self):
+        """The U columns the block's rows touch, ascending (None for a dense block, whose rows are full)."""
+        return None if self.dense else self._support[2]
 
     def client_rows(self, i: int):
         """Client i's rows (m_i x d, host CSR) and labels: the shard DiSCO's preconditioner is built from."""
@@ -448,13 +469,16 @@ class ClientVectors:
 
     def dense(self):
         b, xp = self.block, self.block.bk.xp
-        out = xp.zeros((b.n, b.d + 1))
+        columns = b.support_columns()
+        out = xp.zeros((b.n, b.d))
         for lo, hi, index, values in self.chunks():
             if index is None:
-                out[lo:hi, :b.d] = values
+                out[lo:hi] = values
             else:
-                xp.put_along_axis(out[lo:hi], index.astype(np.int64), values, axis=1)
-        return out[:, :b.d] + self.shift
+                compact = xp.zeros((hi - lo, len(columns) + 1))
+                xp.put_along_axis(compact, index.astype(np.int64), values, axis=1)
+                out[lo:hi, columns] = compact[:, :-1]
+        return out + self.shift
 
 
 def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...ddsum import dd_times
+from ...ddsum import dd_add, dd_times
 from ...errors import MpifedError
 from ..base import BlockSums, Uplink, bits_for
 
@@ -38,18 +38,28 @@ class ClientState:
 
 def block_sum(vectors, xp=np):
     """The sum over the block's clients of :class:`~mpifed.problems.logistic.ClientVectors`, as a double-double
-    pair (hi, lo) of shape (d,): sparse rows through :meth:`BlockSums.add_sparse` (one spare column d takes the
-    padding), dense rows through :meth:`BlockSums.add`, then n copies of the common shift, exactly."""
+    pair (hi, lo) of shape (d,).
+
+    Sparse rows go through :meth:`BlockSums.add_sparse` over the U columns the block touches (one spare slot U
+    takes the padding), so the dense part of the work is U, not d, wide; their sums are then placed at those
+    columns (a copy, no arithmetic). Dense rows go through :meth:`BlockSums.add`. Last, n copies of the common
+    shift (lam v), added exactly (:func:`~mpifed.ddsum.dd_times`).
+    """
     block, sums = vectors.block, BlockSums()
-    d = block.d
+    columns = block.support_columns()
     for lo, hi, index, values in vectors.chunks():
         if index is None:
-            sums.add("v", xp.concatenate([values, xp.zeros((hi - lo, 1))], axis=1), xp)
+            sums.add("v", values, xp)
         else:
-            sums.add_sparse("v", index, values, d + 1, xp)
-    sums.add_pair("v", *dd_times(block.n, xp.concatenate([vectors.shift, xp.zeros(1)]), xp))
-    hi, lo = sums["v"]
-    return hi[:d], lo[:d]
+            sums.add_sparse("v", index, values, len(columns) + 1, xp)
+    if "v" not in sums:
+        hi = lo = xp.zeros(block.d)
+    elif columns is None:
+        hi, lo = sums["v"]
+    else:
+        hi, lo = xp.zeros(block.d), xp.zeros(block.d)
+        hi[columns], lo[columns] = sums["v"][0][:-1], sums["v"][1][:-1]
+    return dd_add(hi, lo, *dd_times(block.n, vectors.shift, xp))
 
 
 def gradient_uplink(block, x, floats: int, float_bits: int):
