@@ -4,7 +4,7 @@
 
 Feature frequencies are heavy-tailed as word counts are: a row's columns are distinct draws from a truncated
 Zipf law P(column j) proportional to 1 / (j + 1) over 0..d-1 (column 0 the most frequent); its values are
-|N(0, 1)| scaled to ||a|| = 1. Labels are +1 with probability sigmoid(3 a^T x_true + beta_c), x_true ~ N(0, I_d)
+abs(N(0, 1)) scaled to ||a|| = 1. Labels are +1 with probability sigmoid(3 a^T x_true + beta_c), x_true ~ N(0, I_d)
 shared by all clients and beta_c ~ N(0, 1) a per-client label bias (heterogeneous clients). Client c draws
 everything from ``default_rng([seed, c, SPARSE_STREAM])``, so a rank generates exactly its own clients' rows,
 whatever the layout, and no dense (rows x d) array ever exists.

@@ -160,7 +160,7 @@ class LogisticBlock:
         The block's non-zeros touch U <= d distinct columns (ascending in ``columns``); row i of ``index``
         lists client i's distinct columns as positions in ``columns``, ascending, padded with the spare
         position U (:meth:`weighted_row_chunks` sums into U + 1 slots and drops the last). Two passes over ranges of
-        clients of some PAIR_CHUNK non-zeros (the first finds K, the widest client), so the sort's temporaries
+        clients of some SUPPORT_CHUNK non-zeros (the first finds K, the widest client), so the sort's temporaries
         never span the whole block.
         """
         A, n, d = self._host_A(), self.n, self.d
@@ -171,8 +171,8 @@ class LogisticBlock:
 
         def pieces():
             lo = 0
-            while lo < n:  # clients lo..hi-1: at least one, else about PAIR_CHUNK non-zeros
-                hi = min(n, max(lo + 1, int(np.searchsorted(ptr, ptr[lo] + PAIR_CHUNK, side="right")) - 1))
+            while lo < n:  # clients lo..hi-1: at least one, else about SUPPORT_CHUNK non-zeros
+                hi = min(n, max(lo + 1, int(np.searchsorted(ptr, ptr[lo] + SUPPORT_CHUNK, side="right")) - 1))
                 client = np.repeat(np.arange(hi - lo), np.diff(ptr[lo:hi + 1]))
                 keys, inverse = np.unique(client * np.int64(d) + compact[A.indices[ptr[lo]:ptr[hi]]],
                                           return_inverse=True)
@@ -360,9 +360,12 @@ class LogisticBlock:
         index, flat, columns = self._support
         K, ptr, starts = index.shape[1], self._A.indptr, np.concatenate([[0], np.cumsum(self.sizes)])
         weight = coef / xp.asarray(self.sizes[self.row_client], dtype=np.float64)
-        # per client: its values and non-zero products, and its share of the (c/32, d + 1) double-double accumulator
-        per_client = 2 * max(K, self._A.nnz // max(self.n, 1)) + 2 * (len(columns) + 1) // 32 + 1
-        step = max(1, SUM_CHUNK_BYTES // (8 * per_client))
+        # the chunk's double-double sum (dd_sum_sparse_rows) keeps ceil(c/32) rows of U + 1 slots and some ten
+        # temporaries of that size: c is a multiple of 32 that keeps them near SUM_CHUNK_BYTES (at d = 10^5,
+        # 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
+        slots = 10 * 8 * (len(columns) + 1)
+        per_client = 8 * 2 * max(K, self._A.nnz // max(self.n, 1))
+        step = 32 * max(1, min(SUM_CHUNK_BYTES // slots, SUM_CHUNK_BYTES // (32 * per_client)))
         for lo in range(0, self.n, step):
             hi = min(lo + step, self.n)
             r0, r1 = int(starts[lo]), int(starts[hi])
@@ -507,6 +510,7 @@ def _select_rows(matrix, rows, xp):
 
 
 SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks: clients per chunk so its temporaries take some 16 MB
+SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
 

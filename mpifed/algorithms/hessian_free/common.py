@@ -100,7 +100,7 @@ def armijo_accepts(c: float, trial: Backtracking, f_trial: float) -> bool:
 
 
 def unresolvable(c: float, f0: float, slope: float) -> bool:
-    """True when the decrease the Armijo test asks for is below f's resolution (|f| RESOLUTION): the unit step
+    """True when the decrease the Armijo test asks for is below f's resolution (abs(f) RESOLUTION): the unit step
     is then taken untested, as FedNL-LS does (:mod:`mpifed.algorithms.second_order.fednl_ls`)."""
     return -c * slope <= RESOLUTION * abs(f0)
 

@@ -2,7 +2,7 @@
 Optimization for Self-Concordant Empirical Loss", ICML 2015, arXiv:1501.00263: Algorithm 1, the damped step, and
 Algorithm 2, the distributed PCG).
 
-Round k, with g_k = grad P(x^k) and H_k = grad^2 P(x^k) (lam I included):
+Round k, with g_k = grad P(x^k) and H_k = grad^2 P(x^k) (lam I included)::
 
     exchange 0:  x^k down; grad f_i(x^k) up (d floats)
     PCG on H_k v = g_k (Alg. 2) from v = 0, r = g_k, s = M^-1 r, u = s:  each iteration one exchange, u down and

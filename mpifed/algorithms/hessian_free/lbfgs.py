@@ -2,7 +2,7 @@
 Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4; the distributed use of Agarwal, Chapelle, Dudik &
 Langford, JMLR 2014, where only gradients and line-search values cross the network).
 
-The server keeps g_k and the last M pairs (s_j, y_j) (M = --memory, 10). Round k, two exchanges:
+The server keeps g_k and the last M pairs (s_j, y_j) (M = --memory, 10). Round k, two exchanges::
 
     exchange B:  x^k down; f_i(x^k), grad f_i(x^k) up (d + 1 floats): g_k = grad P(x^k); then the pair
                  s = x^k - x^{k-1}, y = g_k - g_{k-1} is stored if s^T y > 1e-10 ||s|| ||y|| (the oldest beyond M
@@ -18,7 +18,7 @@ The server keeps g_k and the last M pairs (s_j, y_j) (M = --memory, 10). Round k
 
 Both pair vectors are differences of full gradients (lam x included) at accepted points, as ALGORITHMS-NEXT.md
 section A4 asks (the SparkGiant code's ascent-direction convention is not copied). When the required decrease is
-below P's floating-point resolution (|P| 2^-40) the unit step is taken without exchange A (FedNL-LS's safeguard).
+below P's floating-point resolution (abs(P) 2^-40) the unit step is taken without exchange A (FedNL-LS's safeguard).
 """
 from __future__ import annotations
 

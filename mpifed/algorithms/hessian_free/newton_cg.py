@@ -2,7 +2,7 @@
 Numerical Optimization, 2nd ed., Alg. 7.1 (line-search Newton-CG) with the forcing term of Sec. 7.1, eq. (7.3);
 the plain HVP + CG variant of DiSCO, Zhang & Xiao, ICML 2015, Alg. 2 with M = I).
 
-Round k, with g_k = grad P(x^k) and H_k = grad^2 P(x^k) = (1/n) sum_i grad^2 f_i(x^k) (lam I included):
+Round k, with g_k = grad P(x^k) and H_k = grad^2 P(x^k) = (1/n) sum_i grad^2 f_i(x^k) (lam I included)::
 
     exchange 0:   x^k down; f_i(x^k), grad f_i(x^k) up                                   (d + 1 floats up)
     CG on H_k z = g_k from z = 0 (r = g_k, p = r):   each iteration one exchange, p down and
@@ -15,7 +15,7 @@ Round k, with g_k = grad P(x^k) and H_k = grad^2 P(x^k) = (1/n) sum_i grad^2 f_i
                   x^k + d_k down as d floats, then t as one float; f_i up as one float
     x^{k+1} = x^k + t d_k  (the clients hold it: no further broadcast).
 
-When the decrease the test asks for is below P's floating-point resolution (|P| 2^-40), the unit step is taken
+When the decrease the test asks for is below P's floating-point resolution (abs(P) 2^-40), the unit step is taken
 untested (FedNL-LS's safeguard; the trace's ``armijo_tested`` says which rounds tested). Checked against
 ALGORITHMS-NEXT.md section A1 ("plain HVP + CG variant") and Nocedal & Wright Alg. 7.1; the clients' products are
 :meth:`mpifed.problems.logistic.LogisticBlock.hvp`, summed as in :mod:`~mpifed.algorithms.hessian_free.common`.
