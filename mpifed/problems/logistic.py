@@ -291,13 +291,16 @@ class LogisticBlock:
 
     def _loss_grad(self, x):
         """(f_i(x), grad f_i(x), the margins a_ij^T x)."""
+        loss, coef, t = self._loss_coefficients(x)
+        return loss, self._weighted_rows(coef) + self.lam * x, t
+
+    def _loss_coefficients(self, x):
+        """(f_i(x), the gradient's row coefficients phi'(b_ij a_ij^T x) b_ij, the margins a_ij^T x)."""
         xp = self.bk.xp
         t = self.margins(x)
         labels = self._b3 if self.dense else self.b
         z = labels * t
-        loss = self._client_sum(phi(z, xp)) + self._ridge(x)
-        grad = self._weighted_rows(phi_prime(z, xp) * labels) + self.lam * x
-        return loss, grad, t
+        return self._client_sum(phi(z, xp)) + self._ridge(x), phi_prime(z, xp) * labels, t
 
     def _weighted_rows(self, coef):
         """(1/m_i) sum_j coef_ij a_ij for each client, shape (n, d)."""
@@ -312,12 +315,8 @@ class LogisticBlock:
 
     def gradients(self, x):
         """(f_i(x) (n,), grad f_i(x) as :class:`ClientVectors`, h_ij(x)): the gradients without an (n, d) array."""
-        xp = self.bk.xp
-        t = self.margins(x)
-        labels = self._b3 if self.dense else self.b
-        z = labels * t
-        loss = self._client_sum(phi(z, xp)) + self._ridge(x)
-        return loss, ClientVectors(self, phi_prime(z, xp) * labels, self.lam * x), phi_second(t, xp)
+        loss, coef, t = self._loss_coefficients(x)
+        return loss, ClientVectors(self, coef, self.lam * x), phi_second(t, self.bk.xp)
 
     def hvp(self, x, v, h=None):
         """grad^2 f_i(x) v for every client, as :class:`ClientVectors`: (1/m_i) sum_j h_ij (a_ij^T v) a_ij + lam v.

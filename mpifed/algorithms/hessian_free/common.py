@@ -62,6 +62,16 @@ def block_sum(vectors, xp=np):
     return dd_add(hi, lo, *dd_times(block.n, vectors.shift, xp))
 
 
+def client_init(p, block, x0, streams):
+    """No setup exchange: the Hessian-free methods start from x^0 alone."""
+    return None, None
+
+
+def gradient_and_loss_step(p, block, state, x, streams):
+    """The round's first exchange of Newton-CG and L-BFGS: grad f_i(x^k) and f_i(x^k) (d + 1 floats up)."""
+    return gradient_uplink(block, x, block.d + 1, p.float_bits)
+
+
 def gradient_uplink(block, x, floats: int, float_bits: int):
     """(client state, Uplink of f_i(x^k) and the block's summed gradients); ``floats`` is what each client sends
     (d for the gradient, + 1 when the server needs f(x^k) for a line search)."""

@@ -90,8 +90,7 @@ def preconditioner(A1, x, lam: float, mu: float):
     return lambda r: scipy.linalg.cho_solve(M, r)
 
 
-def client_init(p: Params, block, x0, streams):
-    return None, None
+client_init = common.client_init
 
 
 def server_init(p: Params, agg, x0):

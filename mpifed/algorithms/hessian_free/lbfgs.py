@@ -68,16 +68,12 @@ class Search:
     slope: float
 
 
-def client_init(p: Params, block, x0, streams):
-    return None, None
+client_init = common.client_init
+client_step = common.gradient_and_loss_step
 
 
 def server_init(p: Params, agg, x0):
     return ServerState()
-
-
-def client_step(p: Params, block, state, x, streams):
-    return common.gradient_uplink(block, x, block.d + 1, p.float_bits)
 
 
 def client_trials(p: Params, block, state: ClientState, direction, streams):
