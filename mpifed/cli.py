@@ -23,7 +23,7 @@ from .config import RunConfig
 from .errors import MpifedError
 
 HELP = {
-    "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
+    "dataset": ("'synthetic' (default), 'synthetic-sparse[:nnz=K]' (large-d sparse rows), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
     "problem": "the objective on tabular data: logistic (default; L2-regularised logistic regression)",
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",

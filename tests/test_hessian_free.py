@@ -214,3 +214,15 @@ def test_hessian_free_distributed_equals_serial(name, tmp_path):
         for key in ("grad_norm", "loss", "bits_up", "bits_down", "exchanges"):
             np.testing.assert_array_equal(distributed.metrics[key], serial.metrics[key], err_msg=key)
         np.testing.assert_array_equal(distributed.x, serial.x)
+
+
+def test_a_libsvm_file_of_large_d_loads_with_features(tmp_path):
+    """--dataset PATH --features D at D = 300,000: rows load sparse and a Hessian-free run goes down."""
+    A, b = sparse_synthetic.sparse_clients(range(4), 10, 200_000, 6, seed=2)
+    lines = [" ".join([f"{int(y):+d}"] + [f"{j + 1}:{v:.17g}" for j, v in zip(A[i].indices, A[i].data)])
+             for i, y in enumerate(b)]
+    (tmp_path / "big.svm").write_text("\n".join(lines) + "\n")
+    out = run(quiet(dataset=str(tmp_path / "big.svm"), features=300_000, clients=4, samples_per_client=10,
+                    algorithm="lbfgs", rounds=4, reference_iterations=0, out=str(tmp_path / "l.h5")), comm=SerialComm())
+    assert out.status == "completed" and len(out.x) == 300_000
+    assert out.metrics["grad_norm"][-1] < out.metrics["grad_norm"][0]
