@@ -369,7 +369,11 @@ class LogisticBlock:
             hi = min(lo + step, self.n)
             r0, r1 = int(starts[lo]), int(starts[hi])
             a0, a1 = int(ptr[r0]), int(ptr[r1])
-            per_nnz = xp.repeat(weight[r0:r1], xp.diff(ptr[r0:r1 + 1])) * self._A.data[a0:a1]
+            # each non-zero's row weight: a repeat on the host; cupy's repeat takes no array of counts, so a GPU
+            # gathers through the (lazily built) row of every non-zero instead
+            row_weight = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
+                          else weight[self._row_of_nnz[a0:a1]])
+            per_nnz = row_weight * self._A.data[a0:a1]
             values = xp.bincount(flat[a0:a1] - lo * K, weights=per_nnz, minlength=(hi - lo) * K)
             yield lo, hi, index[lo:hi], values.reshape(hi - lo, K)
 
