@@ -23,7 +23,7 @@ from .config import RunConfig
 from .errors import MpifedError
 
 HELP = {
-    "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
+    "dataset": ("'synthetic' (default), 'synthetic-sparse[:nnz=K]' (large-d sparse rows), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
     "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression), "
                 "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible) or "
@@ -40,9 +40,9 @@ HELP = {
     "intercept": "append a constant-1 feature (d+1 dimensions)",
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam | "
-                  "lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --problem pca: rgd | r-lsvrg | r-page | r-marina; "
-                  "with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
+                  "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --problem pca: "
+                  "rgd | r-lsvrg | r-page | r-marina; with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
@@ -51,7 +51,7 @@ HELP = {
     "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
-    "mu": "FedNL Option 1 projection level (default lam)",
+    "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam)",
     "step_size": ("GD step size (default 1/L); Riemannian methods: eta (default rgd 1/L, the others their "
                   "templates' theory, see docs/methods/riemannian.md); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
@@ -74,7 +74,9 @@ HELP = {
                 "compressed as a vector: identity, topk:k=K, randk:k=K, natural, randseqk with K <= d; default "
                 "topk:k=0.25d)"),
     "solver": "FedNL, FedNL-LS, FedNL-PP: the server's solve, cholesky (default) or cg (conjugate gradients)",
-    "cg_iterations": "--solver cg: at most this many CG iterations per solve (default 20)",
+    "cg_iterations": ("FedNL with --solver cg: at most this many CG iterations per server solve (default 20); "
+                      "newton-cg, disco: CG iterations per round at most (default 100; each one exchange); "
+                      "dane, giant: local CG iterations"),
     "adaptive_regularization": ("FedNL Option 2: Levenberg-Marquardt shift sigma added to l^k, doubled (step rejected) "
                                 "when the actual/predicted decrease is below 1/4, halved above 3/4; one extra "
                                 "exchange per round (default on with --hessian diagonal under Option 2)"),
@@ -86,6 +88,9 @@ HELP = {
     "beta1": "FedAdam: first-moment decay",
     "beta2": "FedAdam: second-moment decay",
     "adam_eps": "FedAdam: adaptivity tau (epsilon)",
+    "forcing": ("newton-cg: c in the CG stop ||r|| <= min(0.5, c sqrt(||g||)) ||g|| (default 1); disco: beta in "
+                "||r|| <= beta ||g|| (default 0.1)"),
+    "memory": "lbfgs: pairs (s, y) the server keeps (default 10; 0 = steepest descent with the same line search)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "
               "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, fedavgm, fedprox, scaffold, fedadam, "
               "localnewton, fedpm, fedrco, fedrco-ori"),

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .data import IMAGE_SETS
+from .data import IMAGE_SETS, sparse_synthetic
 from .data.partition import parse_spec
 from .errors import ConfigError
 
@@ -44,6 +44,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
                  "beta1", "beta2", "adam_eps", "step_decay", "f_star", "local_curvature", "radius", "ball_norm",
                  "hessian", "solver", "cg_iterations", "adaptive_regularization",
+                 # Hessian-free methods: the forcing constant, L-BFGS's memory
+                 "forcing", "memory",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -98,6 +100,8 @@ class RunConfig:
     solver: str | None = None
     cg_iterations: int | None = None
     adaptive_regularization: bool | None = None
+    forcing: float | None = None
+    memory: int | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -223,6 +227,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.min_client_size is None or c.min_client_size >= 1, "min_client_size", "an integer >= 1")
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
+    need(c.forcing is None or c.forcing > 0, "forcing", "a forcing constant > 0")
+    need(c.memory is None or c.memory >= 0, "memory", "an integer M >= 0 (0: steepest descent)")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
     need(c.radius is None or c.radius > 0, "radius", "t > 0")
     need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
@@ -244,6 +250,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.eval_batch is None or c.eval_batch >= 1, "eval_batch", "an integer >= 1")
     need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0: no periodic checkpoints)")
     parse_spec(c.partition)
+    sparse_synthetic.parse(c.dataset)  # a bad synthetic-sparse:nnz=K fails here, before any rank generates data
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
     method = method_for(c.algorithm, c.model is not None)

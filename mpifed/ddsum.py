@@ -110,6 +110,17 @@ def _dd_tree(hi, lo, xp):
     return hi[0], lo[0]
 
 
+def dd_times(k: int, y, xp=np):
+    """k y exactly as a double-double (hi, lo), for an integer 0 <= k < 2^26: the sum of k copies of y
+    (the regulariser's lam x, the same for every client) without adding them one by one.
+
+    Dekker's split cuts y into two halves of at most 26 significant bits each, so k times either is exact."""
+    y = xp.asarray(y, dtype=np.float64)
+    c = 134217729.0 * y  # 2^27 + 1
+    y_hi = c - (c - y)
+    return two_sum(k * y_hi, k * (y - y_hi))
+
+
 def dd_sum_blocks(blocks, xp=np, chunks: int = 32):
     """:func:`dd_sum_rows` of the column-wise concatenation of ``blocks`` (each (n, k_i)), without building it.
 

@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import checkpoint as ckpt
+from . import footprint
 from . import config as cfgmod
 from . import trace as tracemod
 from .algorithms import method_for
@@ -59,13 +60,20 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     """
     xp, n = fed.backend.xp, fed.block.n
     names = sorted(uplink.fields)
-    grad = uplink.grad if uplink.grad is not None else xp.zeros((n, fed.d))
     taking_part = np.ones(n) if active is None else np.asarray(active, dtype=np.float64)
-    columns = [uplink.loss[:, None], grad, xp.asarray(uplink.value_bits)[:, None],
-               xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
-    columns += [uplink.fields[k].reshape(n, -1) for k in names]
-    # the few small columns together, each (clients x T) field on its own: no copy of the whole uplink
-    hi, lo = dd_sum_blocks([xp.concatenate(columns[:5], axis=1)] + columns[5:], xp)
+    small = [uplink.loss[:, None], xp.asarray(uplink.value_bits)[:, None],
+             xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
+    # the few small columns together, each (clients x d) or (clients x T) field on its own: no copy of the
+    # whole uplink (every column is summed on its own, so the grouping does not change a bit)
+    hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + [uplink.fields[k].reshape(n, -1) for k in names], xp)
+    if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array
+        g_hi = g_lo = xp.zeros(fed.d)
+    elif isinstance(uplink.grad, tuple):  # already summed over the block (a double-double pair)
+        g_hi, g_lo = uplink.grad
+    else:
+        g_hi, g_lo = dd_sum_blocks([uplink.grad], xp)
+    hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
+    lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
     summed = sorted(uplink.sums)
     if summed:
         hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
@@ -110,14 +118,16 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
 
     ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k; ``evaluate(k, x)``, on every
     rank after each round's exchange, gives rank 0 ``timing["test"]``.
-    The broadcast buffer is [flag, vector]: CONTINUE with x^k starts round k, QUERY with a
-    point asks the clients for an extra exchange (:class:`~mpifed.algorithms.base.Query`),
+    The broadcast buffer is [flag, kind, vector]: CONTINUE with x^k starts round k, QUERY with a
+    point asks the clients for an extra exchange (:class:`~mpifed.algorithms.base.Query`; ``kind`` says which
+    of the method's ``QUERIES`` it is),
     SUSPEND with x^k checkpoints and stops (a rank caught SIGTERM/SIGINT), STOP ends the run.
     With a :class:`~mpifed.checkpoint.Checkpointer`, every rank saves its state at the top of the
     rounds it is due; ``resume`` (a :class:`~mpifed.checkpoint.State`) starts from a checkpoint.
     """
     comm, bk = fed.comm, fed.backend
-    buf = np.zeros(fed.d + 1)
+    buf = np.zeros(fed.d + 2)
+    kinds = query_kinds(method)
     status, message, requests = "completed", "", 0
     if resume is not None:
         k, x, server, state, bits = resume.k, np.array(resume.x, dtype=np.float64), resume.server, resume.client, dict(resume.bits)
@@ -140,11 +150,11 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         if not received:  # a non-root rank may already hold this broadcast (see _answer_queries)
             if flag == CONTINUE and checkpoint is not None and (requests or SIGNALS.requested):
                 flag = SUSPEND
-            buf[0], buf[1:] = flag, x
+            buf[0], buf[1], buf[2:] = flag, 0.0, x
             comm.bcast_array(buf)
         if buf[0] == STOP:
             break
-        x = buf[1:].copy()
+        x = buf[2:].copy()
         if checkpoint is not None and (buf[0] == SUSPEND or checkpoint.due(k)):
             checkpoint.save(k, x, server, state, bits)
         if buf[0] == SUSPEND:
@@ -165,7 +175,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             timing["test"] = evaluate(k, x)
         requests = agg.stop_requests if agg is not None else 0
         if not comm.is_root:
-            state = _answer_queries(fed, method, params, state, buf, streams)
+            state = _answer_queries(fed, method, params, state, buf, streams, kinds)
             received = True
             k += 1
             continue
@@ -185,10 +195,11 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                 out = method.server_step(params, server, x, agg)
                 while isinstance(out, Query):  # extra exchanges within the round
                     bits["down"] += out.down_bits
-                    buf[0], buf[1:] = QUERY, out.point
+                    buf[0], buf[1], buf[2:] = QUERY, kinds.index(out.kind), out.point
                     comm.bcast_array(buf)
                     ts = time.perf_counter()
-                    state, reply = _client(fed, lambda: method.client_query(
+                    answer_query = getattr(method, f"client_{out.kind}")
+                    state, reply = _client(fed, lambda: answer_query(
                         params, fed.block, state, bk.asarray(out.point), streams))
                     tc = time.perf_counter()
                     answer = exchange(fed, reply, streams.active)
@@ -214,7 +225,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         else:
             x = x_next
             k += 1
-    x = buf[1:].copy()
+    x = buf[2:].copy()
     return x, status, message, k
 
 
@@ -238,18 +249,24 @@ def _spend(bits: dict, agg: Aggregate, counted: bool = True) -> None:
     bits["up_index"] += agg.index_bits / agg.n
 
 
-def _answer_queries(fed, method, params, state, buf, streams):
+def query_kinds(method) -> tuple:
+    """The kinds of in-round query a method answers: ``kind`` is served by ``client_<kind>`` (default: ``query``)."""
+    return tuple(getattr(method, "QUERIES", ("query",)))
+
+
+def _answer_queries(fed, method, params, state, buf, streams, kinds):
     """Non-root ranks after a round's exchange: serve the server's queries, if any.
 
-    Returns at the first broadcast that is not a QUERY; it is the next round's [flag, x],
+    Returns at the first broadcast that is not a QUERY; it is the next round's [flag, kind, x],
     left in ``buf`` for the main loop.
     """
     while True:
         fed.comm.bcast_array(buf)
         if buf[0] != QUERY:
             return state
-        point = fed.backend.asarray(buf[1:].copy())
-        state, reply = _client(fed, lambda: method.client_query(params, fed.block, state, point, streams))
+        point = fed.backend.asarray(buf[2:].copy())
+        answer_query = getattr(method, f"client_{kinds[int(buf[1])]}")
+        state, reply = _client(fed, lambda: answer_query(params, fed.block, state, point, streams))
         exchange(fed, reply, streams.active)
 
 
@@ -392,6 +409,9 @@ def _run(config, comm, start=None) -> RunResult:
     plan = collective(comm, lambda: resolve(config))
     fed = collective(comm, lambda: build_federation(plan.data, comm))
     method = method_for(config.algorithm, config.model is not None)
+    if config.model is None:  # before any d x d allocation: refuse a state that cannot fit
+        collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,
+                                                 config.reference_iterations > 0 and start is None))
     params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 
 from .algorithms.networks.local import DEFAULT_BATCH
 from .config import IMAGE_CLIENTS, METHOD_FIELDS, RunConfig
-from .data import IMAGE_SETS, PAPER_SPLITS, SYNTHETIC_DEFAULTS
+from .data import IMAGE_SETS, PAPER_SPLITS, SYNTHETIC_DEFAULTS, sparse_synthetic
 from .data.partition import parse_spec
 from .errors import ConfigError
 
@@ -89,9 +89,9 @@ def split(c: RunConfig) -> tuple[int, int | None]:
     """(clients, samples per client): the given values, else the papers' split of the dataset (the synthetic
     defaults; 100 clients for image sets). Partitions other than the papers' split may leave the sample count
     to the partition (None)."""
-    if c.dataset == "synthetic":
-        return (c.clients or SYNTHETIC_DEFAULTS["clients"],
-                c.samples_per_client or SYNTHETIC_DEFAULTS["samples_per_client"])
+    if c.dataset == "synthetic" or sparse_synthetic.parse(c.dataset):
+        defaults = SYNTHETIC_DEFAULTS if c.dataset == "synthetic" else sparse_synthetic.SPARSE_DEFAULTS
+        return c.clients or defaults["clients"], c.samples_per_client or defaults["samples_per_client"]
     if c.dataset in IMAGE_SETS:
         return c.clients or IMAGE_CLIENTS, c.samples_per_client
     paper = PAPER_SPLITS.get(c.dataset, (None, None))

@@ -1,5 +1,5 @@
-"""The methods, grouped by family: ``second_order/``, ``first_order/``, ``proximal/``, ``riemannian/``
-(``--problem pca``) and ``networks/`` (``--model``).
+"""The methods, grouped by family: ``second_order/``, ``hessian_free/``, ``first_order/``, ``proximal/``,
+``riemannian/`` (``--problem pca``) and ``networks/`` (``--model``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -21,6 +21,7 @@ _MODULES = {
     "bpm": "proximal.bpm", "bpm-lin": "proximal.bpm_lin",
     "rgd": "riemannian.rgd", "r-lsvrg": "riemannian.r_lsvrg", "r-page": "riemannian.r_page",
     "r-marina": "riemannian.r_marina",
+    "newton-cg": "hessian_free.newton_cg", "disco": "hessian_free.disco", "lbfgs": "hessian_free.lbfgs",
 }
 # the methods on the unit sphere (--problem pca), and the only ones it takes
 RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))

@@ -19,7 +19,7 @@ Four extensions, all optional:
 * Extra exchanges within a round (FedNL-LS's function values): ``server_step`` returns a
   :class:`Query` instead of ``(state, x_next, down_bits)``; the driver broadcasts
   ``Query.point``, calls ``client_query(p, block, state, point, streams)`` on every rank
-  (returning ``(state, Uplink)``), and hands the new Aggregate to
+  (returning ``(state, Uplink)``; ``client_<kind>`` for a query of another ``Query.kind``), and hands the new Aggregate to
   ``server_resume(p, server_state, x, agg)``, which again returns a Query or the step.
 
 Participation: ``streams.active`` (bool, one per client of the block) says who takes part
@@ -51,7 +51,9 @@ class Uplink:
     (a :class:`BlockSums`; the chunked client steps, whose (clients x T) messages never exist at once).
     value_bits, index_bits (n,): what each client put on the wire this round.
     gathered: per-client arrays (n, ...) the server receives one by one, in client order.
-    ``grad`` may be None (a query that only sends function values).
+    ``grad`` may be None (a query that only sends function values), or the block's gradients already summed
+    over its clients as a double-double pair (hi, lo) of shape (d,) (the Hessian-free methods at large d,
+    whose (n, d) gradients never exist at once).
     """
 
     loss: object
@@ -134,11 +136,14 @@ class Aggregate:
 class Query:
     """An extra exchange inside a round: broadcast ``point`` (d,), then call the clients'
     ``client_query``. ``state`` is the server state to resume from; ``down_bits`` what the
-    broadcast costs per client (e.g. one float for a step length when the direction is known)."""
+    broadcast costs per client (e.g. one float for a step length when the direction is known). ``kind``
+    names the question when a method asks more than one (listed in its module's ``QUERIES``): the clients
+    answer with ``client_<kind>`` (Newton-CG: a Hessian-vector product or a trial point's loss)."""
 
     point: np.ndarray
     state: object
     down_bits: float
+    kind: str = "query"
 
 
 def participation(xp, streams):

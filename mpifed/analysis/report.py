@@ -123,13 +123,12 @@ def _folder(folder: Path, target: float = 1e-10) -> None:
     rows = [to_target(t, target) for t in traces]
     print(f"to ||grad P|| <= {target:g} (PCA traces: pca_gap <= {target:g}): rounds, exchanges, bits per client "
           f"(uplink incl. indices; downlink), seconds (client + comm + server); '-' = not reached")
-    print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'exch':>7} {'bits_up':>11} {'bits_down':>11} "
+    print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'exchanges':>9} {'bits_up':>11} {'bits_down':>11} "
           f"{'seconds':>9} {'final |grad|':>13} {'best test acc':>13}")
     fmt = lambda v, f: "-" if not np.isfinite(v) else format(v, f)  # noqa: E731
     for r in rows:
         print(f"{r['name']:<24} {r['algorithm']:>11} {r['status']:>10} {fmt(r['rounds'], '.0f'):>7} "
-              f"{fmt(r['exchanges'], '.0f'):>7} "
-              f"{fmt(r['bits_up'], '.4e'):>11} {fmt(r['bits_down'], '.4e'):>11} {fmt(r['seconds'], '.3f'):>9} "
+              f"{fmt(r['exchanges'], '.0f'):>9} {fmt(r['bits_up'], '.4e'):>11} {fmt(r['bits_down'], '.4e'):>11} {fmt(r['seconds'], '.3f'):>9} "
               f"{r['final_grad_norm']:>13.3e} {fmt(r['best_test_accuracy'], '.4f'):>13}")
 
 

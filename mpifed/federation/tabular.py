@@ -40,19 +40,25 @@ def build_tabular(spec, comm) -> Federation:
     """This rank's share of a LIBSVM or synthetic federation (``spec``: a :class:`~mpifed.plan.DataSpec`)."""
     backend = get_backend(spec.backend)
     scheme, _ = parse_spec(spec.partition)  # bad specs fail before any data is read
-    if spec.dataset == "synthetic":
+    nnz = data.sparse_synthetic.parse(spec.dataset)
+    if spec.dataset == "synthetic" or nnz:
         if scheme not in ("paper", "iid"):
-            raise ConfigError(f"--partition = {spec.partition!r} does not apply to the synthetic dataset (its "
+            raise ConfigError(f"--partition = {spec.partition!r} does not apply to the {spec.dataset} dataset (its "
                               f"clients are generated one by one); valid: paper or iid")
         clients, m = spec.clients, spec.samples_per_client
         lo, hi = client_range(clients, comm.size, comm.rank)
         ids = np.arange(lo, hi)
-        features = spec.features or data.SYNTHETIC_DEFAULTS["features"]
-        if spec.problem == "pca":
+        if nnz:
+            features = spec.features or data.sparse_synthetic.SPARSE_DEFAULTS["features"]
+            A, b = data.sparse_synthetic.sparse_clients(ids, m, features, nnz, spec.seed)
+            source = f"synthetic-sparse(features={features}, nnz={nnz}, seed={spec.seed})"
+        elif spec.problem == "pca":
+            features = spec.features or data.SYNTHETIC_DEFAULTS["features"]
             gap = spec.eigengap if spec.eigengap is not None else data.PCA_EIGENGAP
             A, b = data.synthetic_pca_clients(ids, clients, m, features, gap, spec.seed), np.ones(len(ids) * m)
             source = f"synthetic-pca(features={features}, eigengap={gap:g}, seed={spec.seed})"
         else:
+            features = spec.features or data.SYNTHETIC_DEFAULTS["features"]
             A, b = data.synthetic_clients(ids, m, features, spec.seed, spec.condition)
             kappa = "" if spec.condition is None else f", condition={spec.condition:g}"
             source = f"synthetic(features={features}, seed={spec.seed}{kappa})"
@@ -103,7 +109,7 @@ def load_test_set(data_spec, width: int) -> tuple[HeldOutSet | None, str]:
     """
     spec, dataset, intercept = data_spec.test_dataset, data_spec.dataset, data_spec.intercept
     if spec is None:
-        if dataset == "synthetic":
+        if dataset == "synthetic" or data.sparse_synthetic.parse(dataset):
             return None, "no test set (synthetic data)"
         info = data.DATASETS.get(dataset) or data.resolve(dataset)[1]
         if info is None or info.test is None:

@@ -104,31 +104,114 @@ class LogisticBlock:
         self.row_client = np.repeat(np.arange(self.n), self.sizes)
         row_weight = 1.0 / self.sizes[self.row_client]
         self.b = xp.asarray(np.asarray(b, dtype=np.float64))
-        self._diag = xp.asarray(tri.diagonal(self.d))
         nnz_per_row = A.nnz / max(self.N, 1)
         self.dense = (nnz_per_row > self.d / 4) if dense is None else dense
         # R: (n, N) per-client weighted sums of per-row values.
         self._R = backend.csr(scipy.sparse.csr_matrix(
             (row_weight, np.arange(self.N), offsets), shape=(self.n, self.N)))
+        self._parent = None  # a piece of a block (:meth:`clients`): (parent, lo, hi, first row, end row)
         if self.dense:
             self._init_dense(A, row_weight, m_max or int(self.sizes.max()))
         else:
             self._init_sparse(A, row_weight)
 
     # ----------------------------------------------------------------- setup
+    # Built on first use (:meth:`__getattr__`): the packed-Hessian scatter matrix M (d^2/2 pairs per row's
+    # non-zeros, n T columns), the gradient scatter G (n d rows) and the per-non-zero row and client ids.
+    # The Hessian-free methods never touch them, which is what lets a rank hold d = 10^5..10^6 features.
+    _LAZY = {"_diag": "_build_diag", "_row_of_nnz": "_build_row_of_nnz", "_client_of_nnz": "_build_client_of_nnz",
+             "_G": "_build_G", "_M": "_build_M", "_support": "_build_support"}
+
+    def __getattr__(self, name):
+        build = LogisticBlock._LAZY.get(name)
+        if build is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = getattr(self, build)()
+        setattr(self, name, value)
+        return value
+
     def _init_sparse(self, A, row_weight):
-        bk, n, d, T = self.bk, self.n, self.d, self.T
-        row_of_nnz = np.repeat(np.arange(self.N), np.diff(A.indptr))
-        client_of_nnz = self.row_client[row_of_nnz]
-        self._A = bk.csr(A)
-        self._row_of_nnz, self._client_of_nnz = bk.xp.asarray(row_of_nnz), bk.xp.asarray(client_of_nnz)
-        # G^T: row j scatters w_j a_j into client c(j)'s gradient slot.
-        G = scipy.sparse.csr_matrix(
-            (A.data * row_weight[row_of_nnz], client_of_nnz * d + A.indices, A.indptr), shape=(self.N, n * d))
-        self._G = bk.csr(G.T.tocsr())
-        # M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian.
-        self._M = bk.csr(_scatter_matrix(A, row_weight, row_of_nnz, client_of_nnz, n, d, T))
+        self._A = self.bk.csr(A)
         self._M_offset = 0
+
+    def _host_A(self):
+        return self._A if self.bk.xp is np else self._A.get()
+
+    def _build_diag(self):
+        return self.bk.xp.asarray(tri.diagonal(self.d))
+
+    def _build_row_of_nnz(self):
+        if self._parent:
+            parent, lo, hi, r0, r1 = self._parent
+            a0, a1 = int(parent._A.indptr[r0]), int(parent._A.indptr[r1])
+            return parent._row_of_nnz[a0:a1] - r0
+        return self.bk.xp.asarray(np.repeat(np.arange(self.N), np.diff(self._host_A().indptr)))
+
+    def _build_client_of_nnz(self):
+        if self._parent:
+            parent, lo, hi, r0, r1 = self._parent
+            a0, a1 = int(parent._A.indptr[r0]), int(parent._A.indptr[r1])
+            return parent._client_of_nnz[a0:a1] - lo
+        return self.bk.xp.asarray(self.row_client[self.bk.to_host(self._row_of_nnz)])
+
+    def _build_G(self):
+        """G^T: row j scatters w_j a_j into client c(j)'s gradient slot."""
+        if self._parent:
+            parent, lo, hi, r0, r1 = self._parent
+            return _row_range(parent._G, lo * self.d, hi * self.d, r0, r1 - r0)
+        A, bk = self._host_A(), self.bk
+        row_of_nnz, client_of_nnz = bk.to_host(self._row_of_nnz), bk.to_host(self._client_of_nnz)
+        row_weight = 1.0 / self.sizes[self.row_client]
+        G = scipy.sparse.csr_matrix((A.data * row_weight[row_of_nnz], client_of_nnz * self.d + A.indices, A.indptr),
+                                    shape=(self.N, self.n * self.d))
+        return bk.csr(G.T.tocsr())
+
+    def _build_M(self):
+        """M^T: row j scatters w_j a_ja a_jb (a <= b) into client c(j)'s packed Hessian."""
+        if self._parent:
+            parent, lo, hi, r0, r1 = self._parent
+            # the big one keeps its column indices (no copy); its coefficients get r0 leading zeros instead
+            return _row_range(parent._M, lo * self.T, hi * self.T, 0, parent._M_offset + r1)
+        A, bk = self._host_A(), self.bk
+        row_weight = 1.0 / self.sizes[self.row_client]
+        return bk.csr(_scatter_matrix(A, row_weight, bk.to_host(self._row_of_nnz), bk.to_host(self._client_of_nnz),
+                                      self.n, self.d, self.T))
+
+    def _build_support(self):
+        """Each client's columns: (index (n, K), the slot in the flattened (n, K) layout of every non-zero,
+        the block's columns (U,)).
+
+        The block's non-zeros touch U <= d distinct columns (ascending in ``columns``); row i of ``index``
+        lists client i's distinct columns as positions in ``columns``, ascending, padded with the spare
+        position U (:meth:`weighted_row_chunks` sums into U + 1 slots and drops the last). Two passes over ranges of
+        clients of some SUPPORT_CHUNK non-zeros (the first finds K, the widest client), so the sort's temporaries
+        never span the whole block.
+        """
+        A, n, d = self._host_A(), self.n, self.d
+        columns = np.flatnonzero(np.bincount(A.indices, minlength=d))
+        compact = np.zeros(d, dtype=np.int64)
+        compact[columns] = np.arange(len(columns))
+        ptr = A.indptr[np.concatenate([[0], np.cumsum(self.sizes)])]  # client i's non-zeros: ptr[i]:ptr[i+1]
+
+        def pieces():
+            lo = 0
+            while lo < n:  # clients lo..hi-1: at least one, else about SUPPORT_CHUNK non-zeros
+                hi = min(n, max(lo + 1, int(np.searchsorted(ptr, ptr[lo] + SUPPORT_CHUNK, side="right")) - 1))
+                client = np.repeat(np.arange(hi - lo), np.diff(ptr[lo:hi + 1]))
+                keys, inverse = np.unique(client * np.int64(d) + compact[A.indices[ptr[lo]:ptr[hi]]],
+                                          return_inverse=True)
+                owner, column = np.divmod(keys, d)
+                yield lo, hi, owner, column, np.bincount(owner, minlength=hi - lo), inverse.ravel()
+                lo = hi
+
+        K = max([1] + [int(count.max(initial=0)) for *_, count, _ in pieces()])
+        index = np.full((n, K), len(columns), dtype=np.int32 if d < 2**31 - 1 else np.int64)
+        flat = np.empty(A.nnz, dtype=np.int32 if n * K < 2**31 else np.int64)
+        for lo, hi, owner, column, count, inverse in pieces():
+            slot = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
+            index[lo + owner, slot] = column
+            flat[ptr[lo]:ptr[hi]] = ((lo + owner) * K + slot)[inverse]
+        return self.bk.xp.asarray(index), self.bk.xp.asarray(flat), self.bk.xp.asarray(columns)
 
     def _init_dense(self, A, row_weight, m_max):
         xp = self.bk.xp
@@ -172,11 +255,10 @@ class LogisticBlock:
             sub._A3, sub._W, sub._b3 = self._A3[lo:hi], self._W[lo:hi], self._b3[lo:hi]
         else:
             sub._A = self._A[r0:r1]
-            a0, a1 = int(self._A.indptr[r0]), int(self._A.indptr[r1])
-            sub._row_of_nnz, sub._client_of_nnz = self._row_of_nnz[a0:a1] - r0, self._client_of_nnz[a0:a1] - lo
-            sub._G = _row_range(self._G, lo * self.d, hi * self.d, r0, r1 - r0)
-            # the big one keeps its column indices (no copy); its coefficients get r0 leading zeros instead
-            sub._M = _row_range(self._M, lo * self.T, hi * self.T, 0, self._M_offset + r1)
+            for name in self._LAZY:  # built on first use, from the parent's (see _build_*)
+                if name != "_diag":
+                    sub.__dict__.pop(name, None)
+            sub._parent = (self, lo, hi, r0, r1)
             sub._M_offset = self._M_offset + r0
         return sub
 
@@ -236,18 +318,103 @@ class LogisticBlock:
 
     def _loss_grad(self, x):
         """(f_i(x), grad f_i(x), the margins a_ij^T x)."""
+        loss, coef, t = self._loss_coefficients(x)
+        return loss, self._weighted_rows(coef) + self.lam * x, t
+
+    def _loss_coefficients(self, x):
+        """(f_i(x), the gradient's row coefficients phi'(b_ij a_ij^T x) b_ij, the margins a_ij^T x)."""
         xp = self.bk.xp
         t = self.margins(x)
         labels = self._labels()
-        loss = self._client_sum(self.row_loss(t, labels, xp)) + self._ridge(x)
-        grad = self._weighted_rows(self.row_slope(t, labels, xp)) + self.lam * x
-        return loss, grad, t
+        return self._client_sum(self.row_loss(t, labels, xp)) + self._ridge(x), self.row_slope(t, labels, xp), t
 
     def _weighted_rows(self, coef):
         """(1/m_i) sum_j coef_ij a_ij for each client, shape (n, d)."""
         if self.dense:
             return ((self._W * coef)[:, None, :] @ self._A3)[:, 0, :]
         return (self._G @ coef).reshape(self.n, self.d)
+
+    # ------------------------------------------------- Hessian-free products
+    def hessian_coefficients(self, x):
+        """h_ij(x) = l''(a_ij^T x) of every row (:meth:`row_curvature`), in the coefficient layout ((N,) sparse,
+        (n, m_max) dense)."""
+        return self.row_curvature(self.margins(x), self._labels(), self.bk.xp)
+
+    def gradients(self, x):
+        """(f_i(x) (n,), grad f_i(x) as :class:`ClientVectors`, h_ij(x)): the gradients without an (n, d) array."""
+        loss, coef, t = self._loss_coefficients(x)
+        return loss, ClientVectors(self, coef, self.lam * x), self.row_curvature(t, self._labels(), self.bk.xp)
+
+    def hvp(self, x, v, h=None):
+        """grad^2 f_i(x) v for every client, as :class:`ClientVectors`: (1/m_i) sum_j h_ij (a_ij^T v) a_ij + lam v.
+
+        No matrix is formed: one pass over the rows for a_ij^T v and one scatter of the products, O(nnz).
+        ``h``: the coefficients h_ij(x) when already known (:meth:`gradients` returns them), else computed.
+        """
+        h = self.hessian_coefficients(x) if h is None else h
+        return ClientVectors(self, h * self.margins(v), self.lam * v)
+
+    def along(self, x, direction, steps):
+        """f_i(x + s p) and <grad f_i(x + s p), p> for every client and step s of ``steps`` (J,): two (n, J) arrays
+        from one pass over the rows for a^T x and a^T p (a line search's trial points in one exchange)."""
+        xp = self.bk.xp
+        labels = self._labels()
+        tx, tp = self.margins(x), self.margins(direction)
+        xx, xd, dd = float(x @ x), float(x @ direction), float(direction @ direction)
+        loss, slope = xp.empty((self.n, len(steps))), xp.empty((self.n, len(steps)))
+        for j, s in enumerate(steps):
+            t = tx + s * tp
+            loss[:, j] = self._client_sum(self.row_loss(t, labels, xp)) + 0.5 * self.lam * (xx + 2 * s * xd + s * s * dd)
+            slope[:, j] = self._client_sum(self.row_slope(t, labels, xp) * tp) + self.lam * (xd + s * dd)
+        return loss, slope
+
+    def weighted_row_chunks(self, coef):
+        """(lo, hi, index, values) for chunks of clients: client i's (1/m_i) sum_j coef_ij a_ij.
+
+        Sparse blocks: ``index`` (c, K) holds each client's distinct columns as positions in the block's U
+        columns (:meth:`support_columns`; padded with the spare position U, whose values are 0), ``values``
+        (c, K) the sums there, each a bincount over the client's own non-zeros in row order. Dense blocks: ``index`` is None and ``values`` the (c, d) rows (batched products).
+        Chunks keep the temporaries near SUM_CHUNK_BYTES whatever the number of clients.
+        """
+        xp = self.bk.xp
+        if self.dense:
+            step = max(1, SUM_CHUNK_BYTES // (8 * self.d))
+            for lo in range(0, self.n, step):
+                hi = min(lo + step, self.n)
+                yield lo, hi, None, ((self._W[lo:hi] * coef[lo:hi])[:, None, :] @ self._A3[lo:hi])[:, 0, :]
+            return
+        index, flat, columns = self._support
+        K, ptr, starts = index.shape[1], self._A.indptr, np.concatenate([[0], np.cumsum(self.sizes)])
+        weight = coef / xp.asarray(self.sizes[self.row_client], dtype=np.float64)
+        # the chunk's double-double sum (dd_sum_sparse_rows) keeps ceil(c/32) rows of U + 1 slots and some ten
+        # temporaries of that size: c is a multiple of 32 that keeps them near SUM_CHUNK_BYTES (at d = 10^5,
+        # 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
+        slots = 10 * 8 * (len(columns) + 1)
+        per_client = 8 * 2 * max(K, self._A.nnz // max(self.n, 1))
+        step = 32 * max(1, min(SUM_CHUNK_BYTES // slots, SUM_CHUNK_BYTES // (32 * per_client)))
+        for lo in range(0, self.n, step):
+            hi = min(lo + step, self.n)
+            r0, r1 = int(starts[lo]), int(starts[hi])
+            a0, a1 = int(ptr[r0]), int(ptr[r1])
+            # each non-zero's row weight: a repeat on the host; cupy's repeat takes no array of counts, so a GPU
+            # gathers through the (lazily built) row of every non-zero instead
+            row_weight = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
+                          else weight[self._row_of_nnz[a0:a1]])
+            per_nnz = row_weight * self._A.data[a0:a1]
+            values = xp.bincount(flat[a0:a1] - lo * K, weights=per_nnz, minlength=(hi - lo) * K)
+            yield lo, hi, index[lo:hi], values.reshape(hi - lo, K)
+
+    def support_columns(self):
+        """The U columns the block's rows touch, ascending (None for a dense block, whose rows are full)."""
+        return None if self.dense else self._support[2]
+
+    def client_rows(self, i: int):
+        """Client i's rows (m_i x d, host CSR) and labels: the shard DiSCO's preconditioner is built from."""
+        r0, r1 = int(self.sizes[:i].sum()), int(self.sizes[:i + 1].sum())
+        if self.dense:
+            A = scipy.sparse.csr_matrix(self.bk.to_host(self._A3[i, :self.sizes[i]]))
+            return A, self.bk.to_host(self._b3[i, :self.sizes[i]])
+        return scipy.sparse.csr_matrix(self._host_A()[r0:r1]), self.bk.to_host(self.b[r0:r1])
 
     def hessians_from_coefficients(self, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
@@ -334,6 +501,34 @@ class LogisticBlock:
         return packed
 
 
+class ClientVectors:
+    """One d-vector per client, held as (1/m_i) sum_j coef_ij a_ij + shift without an (n, d) array.
+
+    ``shift`` (d,) is the same for every client (the regulariser's lam x or lam v). :meth:`chunks` gives the
+    data parts chunk by chunk (:meth:`LogisticBlock.weighted_row_chunks`); :meth:`dense` builds the (n, d)
+    array, for small d and for tests.
+    """
+
+    def __init__(self, block: LogisticBlock, coef, shift):
+        self.block, self.coef, self.shift = block, coef, shift
+
+    def chunks(self):
+        return self.block.weighted_row_chunks(self.coef)
+
+    def dense(self):
+        b, xp = self.block, self.block.bk.xp
+        columns = b.support_columns()
+        out = xp.zeros((b.n, b.d))
+        for lo, hi, index, values in self.chunks():
+            if index is None:
+                out[lo:hi] = values
+            else:
+                compact = xp.zeros((hi - lo, len(columns) + 1))
+                xp.put_along_axis(compact, index.astype(np.int64), values, axis=1)
+                out[lo:hi, columns] = compact[:, :-1]
+        return out + self.shift
+
+
 def _row_range(matrix, r0: int, r1: int, c0: int, columns: int):
     """Rows r0..r1-1 of a CSR matrix whose non-zeros there all lie in columns c0..c0+columns-1, as a
     (r1 - r0) x columns CSR matrix (scipy or cupyx) with the same entries in the same order."""
@@ -359,6 +554,8 @@ def _select_rows(matrix, rows, xp):
     return type(matrix)((matrix.data[pos], matrix.indices[pos], new_ptr), shape=(len(rows), matrix.shape[1]))
 
 
+SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks: clients per chunk so its temporaries take some 16 MB
+SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
 
