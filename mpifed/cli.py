@@ -25,17 +25,23 @@ from .errors import MpifedError
 HELP = {
     "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
-    "problem": "the objective on tabular data: logistic (default; L2-regularised logistic regression)",
-    "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
+    "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression), or saddle "
+                "(a synthetic regularised bilinear saddle problem, --dataset synthetic; methods sppm-vi, sppm-vi-vr, "
+                "extragradient)"),
+    "features": ("dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20); "
+                 "saddle: the size p of x and of y (10; d = 2p)"),
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
     "shuffle": "permute the rows with this seed before splitting (default: file order, as the papers)",
     "intercept": "append a constant-1 feature (d+1 dimensions)",
-    "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
+    "lam": "L2 regularisation lambda >= 0 (default 1e-3); --problem saddle: the strong monotonicity mu",
+    "similarity": ("--problem saddle: delta >= 0, B_i = B + delta E_i with ||E_i|| = 1, so ||M_i - M_bar|| <= 2 delta "
+                   "(default 0.1)"),
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam "
-                  "(default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
-                  "fedpm, fedrco, fedrco-ori"),
+                  "| lmo-momentum | lmo-hcm (default fednl); --problem saddle: sppm-vi | sppm-vi-vr | extragradient; "
+                  "with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm, fedrco, fedrco-ori, lmo-momentum, lmo-hcm"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
                    "Newton-Learn: randk:k=1 (r coefficients per client)"),
@@ -43,12 +49,13 @@ HELP = {
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam)",
-    "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
+    "step_size": ("GD step size (default 1/L); extragradient: gamma (default 1 / (2 ||M_bar||)); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
-    "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
+    "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi''); SPPM-VI, SPPM-VI-VR: "
+              "the resolvent step gamma (default mu / (2 delta_max^2), at most 10 / mu)"),
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
@@ -57,10 +64,15 @@ HELP = {
     "ls_gamma": "FedNL-LS backtracking factor gamma in (0, 1) (default 0.5)",
     "hessian_lipschitz": "FedNL-CR / CNL: Lipschitz constant of the Hessian in the cubic term",
     "down_compressor": "FedNL-BC: compressor of the model on the downlink",
-    "grad_probability": "FedNL-BC: probability p that a client sends its gradient",
+    "grad_probability": ("FedNL-BC: probability p that a client sends its gradient; SPPM-VI-VR: probability p of "
+                         "a new anchor, i.e. a full operator exchange (default 1/n)"),
     "x0_noise": "start at x0 = x* + sigma N(0, I) (FedPM Test 1 uses 0.1); default x0 = 0",
     "server_lr": "FedAvg family / FedAdam: server learning rate applied to the mean client update (default 1)",
-    "momentum": "FedAvgM: server momentum beta in [0, 1)",
+    "momentum": ("FedAvgM: server momentum beta in [0, 1); LMO-momentum, LMO-HCM: weight beta of the old momentum, "
+                 "m = beta (m + ...) + (1 - beta) g (default 0.9)"),
+    "radius": ("LMO-momentum, LMO-HCM: step radius t > 0, x+ = x + t LMO(m) over the unit ball (default 0.1; "
+               "with --step-decay c: t / (1 + c k))"),
+    "lmo_norm": "LMO-momentum, LMO-HCM: the ball of the LMO, l2 (default), linf, or spectral (per layer, with --model)",
     "prox_mu": "FedProx: proximal weight mu >= 0",
     "scaffold_option": "SCAFFOLD: control-variate option 1 or 2 (Karimireddy et al. 2020, eq. 4)",
     "beta1": "FedAdam: first-moment decay",

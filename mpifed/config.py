@@ -26,7 +26,9 @@ from .errors import ConfigError
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
-PROBLEMS = ("logistic",)
+PROBLEMS = ("logistic", "saddle")
+DEFAULT_SIMILARITY = 0.1  # --problem saddle: delta, the spread of the clients' bilinear couplings
+LMO_NORMS = ("l2", "linf", "spectral")  # --lmo-norm: the ball of the LMO step (spectral: per layer, networks only)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -39,7 +41,7 @@ IMAGE_DEFAULTS = {"model": "cnn", "algorithm": "fedavg"}  # an image dataset wit
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps", "step_decay",
+                 "beta1", "beta2", "adam_eps", "step_decay", "radius", "lmo_norm",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -52,6 +54,7 @@ class RunConfig:
 
     dataset: str = "synthetic"
     problem: str = "logistic"
+    similarity: float | None = None
     features: int | None = None
     clients: int | None = None
     samples_per_client: int | None = None
@@ -84,6 +87,8 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    radius: float | None = None
+    lmo_norm: str | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -165,6 +170,9 @@ def _check_ranges(c: RunConfig) -> None:
 
     need(c.algorithm in METHODS or c.algorithm in NN_METHODS, "algorithm", ", ".join(dict.fromkeys([*METHODS, *NN_METHODS])))
     need(c.problem in PROBLEMS, "problem", ", ".join(PROBLEMS))
+    need(c.similarity is None or c.similarity >= 0, "similarity", "delta >= 0 (0: identical clients)")
+    need(c.radius is None or c.radius > 0, "radius", "a radius t > 0")
+    need(c.lmo_norm in (None, *LMO_NORMS), "lmo_norm", ", ".join(LMO_NORMS))
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
@@ -222,6 +230,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
     method = method_for(c.algorithm, c.model is not None)
+    _check_problem(c, method)
     if c.model is not None:
         _check_network(c)
     elif c.dataset in IMAGE_SETS:
@@ -238,6 +247,21 @@ def _check_ranges(c: RunConfig) -> None:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"
         raise ConfigError(f"{', '.join(_flag(n) for n in extra)} does not apply to algorithm "
                           f"{c.algorithm!r} (it takes {takes})")
+
+
+def _check_problem(c: RunConfig, method) -> None:
+    """The method solves the problem (``Params.problems``, logistic when absent), and the saddle problem's options."""
+    solves = getattr(method.Params, "problems", ("logistic",))
+    if c.model is None and c.problem not in solves:
+        raise ConfigError(f"--problem {c.problem} does not apply to algorithm {c.algorithm!r}; valid: "
+                          f"{', '.join(solves)}")
+    if c.problem != "saddle" and c.similarity is not None:
+        raise ConfigError(f"--similarity applies to --problem saddle only (this run: --problem {c.problem})")
+    if c.problem == "saddle" and c.dataset != "synthetic":
+        raise ConfigError(f"--problem saddle generates its own operators; --dataset = {c.dataset!r}, valid: synthetic")
+    if c.lmo_norm == "spectral" and c.model is None:
+        raise ConfigError("--lmo-norm spectral applies to networks only (per-layer matrices; give --model); "
+                          "valid without --model: l2, linf")
 
 
 def _check_network(c: RunConfig) -> None:

@@ -1,4 +1,5 @@
-"""The methods, grouped by family: ``second_order/``, ``first_order/`` and ``networks/`` (``--model``).
+"""The methods, grouped by family: ``second_order/``, ``first_order/``, ``networks/`` (``--model``), ``lmo/`` (LMO
+steps with momentum, on both) and ``inclusion/`` (monotone inclusions, ``--problem saddle``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -16,12 +17,15 @@ _MODULES = {
     "gd": "first_order.gd", "dcgd": "first_order.dcgd", "diana": "first_order.diana", "adiana": "first_order.adiana",
     "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
+    "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
+    "sppm-vi": "inclusion.sppm_vi", "sppm-vi-vr": "inclusion.sppm_vi_vr", "extragradient": "inclusion.extragradient",
 }
 # --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
 _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",
     "scaffold": "networks.scaffold", "fedadam": "networks.fedadam", "localnewton": "networks.localnewton",
     "fedpm": "networks.fedpm", "fedrco": "networks.fedrco", "fedrco-ori": "networks.fedrco",
+    "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
 }
 NN_METHODS = tuple(_NN_MODULES)
 

@@ -2,8 +2,11 @@
 :mod:`~mpifed.problems.nn` (networks: models, layers, curvature factors, the image block).
 
 :data:`BLOCKS` maps ``--problem`` to the block class of a tabular federation; each is built as
-``Block(A, b, offsets, lam, backend, m_max=...)`` from a rank's rows (CSR), labels and client offsets.
+``Block(A, b, offsets, lam, backend, m_max=...)`` from a rank's rows (CSR), labels and client offsets;
+``--problem saddle`` is synthetic and has its own builder (:mod:`mpifed.federation.saddle`): its entry is the
+:class:`~mpifed.problems.saddle.SaddleBlock`, built per client from the seed instead of from rows.
 """
 from .logistic import LogisticBlock
+from .saddle import SaddleBlock
 
-BLOCKS = {"logistic": LogisticBlock}
+BLOCKS = {"logistic": LogisticBlock, "saddle": SaddleBlock}
