@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import momentum
-from .momentum import ServerState, client_init, client_metrics, client_step, server_init, server_step  # noqa: F401
+from .momentum import (ServerState, client_init, client_metrics, client_step, next_momentum,  # noqa: F401
+                       server_init, server_step)
 
 
 @dataclass(frozen=True)

@@ -98,13 +98,13 @@ def client_metrics(p, block, previous, x, streams):
     return Uplink(loss, grad, np.zeros(block.n), np.zeros(block.n))
 
 
-def momentum(p, state: ServerState, agg) -> np.ndarray:
+def next_momentum(p, state: ServerState, agg) -> np.ndarray:
     """m^k = beta m^{k-1} + mean_i c_i (m^0 = mean_i c_i = g^0)."""
     mean = agg.mean("c")
     return mean if state.m is None else p.beta * state.m + mean
 
 
 def server_step(p, state: ServerState, x, agg):
-    m = momentum(p, state, agg)
+    m = next_momentum(p, state, agg)
     t = p.t / (1.0 + p.decay * state.k)
     return ServerState(m, state.k + 1), x + t * lmo(m, p.norm, p.layers), len(x) * p.float_bits
