@@ -1,5 +1,5 @@
 """Linear minimisation oracles over unit balls, LMO(m) = argmin_{||s|| <= 1} <m, s> (Pethick et al. 2025, Scion;
-Riabinin et al. 2025, Gluon, eq. (3) with one radius for all layers):
+Riabinin et al. 2025, Gluon, with one radius for all layers)::
 
     l2:        s = -m / ||m||_2                       (0 at m = 0)
     linf:      s = -sign(m)                           (a zero entry of m gives 0: any value in [-1, 1] is optimal)
