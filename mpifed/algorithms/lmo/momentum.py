@@ -50,9 +50,7 @@ class Params:
         if opts.batch_size is not None and not opts.network:
             raise ConfigError(f"--batch-size applies to networks only (give --model); {opts.algorithm} on the "
                               f"{opts.problem} problem uses exact gradients")
-        norm = opts.lmo_norm or "l2"
-        if norm == "spectral" and not opts.network:
-            raise ConfigError("--lmo-norm spectral applies to networks only (give --model); valid: l2, linf")
+        norm = opts.lmo_norm or "l2"  # spectral without a network is refused by the configuration
         layers = layer_slices(fed.block.model) if opts.network else ()
         return cls(opts.radius if opts.radius is not None else DEFAULT_RADIUS,
                    opts.momentum if opts.momentum is not None else DEFAULT_BETA, norm,
