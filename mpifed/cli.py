@@ -26,19 +26,24 @@ HELP = {
     "dataset": ("'synthetic' (default), 'synthetic-sparse[:nnz=K]' (large-d sparse rows), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
     "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression), "
-                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible) or "
+                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible), "
                 "pca (min over ||x|| = 1 of -(1/n) sum_i x^T A_i x, A_i the uncentered second moment of client i's rows; "
-                "methods rgd, r-lsvrg, r-page, r-marina; trace column pca_gap = 1 - <x, v_1>^2)"),
+                "methods rgd, r-lsvrg, r-page, r-marina; trace column pca_gap = 1 - <x, v_1>^2) or saddle "
+                "(a synthetic regularised bilinear saddle problem, --dataset synthetic; methods sppm-vi, sppm-vi-vr, "
+                "extragradient)"),
     "condition": ("synthetic dataset: scale the features so that their covariance has condition number kappa >= 1 "
                   "(an ill-conditioned ridge / logistic problem; default: no scaling)"),
     "eigengap": ("--problem pca on the synthetic dataset: lambda_1 - lambda_2 in (0, 1) of the clients' mean second "
                  "moment (lambda_1 = 1; default 0.1); needs --samples-per-client >= --features"),
-    "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
+    "features": ("dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20); "
+                 "saddle: the size p of x and of y (10; d = 2p)"),
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
     "shuffle": "permute the rows with this seed before splitting (default: file order, as the papers)",
     "intercept": "append a constant-1 feature (d+1 dimensions)",
-    "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
+    "lam": "L2 regularisation lambda >= 0 (default 1e-3); --problem saddle: the strong monotonicity mu",
+    "similarity": ("--problem saddle: delta >= 0, B_i = B + delta E_i with ||E_i|| = 1, so ||M_i - M_bar|| <= 2 delta "
+                   "(default 0.1)"),
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
                   "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --problem pca: "
@@ -53,12 +58,13 @@ HELP = {
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam)",
     "step_size": ("GD step size (default 1/L); Riemannian methods: eta (default rgd 1/L, the others their "
-                  "templates' theory, see docs/methods/riemannian.md); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
+                  "templates' theory, see docs/methods/riemannian.md); extragradient: gamma (default 1 / (2 ||M_bar||)); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
-    "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares)",
+    "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares); "
+              "SPPM-VI, SPPM-VI-VR: the resolvent step gamma (default mu / (2 delta_max^2), at most 10 / mu)"),
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
@@ -69,7 +75,8 @@ HELP = {
     "hessian_lipschitz": "FedNL-CR / CNL: Lipschitz constant of the Hessian in the cubic term",
     "down_compressor": "FedNL-BC: compressor of the model on the downlink",
     "grad_probability": ("FedNL-BC: probability p that a client sends its gradient; R-LSVRG, R-PAGE, R-MARINA: "
-                         "probability p of a full-gradient round (default b/n, b/(b+n), the compressor's cost ratio)"),
+                         "probability p of a full-gradient round (default b/n, b/(b+n), the compressor's cost ratio); "
+                         "SPPM-VI-VR: probability p of a new anchor, i.e. a full operator exchange (default 1/n)"),
     "hessian": ("FedNL, FedNL-LS: learn the full Hessian (default) or its diagonal only (d numbers per client, "
                 "compressed as a vector: identity, topk:k=K, randk:k=K, natural, randseqk with K <= d; default "
                 "topk:k=0.25d)"),
@@ -82,7 +89,11 @@ HELP = {
                                 "exchange per round (default on with --hessian diagonal under Option 2)"),
     "x0_noise": "start at x0 = x* + sigma N(0, I) (FedPM Test 1 uses 0.1); default x0 = 0",
     "server_lr": "FedAvg family / FedAdam: server learning rate applied to the mean client update (default 1)",
-    "momentum": "FedAvgM: server momentum beta in [0, 1)",
+    "momentum": ("FedAvgM: server momentum beta in [0, 1); LMO-momentum, LMO-HCM: weight beta of the old momentum, "
+                 "m = beta (m + ...) + (1 - beta) g (default 0.9)"),
+    "radius": ("LMO-momentum, LMO-HCM: step radius t > 0, x+ = x + t LMO(m) over the unit ball (default 0.1; "
+               "with --step-decay c: t / (1 + c k)); BPM / bpm-lin: the ball radius t > 0 (default 1)"),
+    "lmo_norm": "LMO-momentum, LMO-HCM: the ball of the LMO, l2 (default), linf, or spectral (per layer, with --model)",
     "prox_mu": "FedProx: proximal weight mu >= 0",
     "scaffold_option": "SCAFFOLD: control-variate option 1 or 2 (Karimireddy et al. 2020, eq. 4)",
     "beta1": "FedAdam: first-moment decay",
@@ -122,7 +133,6 @@ HELP = {
     "f_star": "LCD2 / LCD3: the optimal value f* = min P (default: P(x*) of the reference solve)",
     "local_curvature": ("LCD: use the curvature map C (least squares: A^T A / N + lam I; logistic: lam I; default "
                         "on); --no-local-curvature sets C = 0 (LCD1 = GD, LCD2 = GD with the Polyak step)"),
-    "radius": "BPM / bpm-lin: the ball radius t > 0 (default 1)",
     "ball_norm": "BPM / bpm-lin: the ball's norm: l2 (default), linf or l1",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",

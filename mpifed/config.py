@@ -26,10 +26,12 @@ from .errors import ConfigError
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
-PROBLEMS = ("logistic", "least-squares", "pca")
+PROBLEMS = ("logistic", "least-squares", "pca", "saddle")
 # --problem pca is an objective on the unit sphere: only the Riemannian methods (mpifed/algorithms/riemannian/)
 # solve it, and they solve nothing else; the mini-batch ones sample a tenth of the clients per round by default
 RIEMANNIAN_DEFAULTS = {"r-lsvrg": {"participation": 0.1}, "r-page": {"participation": 0.1}}
+DEFAULT_SIMILARITY = 0.1  # --problem saddle: delta, the spread of the clients' bilinear couplings
+LMO_NORMS = ("l2", "linf", "spectral")  # --lmo-norm: the ball of the LMO step (spectral: per layer, networks only)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -46,6 +48,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "hessian", "solver", "cg_iterations", "adaptive_regularization",
                  # Hessian-free methods: the forcing constant, L-BFGS's memory
                  "forcing", "memory",
+                 # LMO methods: the ball of the LMO (--radius is their step)
+                 "lmo_norm",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -58,6 +62,7 @@ class RunConfig:
 
     dataset: str = "synthetic"
     problem: str = "logistic"
+    similarity: float | None = None
     features: int | None = None
     eigengap: float | None = None
     clients: int | None = None
@@ -102,6 +107,7 @@ class RunConfig:
     adaptive_regularization: bool | None = None
     forcing: float | None = None
     memory: int | None = None
+    lmo_norm: str | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -184,6 +190,8 @@ def _check_ranges(c: RunConfig) -> None:
 
     need(c.algorithm in METHODS or c.algorithm in NN_METHODS, "algorithm", ", ".join(dict.fromkeys([*METHODS, *NN_METHODS])))
     need(c.problem in PROBLEMS, "problem", ", ".join(PROBLEMS))
+    need(c.similarity is None or c.similarity >= 0, "similarity", "delta >= 0 (0: identical clients)")
+    need(c.lmo_norm in (None, *LMO_NORMS), "lmo_norm", ", ".join(LMO_NORMS))
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
@@ -230,7 +238,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.forcing is None or c.forcing > 0, "forcing", "a forcing constant > 0")
     need(c.memory is None or c.memory >= 0, "memory", "an integer M >= 0 (0: steepest descent)")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
-    need(c.radius is None or c.radius > 0, "radius", "t > 0")
+    need(c.radius is None or c.radius > 0, "radius", "a radius t > 0")
     need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
     need(c.f_star is not None or c.reference_iterations > 0 or c.algorithm not in ("lcd2", "lcd3"), "reference_iterations",
          f"{c.algorithm} needs f* = min P: keep --reference-iterations > 0 or give --f-star")
@@ -254,6 +262,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
     method = method_for(c.algorithm, c.model is not None)
+    _check_sphere(c)
+    _check_solves(c, method)
     if c.model is not None:
         _check_network(c)
     elif c.dataset in IMAGE_SETS:
@@ -265,7 +275,6 @@ def _check_ranges(c: RunConfig) -> None:
                           f"the convex problems run in float64")
     elif c.validation is not None:
         raise ConfigError("--validation applies to neural-network runs only (give --model)")
-    _check_problem(c)
     extra = [name for name in METHOD_FIELDS if getattr(c, name) is not None and name not in method.Params.uses]
     if extra:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"
@@ -273,8 +282,8 @@ def _check_ranges(c: RunConfig) -> None:
                           f"{c.algorithm!r} (it takes {takes})")
 
 
-def _check_problem(c: RunConfig) -> None:
-    """One-line errors for a method or option that does not fit ``--problem`` (tabular runs)."""
+def _check_sphere(c: RunConfig) -> None:
+    """One-line errors for a method or option that does not fit ``--problem pca`` (tabular runs)."""
     from .algorithms import RIEMANNIAN_METHODS
 
     if c.model is not None:
@@ -306,6 +315,20 @@ def _check_problem(c: RunConfig) -> None:
         if m < d:
             raise ConfigError(f"--samples-per-client = {m} is out of range for the synthetic PCA federation; valid: "
                               f">= --features = {d} (each client's rows have the set second moment)")
+def _check_solves(c: RunConfig, method) -> None:
+    """The method solves the problem (``Params.problems``; the GLMs, logistic and least squares, when absent), and
+    the saddle problem's options."""
+    solves = getattr(method.Params, "problems", ("logistic", "least-squares"))
+    if c.model is None and c.problem not in solves:
+        raise ConfigError(f"--problem {c.problem} does not apply to algorithm {c.algorithm!r}; valid: "
+                          f"{', '.join(solves)}")
+    if c.problem != "saddle" and c.similarity is not None:
+        raise ConfigError(f"--similarity applies to --problem saddle only (this run: --problem {c.problem})")
+    if c.problem == "saddle" and c.dataset != "synthetic":
+        raise ConfigError(f"--problem saddle generates its own operators; --dataset = {c.dataset!r}, valid: synthetic")
+    if c.lmo_norm == "spectral" and c.model is None:
+        raise ConfigError("--lmo-norm spectral applies to networks only (per-layer matrices; give --model); "
+                          "valid without --model: l2, linf")
 
 
 def _check_network(c: RunConfig) -> None:

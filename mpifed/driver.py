@@ -285,11 +285,14 @@ def _client(fed: Federation, step):
 
 def reference_solution(fed: Federation, iterations: int):
     """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20); on the sphere (``--problem pca``)
-    the leading eigenvector instead (:func:`reference_eigenvector`; ``iterations`` > 0 only asks for it)."""
+    the leading eigenvector instead (:func:`reference_eigenvector`; ``iterations`` > 0 only asks for it); a block
+    with its own ``solution()`` (the saddle problem's linear solve for z*, the same on every rank) gives it directly."""
     if iterations == 0:
         return None, float("nan")
     if getattr(fed.block, "manifold", None) == "sphere":
         return reference_eigenvector(fed)
+    if hasattr(fed.block, "solution"):
+        return fed.block.solution()
     params = newton.Params()
     out = {}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, make_dataclass
 
 from .algorithms.networks.local import DEFAULT_BATCH
-from .config import IMAGE_CLIENTS, METHOD_FIELDS, RunConfig
+from .config import DEFAULT_SIMILARITY, IMAGE_CLIENTS, METHOD_FIELDS, RunConfig
 from .data import IMAGE_SETS, PAPER_SPLITS, SYNTHETIC_DEFAULTS, sparse_synthetic
 from .data.partition import parse_spec
 from .errors import ConfigError
@@ -23,7 +23,7 @@ class DataSpec:
     ``clients`` and (for the papers' split and synthetic data) ``samples_per_client`` are resolved: the
     papers' split of a registered dataset, the synthetic defaults, or 100 clients for image sets. ``tau``
     is the number of clients per round (n under full participation). ``problem`` names the objective on tabular
-    data (:data:`mpifed.problems.BLOCKS`). ``model`` is None for the tabular problems, else the network spec of
+    data (:data:`mpifed.problems.BLOCKS`); ``similarity`` is the saddle problem's delta. ``model`` is None for the tabular problems, else the network spec of
     :func:`mpifed.problems.nn.build_model`.
     """
 
@@ -48,6 +48,7 @@ class DataSpec:
     problem: str = "logistic"
     condition: float | None = None
     eigengap: float | None = None  # the synthetic PCA federation's lambda_1 - lambda_2 (None: its default)
+    similarity: float = DEFAULT_SIMILARITY
 
     @property
     def images(self) -> bool:
@@ -79,7 +80,7 @@ def resolve(c: RunConfig) -> Plan:
     data = DataSpec(c.dataset, clients, m, c.features, c.shuffle, c.intercept, c.partition, c.min_client_size,
                     c.test_dataset, c.seed, c.lam, c.backend, participants(c.participation, clients), c.model,
                     c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem, c.condition,
-                    c.eigengap)
+                    c.eigengap, DEFAULT_SIMILARITY if c.similarity is None else c.similarity)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
                            problem=c.problem, **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)

@@ -253,7 +253,7 @@ def test_l1_projection_against_bisection():
 
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("values, words", [
-    ({"algorithm": "bpm", "radius": 0.0}, "--radius = 0.0 is out of range; valid: t > 0"),
+    ({"algorithm": "bpm", "radius": 0.0}, "--radius = 0.0 is out of range; valid: a radius t > 0"),
     ({"algorithm": "bpm", "radius": -1.0}, "--radius = -1.0 is out of range"),
     ({"algorithm": "bpm", "ball_norm": "l3"}, "valid: l2, linf, l1"),
     ({"algorithm": "lcd2", "reference_iterations": 0}, "lcd2 needs f* = min P"),

@@ -1,5 +1,6 @@
 """The methods, grouped by family: ``second_order/``, ``hessian_free/``, ``first_order/``, ``proximal/``,
-``riemannian/`` (``--problem pca``) and ``networks/`` (``--model``).
+``riemannian/`` (``--problem pca``), ``networks/`` (``--model``), ``lmo/`` (LMO steps with momentum, on both) and
+``inclusion/`` (monotone inclusions, ``--problem saddle``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -22,6 +23,8 @@ _MODULES = {
     "rgd": "riemannian.rgd", "r-lsvrg": "riemannian.r_lsvrg", "r-page": "riemannian.r_page",
     "r-marina": "riemannian.r_marina",
     "newton-cg": "hessian_free.newton_cg", "disco": "hessian_free.disco", "lbfgs": "hessian_free.lbfgs",
+    "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
+    "sppm-vi": "inclusion.sppm_vi", "sppm-vi-vr": "inclusion.sppm_vi_vr", "extragradient": "inclusion.extragradient",
 }
 # the methods on the unit sphere (--problem pca), and the only ones it takes
 RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))
@@ -30,6 +33,7 @@ _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",
     "scaffold": "networks.scaffold", "fedadam": "networks.fedadam", "localnewton": "networks.localnewton",
     "fedpm": "networks.fedpm", "fedrco": "networks.fedrco", "fedrco-ori": "networks.fedrco",
+    "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
 }
 NN_METHODS = tuple(_NN_MODULES)
 

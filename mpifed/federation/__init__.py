@@ -5,7 +5,8 @@ run's seed only) and keeps the rows of its own contiguous block of clients (:fun
 Nothing here depends on the number of ranks except which clients a rank holds. Rank 0 alone holds the test set.
 :func:`build_federation` takes a :class:`~mpifed.plan.DataSpec`: LIBSVM and synthetic data become a
 :class:`~mpifed.problems.logistic.LogisticBlock` (:mod:`.tabular`), image sets an
-:class:`~mpifed.problems.nn.block.ImageBlock` (:mod:`.images`).
+:class:`~mpifed.problems.nn.block.ImageBlock` (:mod:`.images`), and ``--problem saddle`` generates its
+:class:`~mpifed.problems.saddle.SaddleBlock` (:mod:`.saddle`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def build_federation(spec, comm) -> Federation:
         from .images import build_images
 
         return build_images(spec, comm)
+    if spec.problem == "saddle":
+        from .saddle import build_saddle
+
+        return build_saddle(spec, comm)
     from .tabular import build_tabular
 
     return build_tabular(spec, comm)

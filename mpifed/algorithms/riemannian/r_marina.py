@@ -62,6 +62,8 @@ def cost_ratio(C, d: int, float_bits: int) -> float:
 class Params:
     """Q: the compressor (omega its variance); p: probability of a dense round; eta: the step (None: theory)."""
 
+    problems = ("pca",)  # the unit sphere's objective, and only it
+
     Q: object
     p: float
     eta: float | None

@@ -35,6 +35,8 @@ COIN_STREAM = "r-page-coin"
 class Params:
     """b = tau participants of n per round; p: probability of a full round; eta: the step (None: theory)."""
 
+    problems = ("pca",)  # the unit sphere's objective, and only it
+
     b: int
     p: float
     eta: float | None

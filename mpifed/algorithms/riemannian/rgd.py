@@ -24,6 +24,8 @@ from ..base import Uplink
 class Params:
     """eta: the step (None: 1/L at setup)."""
 
+    problems = ("pca",)  # the unit sphere's objective, and only it
+
     eta: float | None = None
     float_bits: int = 32
     uses = ("step_size",)
