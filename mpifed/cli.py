@@ -32,9 +32,11 @@ HELP = {
     "shuffle": "permute the rows with this seed before splitting (default: file order, as the papers)",
     "intercept": "append a constant-1 feature (d+1 dimensions)",
     "lam": "L2 regularisation lambda >= 0 (default 1e-3)",
+    "l1": ("L1 weight lam1 >= 0 of the composite P = f + lam1 ||x||_1 (default 0); methods with a prox: proxgd, proxskip, "
+           "sppm, fedavg, dcgd, diana; the trace adds prox_grad_norm (||G_{1/L}||, the stopping test), nnz and the support"),
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam "
-                  "(default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam | "
+                  "proxgd | proxskip | sppm (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
@@ -43,7 +45,7 @@ HELP = {
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam)",
-    "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
+    "step_size": ("GD, ProxGD step size (default 1/L); ProxSkip gamma (default 1/max L_i); SPPM gamma (default 1/lam); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
@@ -92,11 +94,15 @@ HELP = {
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
     "corrupt": ("fault injection: 'clients=0-2,scale=1e3,from=5' multiplies those clients' inputs by scale "
                 "from round 'from' on (tests FedRCO's monitor)"),
+    "skip_probability": "ProxSkip: probability p of communicating after a local step (default sqrt(gamma lam); 1: ProxGD)",
+    "sampling": ("SPPM cohort sampling: full (default), nice:tau=T, block[:b=B] (one of B blocks of clients), "
+                 "stratified[:b=B] (one client per block); B defaults to 10"),
+    "inner_rounds": "SPPM: K exchanges (accelerated prox-gradient steps) that solve each cohort's prox (default 10)",
     "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
-    "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "
-            "default 0)"),
+    "tol": ("stop once ||grad P(x^k)|| <= tol (with --l1: the prox-gradient norm; default 1e-14, the papers' target; "
+            "0 runs every round; networks: default 0)"),
     "seed": "seed of every client's random stream (default 0)",
     "float_bits": "bits per transmitted float in the bit count: 16, 32 (default) or 64",
     "reference_iterations": ("Newton iterations for x*, f* (default 20, as the papers; 0 skips f_gap and dist_to_opt; "

@@ -39,7 +39,7 @@ IMAGE_DEFAULTS = {"model": "cnn", "algorithm": "fedavg"}  # an image dataset wit
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps", "step_decay",
+                 "beta1", "beta2", "adam_eps", "step_decay", "skip_probability", "sampling", "inner_rounds",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -58,6 +58,7 @@ class RunConfig:
     shuffle: int | None = None
     intercept: bool = False
     lam: float = 1e-3
+    l1: float = 0.0
     algorithm: str = "fednl"
     compressor: str | None = None
     alpha: float | None = None
@@ -84,6 +85,9 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    skip_probability: float | None = None
+    sampling: str | None = None
+    inner_rounds: int | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -155,7 +159,8 @@ def _flag(name: str) -> str:
 
 
 def _check_ranges(c: RunConfig) -> None:
-    from .algorithms import METHODS, NN_METHODS, method_for
+    from .algorithms import L1_METHODS, METHODS, NN_METHODS, method_for
+    from .algorithms.proximal.sampling import parse as parse_sampling
     from .algorithms.networks import AGGREGATIONS
     from .backend import BACKENDS
 
@@ -168,6 +173,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
+    need(c.l1 >= 0, "l1", "lam1 >= 0 (0: no L1 term)")
     need(c.rounds >= 0, "rounds", "an integer >= 0")
     need(c.tol >= 0, "tol", "tol >= 0 (0 runs every round)")
     need(c.float_bits in (16, 32, 64), "float_bits", "16, 32 or 64")
@@ -203,6 +209,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.skip_probability is None or 0 < c.skip_probability <= 1, "skip_probability", "0 < p <= 1")
+    need(c.inner_rounds is None or c.inner_rounds >= 1, "inner_rounds", "an integer K >= 1")
+    if c.sampling is not None:
+        parse_sampling(c.sampling)
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
     need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")
@@ -222,6 +232,9 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.x0_noise is None or c.reference_iterations > 0, "x0_noise",
          "x0 = x* + sigma N(0, I) needs x*: keep --reference-iterations > 0")
     method = method_for(c.algorithm, c.model is not None)
+    if c.l1 > 0 and (c.model is not None or c.algorithm not in L1_METHODS):
+        raise ConfigError(f"--l1 = {c.l1!r} needs a method that handles the L1 term; valid: --algorithm "
+                          f"{', '.join(L1_METHODS)} (without --model), or --l1 0")
     if c.model is not None:
         _check_network(c)
     elif c.dataset in IMAGE_SETS:
