@@ -1,6 +1,6 @@
 """The composite L1 term R(x) = lam1 ||x||_1 of P(x) = (1/n) sum_i f_i(x) + lam1 ||x||_1, as pure functions.
 
-The f_i keep their smooth part (lam/2 ||x||^2 included); R is handled by its prox, soft-thresholding
+The f_i keep their smooth part (lam/2 ||x||^2 included); R is handled by its prox, soft-thresholding::
 
     prox_{t R}(z)_j = sign(z_j) max(|z_j| - t lam1, 0)
 
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def soft_threshold(z, t: float, xp=np):
-    """prox_{t ||.||_1}(z): sign(z) max(|z| - t, 0), elementwise (exact zeros below the threshold)."""
+    """prox_{t ||.||_1}(z): sign(z) max(abs(z) - t, 0), elementwise (exact zeros below the threshold)."""
     return xp.sign(z) * xp.maximum(xp.abs(z) - t, 0.0)
 
 
@@ -41,14 +41,14 @@ def gradient_mapping(x, grad, gamma: float, lam1: float) -> np.ndarray:
 
 
 def subgradient_residual(x, grad, lam1: float) -> np.ndarray:
-    """The distance of 0 to grad + lam1 d||x||_1, coordinate by coordinate: |grad_j + lam1 sign(x_j)| where
-    x_j != 0 and max(|grad_j| - lam1, 0) where x_j = 0 (the KKT conditions of the L1 problem; zero at x*)."""
+    """The distance of 0 to grad + lam1 d||x||_1, coordinate by coordinate: abs(grad_j + lam1 sign(x_j)) where
+    x_j != 0 and max(abs(grad_j) - lam1, 0) where x_j = 0 (the KKT conditions of the L1 problem; zero at x*)."""
     return np.where(x != 0, np.abs(grad + lam1 * np.sign(x)), np.maximum(np.abs(grad) - lam1, 0.0))
 
 
 def support_scores(x, x_star) -> dict:
-    """nnz of x, and how well its support matches that of x_star: recall |S cap S*| / |S*| and precision
-    |S cap S*| / |S| (NaN when the denominator's support is empty)."""
+    """nnz of x, and how well its support S matches S* of x_star: recall card(S and S*) / card(S*) and precision
+    card(S and S*) / card(S) (NaN when the denominator's support is empty)."""
     s, s_star = x != 0, np.asarray(x_star) != 0
     both = float(np.count_nonzero(s & s_star))
     nnz, nnz_star = np.count_nonzero(s), np.count_nonzero(s_star)

@@ -1,6 +1,6 @@
 """SPPM-AS's cohort samplings (Yi, Kharisov, Sokolov, Richtarik 2024, "Cohort Squeeze", Sec. 2; Richtarik,
 Sadiev, Demidovich 2024, arbitrary sampling): a random cohort S of the n clients, each client i in S with
-probability p_i > 0, and the weights w_i = 1/(n p_i) of f_S = sum_{i in S} w_i f_i, so that E f_S = P.
+probability p_i > 0, and the weights w_i = 1/(n p_i) of f_S = sum_{i in S} w_i f_i, so that E f_S = P::
 
     full             S = all clients, p_i = 1, w_i = 1/n
     nice:tau=T       T clients uniformly without replacement, p_i = T/n, w_i = 1/T

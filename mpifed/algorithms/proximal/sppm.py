@@ -19,7 +19,7 @@ mu = lam and L_max = max_i L_i bounding the smoothness of f_S (sum_{i in S} w_i 
 Each inner iteration is one exchange: the server broadcasts v_j to the cohort, each member i sends
 w_i grad f_i(v_j) (d floats); the round's first exchange (v_0 = x_t) is the driver's round exchange, the other
 K - 1 are in-round queries, so ``exchanges`` grows by K per round. Downlink: each broadcast (v_1..v_{K-1} and
-x_{t+1}) counted for the cohort, |S_t|/n d floats per client. Clients outside S_t send nothing; all clients'
+x_{t+1}) counted for the cohort, card(S_t)/n d floats per client. Clients outside S_t send nothing; all clients'
 f_i(x_t), grad f_i(x_t) feed the trace's metrics only.
 
 Full sampling with an exact inner solve is the proximal point method, ||x_{t+1} - x*|| <= ||x_t - x*|| / (1 + gamma mu)
