@@ -25,7 +25,10 @@ from .errors import MpifedError
 HELP = {
     "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
-    "problem": "the objective on tabular data: logistic (default; L2-regularised logistic regression)",
+    "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression) or "
+                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible)"),
+    "condition": ("synthetic dataset: scale the features so that their covariance has condition number kappa >= 1 "
+                  "(an ill-conditioned ridge / logistic problem; default: no scaling)"),
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
@@ -36,7 +39,7 @@ HELP = {
            "sppm, fedavg, dcgd, diana; the trace adds prox_grad_norm (||G_{1/L}||, the stopping test), nnz and the support"),
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | gd | dcgd | diana | adiana | fedavg | fedavgm | fedprox | scaffold | fedadam | "
-                  "proxgd | proxskip | sppm (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
+                  "lcd1 | lcd2 | lcd3 | bpm | bpm-lin | proxgd | proxskip | sppm (default fednl); with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
@@ -50,7 +53,7 @@ HELP = {
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
-    "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi'')",
+    "gamma": "NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares)",
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
@@ -98,7 +101,13 @@ HELP = {
     "sampling": ("SPPM cohort sampling: full (default), nice:tau=T, block[:b=B] (one of B blocks of clients), "
                  "stratified[:b=B] (one client per block); B defaults to 10"),
     "inner_rounds": "SPPM: K exchanges (accelerated prox-gradient steps) that solve each cohort's prox (default 10)",
-    "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
+    "step_decay": ("first-order baselines, bpm-lin: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: "
+                   "constant)"),
+    "f_star": "LCD2 / LCD3: the optimal value f* = min P (default: P(x*) of the reference solve)",
+    "local_curvature": ("LCD: use the curvature map C (least squares: A^T A / N + lam I; logistic: lam I; default "
+                        "on); --no-local-curvature sets C = 0 (LCD1 = GD, LCD2 = GD with the Polyak step)"),
+    "radius": "BPM / bpm-lin: the ball radius t > 0 (default 1)",
+    "ball_norm": "BPM / bpm-lin: the ball's norm: l2 (default), linf or l1",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
     "tol": ("stop once ||grad P(x^k)|| <= tol (with --l1: the prox-gradient norm; default 1e-14, the papers' target; "

@@ -26,7 +26,7 @@ from .errors import ConfigError
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
-PROBLEMS = ("logistic",)
+PROBLEMS = ("logistic", "least-squares")
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -39,7 +39,8 @@ IMAGE_DEFAULTS = {"model": "cnn", "algorithm": "fedavg"}  # an image dataset wit
 METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_size", "eta", "gamma",
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
-                 "beta1", "beta2", "adam_eps", "step_decay", "skip_probability", "sampling", "inner_rounds",
+                 "beta1", "beta2", "adam_eps", "step_decay", "f_star", "local_curvature", "radius", "ball_norm",
+                 "skip_probability", "sampling", "inner_rounds",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -57,6 +58,7 @@ class RunConfig:
     samples_per_client: int | None = None
     shuffle: int | None = None
     intercept: bool = False
+    condition: float | None = None
     lam: float = 1e-3
     l1: float = 0.0
     algorithm: str = "fednl"
@@ -88,6 +90,10 @@ class RunConfig:
     skip_probability: float | None = None
     sampling: str | None = None
     inner_rounds: int | None = None
+    f_star: float | None = None
+    local_curvature: bool | None = None
+    radius: float | None = None
+    ball_norm: str | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -162,6 +168,7 @@ def _check_ranges(c: RunConfig) -> None:
     from .algorithms import L1_METHODS, METHODS, NN_METHODS, method_for
     from .algorithms.proximal.sampling import parse as parse_sampling
     from .algorithms.networks import AGGREGATIONS
+    from .algorithms.proximal.balls import BALL_NORMS
     from .backend import BACKENDS
 
     def need(ok: bool, name: str, valid: str):
@@ -183,6 +190,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.clients is None or c.clients >= 1, "clients", "an integer >= 1")
     need(c.samples_per_client is None or c.samples_per_client >= 1, "samples_per_client", "an integer >= 1")
     need(c.features is None or c.features >= 1, "features", "an integer >= 1")
+    need(c.condition is None or c.condition >= 1, "condition", "kappa >= 1 (the synthetic features' covariance)")
+    need(c.condition is None or c.dataset == "synthetic", "condition", "only with --dataset synthetic")
     need(c.alpha is None or c.alpha > 0, "alpha", "alpha > 0")
     need(c.option in (None, 1, 2), "option", "1 (projection [H]_mu) or 2 (H + l I)")
     need(c.step_hessian in (None, "previous", "updated"), "step_hessian", "previous (paper) or updated (u-FedNL)")
@@ -213,6 +222,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.inner_rounds is None or c.inner_rounds >= 1, "inner_rounds", "an integer K >= 1")
     if c.sampling is not None:
         parse_sampling(c.sampling)
+    need(c.radius is None or c.radius > 0, "radius", "t > 0")
+    need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
+    need(c.f_star is not None or c.reference_iterations > 0 or c.algorithm not in ("lcd2", "lcd3"), "reference_iterations",
+         f"{c.algorithm} needs f* = min P: keep --reference-iterations > 0 or give --f-star")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
     need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")

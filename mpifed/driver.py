@@ -293,7 +293,7 @@ def composite(fed: Federation, lam1: float) -> Composite | None:
     zero = np.zeros(fed.block.n)
     agg = exchange(fed, Uplink(zero, fed.backend.xp.zeros((fed.block.n, fed.d)), zero, zero,
                                {"gram": fed.block.gram()}))
-    L = smoothness_of_P(agg, fed.d, fed.block.lam) if agg is not None else None
+    L = smoothness_of_P(agg, fed.d, fed.block.lam, fed.block.curvature_bound) if agg is not None else None
     return Composite(lam1, 1.0 / fed.comm.allgather(L)[0])
 
 
@@ -377,6 +377,8 @@ def _run(config, comm, start=None) -> RunResult:
         x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
         params = dataclasses.replace(params, x_star=x_star)
+    if getattr(params, "f_star", 0.0) is None:  # Polyak-type methods (LCD2, LCD3) without --f-star: P(x*)
+        params = dataclasses.replace(params, f_star=f_star)
     x0 = fed.x0 if fed.x0 is not None else start_point(config, fed.d, x_star)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
@@ -486,7 +488,8 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram, prox
         if fed.validation is not None:
             test += f"; val_accuracy and val_loss: the same on {fed.validation.name} (--validation)"
     elif fed.test:
-        test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean log(1 + exp(-b a^T x)) "
+        row_loss = "(a^T x - b)^2 / 2" if config.problem == "least-squares" else "log(1 + exp(-b a^T x))"
+        test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean {row_loss} "
                  f"+ lam/2 ||x||^2, every {config.eval_every} round(s) at x^k")
     writer = tracemod.TraceWriter(path, {
         "config": config.to_json(), "mpi_size": fed.comm.size, "environment": env, "f_star": f_star,

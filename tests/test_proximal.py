@@ -136,16 +136,19 @@ def test_proxskip_coins_are_geometric_and_shared():
     assert [proxskip.local_steps(p, k) for k in range(50)] == list(draws[:50])
 
 
-def test_sppm_full_sampling_is_the_proximal_point_method(tmp_path):
+@pytest.mark.parametrize("problem", ["logistic", "least-squares"])
+def test_sppm_full_sampling_is_the_proximal_point_method(tmp_path, problem):
     """Full sampling, lam1 = 0, many inner steps: x_1 = argmin P(y) + ||y - x_0||^2/(2 gamma) (scipy), and every
-    step contracts the distance to x* by 1/(1 + gamma mu) at least."""
+    step contracts the distance to x* by 1/(1 + gamma mu) at least (logistic, and ridge regression)."""
     gamma, lam = 100.0, 1e-3
-    out = _run(tmp_path, "sppm", algorithm="sppm", sampling="full", inner_rounds=150, step_size=gamma, rounds=1)
-    f = _smooth(_federation())
+    out = _run(tmp_path, "sppm", algorithm="sppm", sampling="full", inner_rounds=150, step_size=gamma, rounds=1,
+               problem=problem)
+    f = _smooth(_federation(problem=problem))
     res = scipy.optimize.minimize(lambda y: (f(y)[0] + y @ y / (2 * gamma), f(y)[1] + y / gamma), np.zeros(len(out.x)),
                                   jac=True, method="L-BFGS-B", options={"ftol": 1e-16, "gtol": 1e-13, "maxiter": 5000})
     np.testing.assert_allclose(out.x, res.x, atol=1e-8)
-    long = _run(tmp_path, "sppm4", algorithm="sppm", sampling="full", inner_rounds=150, step_size=gamma, rounds=4)
+    long = _run(tmp_path, "sppm4", algorithm="sppm", sampling="full", inner_rounds=150, step_size=gamma, rounds=4,
+                problem=problem)
     dist = long.metrics["dist_to_opt"]
     assert np.all(dist[1:] <= dist[:-1] / (1 + gamma * lam) * (1 + 1e-9))
     assert np.all(np.diff(long.metrics["exchanges"]) == 150)

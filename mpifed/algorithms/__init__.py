@@ -7,7 +7,7 @@ first use, so a method's import cost is paid only by runs that use it.
 import importlib
 from collections.abc import Mapping
 
-# --algorithm -> module, on the logistic problem
+# --algorithm -> module, on the tabular problems (--problem logistic or least-squares)
 _MODULES = {
     "newton": "second_order.newton", "newton-star": "second_order.newton_star", "nl1": "second_order.nl1",
     "nl2": "second_order.nl2", "cnl": "second_order.cnl", "fednl": "second_order.fednl",
@@ -17,6 +17,8 @@ _MODULES = {
     "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
     "proxgd": "proximal.proxgd", "proxskip": "proximal.proxskip", "sppm": "proximal.sppm",
+    "lcd1": "first_order.lcd", "lcd2": "first_order.lcd", "lcd3": "first_order.lcd",
+    "bpm": "proximal.bpm", "bpm-lin": "proximal.bpm_lin",
 }
 # the methods that take the composite term lam1 ||x||_1 (--l1 > 0): a prox step at the server
 L1_METHODS = ("proxgd", "proxskip", "sppm", "fedavg", "dcgd", "diana")

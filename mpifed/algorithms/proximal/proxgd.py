@@ -4,7 +4,7 @@ Beck, "First-Order Methods in Optimization", 2017, Sec. 10.2):
     x^{k+1} = prox_{gamma lam1 ||.||_1}(x^k - gamma grad f(x^k)),   grad f = (1/n) sum_i grad f_i,
 
 the prox being soft-thresholding (:func:`mpifed.problems.l1.soft_threshold`), taken at the server after the
-gradients are summed. Default gamma = 1/L, L = lam + lambda_max((1/n) sum_i A_i^T A_i / m_i) / 4 as in
+gradients are summed. Default gamma = 1/L, L = lam + c lambda_max((1/n) sum_i A_i^T A_i / m_i) (c = sup l'') as in
 :mod:`~mpifed.algorithms.first_order.gd` (whose setup and client step it shares). Exchanges: one per round,
 each client sending its gradient (d floats) and receiving x^{k+1} (d floats). With lam1 = 0 it is GD, bit for bit.
 """
@@ -25,7 +25,8 @@ class Params(gd.Params):
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
-        return cls(gamma=opts.step_size, lam=opts.lam, float_bits=opts.float_bits, lam1=opts.l1)
+        return cls(gamma=opts.step_size, lam=opts.lam, float_bits=opts.float_bits,
+                   curvature=fed.block.curvature_bound, lam1=opts.l1)
 
 
 def server_step(p: Params, state: gd.ServerState, x, agg):

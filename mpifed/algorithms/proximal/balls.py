@@ -1,0 +1,84 @@
+"""Balls of the l2, linf and l1 norms: the norm, the Euclidean projection onto the ball, the linear minimisation
+oracle, and the minimiser of a convex quadratic over the ball (the broximal point method's server subproblem).
+
+The ball is B = {y : ||y - c|| <= t}; everything works on the offset s = y - c.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.optimize
+
+from ..base import SolverError
+
+BALL_NORMS = ("l2", "linf", "l1")
+_ORD = {"l2": 2, "linf": np.inf, "l1": 1}
+
+
+def norm(s, kind: str) -> float:
+    return float(np.linalg.norm(s, _ORD[kind]))
+
+
+def project(s, t: float, kind: str):
+    """The Euclidean projection of s onto {||s|| <= t} (l1: Duchi et al. 2008, sort-based)."""
+    if kind == "l2":
+        r = np.linalg.norm(s)
+        return s if r <= t else s * (t / r)
+    if kind == "linf":
+        return np.clip(s, -t, t)
+    a = np.abs(s)
+    if a.sum() <= t:
+        return s
+    u = np.sort(a)[::-1]
+    cumulative = np.cumsum(u) - t
+    k = np.nonzero(u > cumulative / np.arange(1, len(u) + 1))[0][-1]
+    return np.sign(s) * np.maximum(a - cumulative[k] / (k + 1), 0.0)
+
+
+def lmo(g, kind: str):
+    """argmin_{||d|| <= 1} <g, d>: -g/||g||_2 (l2), -sign(g) (linf), -sign(g_i) e_i at i = argmax |g_i| (l1)."""
+    if kind == "l2":
+        r = np.linalg.norm(g)
+        return -g / r if r > 0 else np.zeros_like(g)
+    if kind == "linf":
+        return -np.sign(g)
+    d = np.zeros_like(g)
+    i = int(np.argmax(np.abs(g)))
+    d[i] = -np.sign(g[i])
+    return d
+
+
+def quadratic_over_ball(q, H, t: float, kind: str, s0=None, tol: float = 1e-15, max_iter: int = 100_000):
+    """argmin_{||s|| <= t} <q, s> + s^T H s / 2 for H positive definite.
+
+    l2: the trust-region subproblem, solved exactly (eigenvalues of H and the secular equation ||s(nu)|| = t,
+    s(nu) = -(H + nu I)^{-1} q, by Brent's method; an active ball gets ||s|| = t up to rounding).
+    linf, l1: accelerated projected gradient with adaptive restart (step 1/lambda_max(H)) from s0, until the
+    projected-gradient step moves s by at most ``tol`` times max(1, ||s||).
+    """
+    w, V = np.linalg.eigh(H)
+    if not w[0] > 0:
+        raise SolverError(f"the ball subproblem's Hessian is not positive definite (smallest eigenvalue {w[0]:.3e})")
+    if kind == "l2":
+        qh = V.T @ q
+        size = lambda nu: float(np.linalg.norm(qh / (w + nu)))  # noqa: E731
+        if size(0.0) <= t:
+            return V @ (-qh / w)
+        hi = float(np.linalg.norm(q)) / t
+        nu = scipy.optimize.brentq(lambda nu: size(nu) - t, 0.0, hi, xtol=1e-300, rtol=1e-15, maxiter=500)
+        s = V @ (-qh / (w + nu))
+        return s * (t / np.linalg.norm(s))
+    step = 1.0 / w[-1]
+    s = project(np.zeros_like(q) if s0 is None else np.asarray(s0, dtype=np.float64), t, kind)
+    y, a = s.copy(), 1.0
+    for _ in range(max_iter):
+        s_next = project(y - step * (q + H @ y), t, kind)
+        if np.linalg.norm(s_next - s) <= tol * max(1.0, float(np.linalg.norm(s_next))):
+            check = project(s_next - step * (q + H @ s_next), t, kind)
+            if np.linalg.norm(check - s_next) <= tol * max(1.0, float(np.linalg.norm(s_next))):
+                return s_next
+        a_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * a * a))
+        value_up = (q + 0.5 * H @ s_next) @ s_next > (q + 0.5 * H @ s) @ s
+        y = s_next if value_up else s_next + ((a - 1.0) / a_next) * (s_next - s)
+        a = 1.0 if value_up else a_next
+        s = s_next
+    return s
