@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Plot metrics of traces: log-scale y (linear for test_acc), one line per trace.")
     rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (.h5) or folders of traces")
     rep.add_argument("-x", default="round", choices=list(X_AXES),
-                     help="round (default), bits (cumulative uplink bits per client) or time (wall seconds)")
+                     help="round (default), bits (cumulative uplink bits per client), time (wall seconds) or exchanges (cumulative)")
     rep.add_argument("-y", action="append", choices=list(Y_AXES), metavar="METRIC",
                      help=f"{', '.join(Y_AXES)} (default grad_norm); repeat for side-by-side subplots")
     rep.add_argument("-o", "--out", required=True, help="figure file: .png, .pdf or .svg (written atomically)")
