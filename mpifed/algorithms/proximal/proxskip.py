@@ -29,7 +29,7 @@ h_i <- h_i + (p/gamma)(x^{k+1} - xhat_i) when x^{k+1} arrives. Invariant: the me
 -(p/gamma)(z - x^{k+1}) for z the prox's argument, an element of -lam1 d||x^{k+1}||_1 (0 when lam1 = 0:
 sum_i h_i = 0, up to rounding).
 
-Defaults (paper, Sec. 3, Thm. 3.6 and Cor. 3.7 for Scaffnew): gamma = 1/L_max, L_max = max_i L_i (each
+Defaults (paper, Sec. 3: its linear-rate theorem and the choice of p after it, as recalled in B8): gamma = 1/L_max, L_max = max_i L_i (each
 local step is on one f_i), and p = sqrt(gamma mu) with mu = lam, the choice giving O(sqrt(kappa) log 1/eps)
 communications; the Lyapunov function sum_i ||x_i - x*||^2 + (gamma/p)^2 sum_i ||h_i - grad f_i(x*)||^2
 contracts by 1 - min(gamma mu, p^2) per iteration. Checked against the rule in ALGORITHMS-NEXT B8 (recalled
