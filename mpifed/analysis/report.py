@@ -79,7 +79,7 @@ def to_target(t: tracemod.Trace, target: float) -> dict:
     at = lambda key: float(m[key][row]) if row is not None and key in m else np.nan  # noqa: E731
     last = lambda key: float(m[key][-1]) if key in m and len(m[key]) else np.nan  # noqa: E731
     return {"name": t.path.stem, "algorithm": t.config.get("algorithm", "?"), "status": t.attrs.get("status"),
-            "rounds": float(row) if row is not None else np.nan, "bits_up": at("bits_up"),
+            "rounds": float(row) if row is not None else np.nan, "exchanges": at("exchanges"), "bits_up": at("bits_up"),
             "bits_up_index": at("bits_up_index"), "bits_down": at("bits_down"), "seconds": at("time_s"),
             "recorded": t.rounds - 1, "final_grad_norm": last(measure), "final_f_gap": last("f_gap"),
             "best_test_accuracy": _nanmax(m.get("test_accuracy"))}
@@ -123,13 +123,14 @@ def _folder(folder: Path, target: float = 1e-10) -> None:
         return
     rows = [to_target(t, target) for t in traces]
     measure = "||grad P|| (--l1 runs: ||G_1/L(x)||)" if any("prox_grad_norm" in t.metrics for t in traces) else "||grad P||"
-    print(f"to {measure} <= {target:g}: rounds, bits per client (uplink incl. indices; downlink), seconds "
-          f"(client + comm + server); '-' = not reached")
-    print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'bits_up':>11} {'bits_down':>11} "
+    print(f"to {measure} <= {target:g}: rounds, exchanges, bits per client (uplink incl. indices; downlink), "
+          f"seconds (client + comm + server); '-' = not reached")
+    print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'exch':>7} {'bits_up':>11} {'bits_down':>11} "
           f"{'seconds':>9} {'final |grad|':>13} {'best test acc':>13}")
     fmt = lambda v, f: "-" if not np.isfinite(v) else format(v, f)  # noqa: E731
     for r in rows:
         print(f"{r['name']:<24} {r['algorithm']:>11} {r['status']:>10} {fmt(r['rounds'], '.0f'):>7} "
+              f"{fmt(r['exchanges'], '.0f'):>7} "
               f"{fmt(r['bits_up'], '.4e'):>11} {fmt(r['bits_down'], '.4e'):>11} {fmt(r['seconds'], '.3f'):>9} "
               f"{r['final_grad_norm']:>13.3e} {fmt(r['best_test_accuracy'], '.4f'):>13}")
 

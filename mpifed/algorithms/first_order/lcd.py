@@ -1,11 +1,11 @@
 """Local Curvature Descent LCD1, LCD2, LCD3 (Richtarik, Giancola, Lubczyk, Yadav, "Local Curvature Descent:
 Squeezing More Curvature out of Standard and Polyak Gradient Descent", arXiv:2405.16574).
 
-The methods assume a curvature map C(x) >= 0 with, for all x, y (d = y - x),
+The methods assume a curvature map C(x) >= 0 with, for all x, y (d = y - x)::
 
     P(x) + <grad P(x), d> + ||d||^2_C(x) / 2  <=  P(y)  <=  P(x) + <grad P(x), d> + ||d||^2_C(x) / 2 + L ||d||^2 / 2,
 
-and take, with g = grad P(x^k), C = C(x^k) and f* = min P,
+and take, with g = grad P(x^k), C = C(x^k) and f* = min P::
 
     LCD1:  x^{k+1} = x^k - (C + L I)^{-1} g                           (generalises GD with step 1/L)
     LCD2:  x^{k+1} = the Euclidean projection of x^k onto Q_k = {y : P(x^k) + <g, d> + ||d||^2_C / 2 <= f*}
@@ -23,7 +23,7 @@ the two projections. The paper's equation numbers could not be checked.
 Curvature maps (the lower bound must hold *globally*):
 
 * least squares, P = (1/n) sum_i (1/(2 m_i)) ||A_i x - b_i||^2 + lam ||x||^2 / 2 is a sum of squares of the
-  absolutely convex phi_ij = |a_ij^T x - b_ij|, whose map sum grad phi grad phi^T is G = mean_i A_i^T A_i / m_i;
+  absolutely convex ``phi_ij = |a_ij^T x - b_ij|``, whose map sum grad phi grad phi^T is G = mean_i A_i^T A_i / m_i;
   with the ridge term, C = G + lam I makes both bounds equalities and L = 0 (LCD1 is Newton's step);
 * logistic: no x-dependent map satisfies the lower bound everywhere (phi'' -> 0 far out), so C = lam I and
   L = lambda_max(G) / 4; LCD1 is then exactly GD with step 1/(lam + lambda_max(G)/4), and LCD2/LCD3 are

@@ -1,5 +1,5 @@
 """BPM, the ball-proximal ("broximal") point method (Gruntkowska, Li, Rane, Richtarik, ICML 2025, arXiv:2502.02002;
-non-Euclidean balls: Gruntkowska and Richtarik, arXiv:2510.00823):
+non-Euclidean balls: Gruntkowska and Richtarik, arXiv:2510.00823)::
 
     x^{k+1} = brox_P^t(x^k) = argmin_{||z - x^k|| <= t} P(z)          (l2, linf or l1 ball; radius t fixed)
 

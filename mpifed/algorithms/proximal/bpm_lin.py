@@ -1,8 +1,8 @@
 """bpm-lin, the linearised broximal step (the LMO step of Gruntkowska and Richtarik, arXiv:2510.00823; with the l2
-ball it is normalised gradient descent, the linearisation of BPM in arXiv:2502.02002):
+ball it is normalised gradient descent, the linearisation of BPM in arXiv:2502.02002)::
 
     x^{k+1} = argmin_{||z - x^k|| <= t_k} P(x^k) + <grad P(x^k), z - x^k> = x^k + t_k LMO(grad P(x^k)),
-    LMO(g) = argmin_{||d|| <= 1} <g, d>:  -g/||g||_2 (l2),  -sign(g) (linf),  -sign(g_i) e_i, i = argmax |g_i| (l1),
+    LMO(g) = argmin_{||d|| <= 1} <g, d>:  -g/||g||_2 (l2),  -sign(g) (linf),  -sign(g_i) e_i, i = argmax abs(g_i) (l1),
 
 with t_k = t / (1 + c k) (``--step-decay`` c; c = 0 keeps the radius, and the iterates then circle x* at a
 distance of order t). One exchange per round: d floats up (grad f_i), d floats down.
