@@ -44,9 +44,11 @@ HELP = {
     "lam": "L2 regularisation lambda >= 0 (default 1e-3); --problem saddle: the strong monotonicity mu",
     "similarity": ("--problem saddle: delta >= 0, B_i = B + delta E_i with ||E_i|| = 1, so ||M_i - M_bar|| <= 2 delta "
                    "(default 0.1)"),
+    "l1": ("L1 weight lam1 >= 0 of the composite P = f + lam1 ||x||_1 (default 0); methods with a prox: proxgd, proxskip, "
+           "sppm, fedavg, dcgd, diana; the trace adds prox_grad_norm (||G_{1/L}||, the stopping test), nnz and the support"),
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
-                  "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin (default fednl); with --problem pca: "
+                  "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin | proxgd | proxskip | sppm (default fednl); with --problem pca: "
                   "rgd | r-lsvrg | r-page | r-marina; with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
                   "fedpm, fedrco, fedrco-ori"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
@@ -57,7 +59,7 @@ HELP = {
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam)",
-    "step_size": ("GD step size (default 1/L); Riemannian methods: eta (default rgd 1/L, the others their "
+    "step_size": ("GD, ProxGD step size (default 1/L); ProxSkip gamma (default 1/max L_i); SPPM gamma (default 1/lam); Riemannian methods: eta (default rgd 1/L, the others their "
                   "templates' theory, see docs/methods/riemannian.md); extragradient: gamma (default 1 / (2 ||M_bar||)); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
@@ -128,6 +130,10 @@ HELP = {
     "eval_every": "evaluate test accuracy and loss every E rounds (default 1)",
     "corrupt": ("fault injection: 'clients=0-2,scale=1e3,from=5' multiplies those clients' inputs by scale "
                 "from round 'from' on (tests FedRCO's monitor)"),
+    "skip_probability": "ProxSkip: probability p of communicating after a local step (default sqrt(gamma lam); 1: ProxGD)",
+    "sampling": ("SPPM cohort sampling: full (default), nice:tau=T, block[:b=B] (one of B blocks of clients), "
+                 "stratified[:b=B] (one client per block); B defaults to 10"),
+    "inner_rounds": "SPPM: K exchanges (accelerated prox-gradient steps) that solve each cohort's prox (default 10)",
     "step_decay": ("first-order baselines, bpm-lin: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: "
                    "constant)"),
     "f_star": "LCD2 / LCD3: the optimal value f* = min P (default: P(x*) of the reference solve)",
@@ -136,8 +142,8 @@ HELP = {
     "ball_norm": "BPM / bpm-lin: the ball's norm: l2 (default), linf or l1",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
-    "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "
-            "default 0; --problem pca: the Riemannian gradient's norm)"),
+    "tol": ("stop once ||grad P(x^k)|| <= tol (with --l1: the prox-gradient norm; --problem pca: the Riemannian "
+            "gradient's norm; default 1e-14, the papers' target; 0 runs every round; networks: default 0)"),
     "seed": "seed of every client's random stream (default 0)",
     "float_bits": "bits per transmitted float in the bit count: 16, 32 (default) or 64",
     "reference_iterations": ("Newton iterations for x*, f* (default 20, as the papers; 0 skips f_gap and dist_to_opt; "
@@ -208,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Plot metrics of traces: log-scale y (linear for test_acc), one line per trace.")
     rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (.h5) or folders of traces")
     rep.add_argument("-x", default="round", choices=list(X_AXES),
-                     help="round (default), bits (cumulative uplink bits per client) or time (wall seconds)")
+                     help="round (default), bits (cumulative uplink bits per client), time (wall seconds) or exchanges (cumulative)")
     rep.add_argument("-y", action="append", choices=list(Y_AXES), metavar="METRIC",
                      help=f"{', '.join(Y_AXES)} (default grad_norm); repeat for side-by-side subplots")
     rep.add_argument("-o", "--out", required=True, help="figure file: .png, .pdf or .svg (written atomically)")

@@ -50,6 +50,7 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "forcing", "memory",
                  # LMO methods: the ball of the LMO (--radius is their step)
                  "lmo_norm",
+                 "skip_probability", "sampling", "inner_rounds",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -71,6 +72,7 @@ class RunConfig:
     intercept: bool = False
     condition: float | None = None
     lam: float = 1e-3
+    l1: float = 0.0
     algorithm: str = "fednl"
     compressor: str | None = None
     alpha: float | None = None
@@ -97,6 +99,9 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    skip_probability: float | None = None
+    sampling: str | None = None
+    inner_rounds: int | None = None
     f_star: float | None = None
     local_curvature: bool | None = None
     radius: float | None = None
@@ -179,7 +184,8 @@ def _flag(name: str) -> str:
 
 
 def _check_ranges(c: RunConfig) -> None:
-    from .algorithms import METHODS, NN_METHODS, method_for
+    from .algorithms import L1_METHODS, METHODS, NN_METHODS, method_for
+    from .algorithms.proximal.sampling import parse as parse_sampling
     from .algorithms.networks import AGGREGATIONS
     from .algorithms.proximal.balls import BALL_NORMS
     from .backend import BACKENDS
@@ -195,6 +201,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.backend in BACKENDS, "backend", ", ".join(BACKENDS))
     need(c.dtype in DTYPES, "dtype", ", ".join(DTYPES))
     need(c.lam >= 0, "lam", "lam >= 0")
+    need(c.l1 >= 0, "l1", "lam1 >= 0 (0: no L1 term)")
     need(c.rounds >= 0, "rounds", "an integer >= 0")
     need(c.tol >= 0, "tol", "tol >= 0 (0 runs every round)")
     need(c.float_bits in (16, 32, 64), "float_bits", "16, 32 or 64")
@@ -238,6 +245,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.forcing is None or c.forcing > 0, "forcing", "a forcing constant > 0")
     need(c.memory is None or c.memory >= 0, "memory", "an integer M >= 0 (0: steepest descent)")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.skip_probability is None or 0 < c.skip_probability <= 1, "skip_probability", "0 < p <= 1")
+    need(c.inner_rounds is None or c.inner_rounds >= 1, "inner_rounds", "an integer K >= 1")
+    if c.sampling is not None:
+        parse_sampling(c.sampling)
     need(c.radius is None or c.radius > 0, "radius", "a radius t > 0")
     need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
     need(c.f_star is not None or c.reference_iterations > 0 or c.algorithm not in ("lcd2", "lcd3"), "reference_iterations",
@@ -264,6 +275,9 @@ def _check_ranges(c: RunConfig) -> None:
     method = method_for(c.algorithm, c.model is not None)
     _check_sphere(c)
     _check_solves(c, method)
+    if c.l1 > 0 and (c.model is not None or c.algorithm not in L1_METHODS):
+        raise ConfigError(f"--l1 = {c.l1!r} needs a method that handles the L1 term; valid: --algorithm "
+                          f"{', '.join(L1_METHODS)} (without --model), or --l1 0")
     if c.model is not None:
         _check_network(c)
     elif c.dataset in IMAGE_SETS:

@@ -28,6 +28,8 @@ from . import config as cfgmod
 from . import trace as tracemod
 from .algorithms import method_for
 from .algorithms.base import Aggregate, Query, Uplink
+from .algorithms.first_order.gd import smoothness_of_P
+from .algorithms.proximal import proxnewton
 from .algorithms.second_order import newton
 from .checkpoint import SIGNALS
 from .comm import collective, world
@@ -35,6 +37,7 @@ from .ddsum import dd_sum_blocks
 from .errors import MpifedError
 from .federation import Federation, build_federation
 from .plan import resolve
+from .problems import l1
 
 CONTINUE, STOP, QUERY, SUSPEND = 0.0, 1.0, 2.0, 3.0
 
@@ -113,8 +116,11 @@ def _gather(fed: Federation, arrays: dict) -> dict:
 
 
 def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, checkpoint=None,
-            resume=None, evaluate=None):
+            resume=None, evaluate=None, optimality=None):
     """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
+
+    The run stops once ``optimality(agg, x)`` <= tol (default ||grad P(x^k)||; the composite problem's
+    prox-gradient mapping norm, :class:`Composite`).
 
     ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k; ``evaluate(k, x)``, on every
     rank after each round's exchange, gives rank 0 ``timing["test"]``.
@@ -179,7 +185,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             received = True
             k += 1
             continue
-        grad_norm = float(np.linalg.norm(agg.grad / agg.n))
+        grad_norm = float(np.linalg.norm(agg.grad / agg.n)) if optimality is None else optimality(agg, x)
         spent = dict(bits)  # row k: what it cost to reach x^k
         finite = np.isfinite(grad_norm) and np.isfinite(agg.loss)
         done = k >= rounds or grad_norm <= tol or not finite
@@ -283,27 +289,60 @@ def _client(fed: Federation, step):
         fed.comm.abort(1)
 
 
-def reference_solution(fed: Federation, iterations: int):
-    """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20); on the sphere (``--problem pca``)
-    the leading eigenvector instead (:func:`reference_eigenvector`; ``iterations`` > 0 only asks for it); a block
-    with its own ``solution()`` (the saddle problem's linear solve for z*, the same on every rank) gives it directly."""
+@dataclass(frozen=True)
+class Composite:
+    """The L1 term of P = f + lam1 ||x||_1 as the driver measures it: gamma = 1/L of the prox-gradient mapping
+    G_gamma (:func:`mpifed.problems.l1.gradient_mapping`), L the smoothness constant of f (GD's)."""
+
+    lam1: float
+    gamma: float
+
+    def optimality(self, agg, x) -> float:
+        """||G_gamma(x^k)||, from the round's summed gradient."""
+        return float(np.linalg.norm(l1.gradient_mapping(x, agg.grad / agg.n, self.gamma, self.lam1)))
+
+
+def composite(fed: Federation, lam1: float) -> Composite | None:
+    """The run's :class:`Composite` (None when lam1 = 0); collective: L from the clients' summed Gram matrices,
+    a setup message outside the trace's bits."""
+    if not lam1:
+        return None
+    zero = np.zeros(fed.block.n)
+    agg = exchange(fed, Uplink(zero, fed.backend.xp.zeros((fed.block.n, fed.d)), zero, zero,
+                               {"gram": fed.block.gram()}))
+    L = smoothness_of_P(agg, fed.d, fed.block.lam, fed.block.curvature_bound) if agg is not None else None
+    return Composite(lam1, 1.0 / fed.comm.allgather(L)[0])
+
+
+def reference_solution(fed: Federation, iterations: int, prox: Composite | None = None):
+    """x*, f* = P(x*) from ``iterations`` Newton steps from 0 (the papers use 20); with an L1 term, at most
+    ``iterations`` proximal Newton steps, stopping once ||G_gamma(x)|| <= REFERENCE_TOL. On the sphere
+    (``--problem pca``) the leading eigenvector instead (:func:`reference_eigenvector`; ``iterations`` > 0 only asks
+    for it); a block with its own ``solution()`` (the saddle problem's linear solve for z*, the same on every rank)
+    gives it directly."""
     if iterations == 0:
         return None, float("nan")
     if getattr(fed.block, "manifold", None) == "sphere":
         return reference_eigenvector(fed)
     if hasattr(fed.block, "solution"):
         return fed.block.solution()
-    params = newton.Params()
+    method, params, tol = newton, newton.Params(), 0.0
+    if prox is not None:
+        method, params, tol = proxnewton, proxnewton.Params(prox.lam1), REFERENCE_TOL
     out = {}
 
     def record(k, agg, x, timing, bits):
-        out["f"] = agg.loss / agg.n
+        out["f"] = agg.loss / agg.n + (l1.value(x, prox.lam1) if prox else 0.0)
 
-    x, status, message, _ = iterate(fed, newton, params, np.zeros(fed.d), iterations, 0.0, record)
+    x, status, message, _ = iterate(fed, method, params, np.zeros(fed.d), iterations, tol, record,
+                                    optimality=prox.optimality if prox else None)
     if status == "failed":
-        raise MpifedError(f"the reference Newton solve for x* failed: {message}")
+        raise MpifedError(f"the reference {'proximal ' if prox else ''}Newton solve for x* failed: {message}")
     f_star = fed.comm.allgather(out.get("f"))[0]
     return x, f_star
+
+
+REFERENCE_TOL = 1e-13  # the L1 reference stops here (x* to about 1e-12; the rounding floor of ||G|| is near 1e-15)
 
 
 EIGEN_TOL = 1e-12  # ARPACK's relative accuracy of the reference eigenpair
@@ -416,8 +455,9 @@ def _run(config, comm, start=None) -> RunResult:
         collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,
                                                  config.reference_iterations > 0 and start is None))
     params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
+    prox = composite(fed, config.l1)
     if start is None:
-        x_star, f_star = reference_solution(fed, config.reference_iterations)
+        x_star, f_star = reference_solution(fed, config.reference_iterations, prox)
     else:  # the checkpoint's x*, f* (no second reference solve)
         x_star, f_star = start["head"]["x_star"], start["head"]["f_star"]
     if hasattr(params, "x_star"):  # oracle methods (NEWTON-STAR) are told x*
@@ -428,7 +468,7 @@ def _run(config, comm, start=None) -> RunResult:
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
         histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
-        writer = collective(comm, lambda: _open_trace(fed, config, params, f_star, x_star, histogram))
+        writer = collective(comm, lambda: _open_trace(fed, config, params, f_star, x_star, histogram, prox))
         resume = None
     else:
         head = start["head"]
@@ -443,7 +483,7 @@ def _run(config, comm, start=None) -> RunResult:
     report = _Progress(config, comm.is_root, resume.k if resume else 0)
     events = [writer.file["events"][()]] if writer and start and "events" in writer.file else []
     def record(k, agg, x, timing, bits):
-        loss = agg.loss / agg.n
+        loss = agg.loss / agg.n + (l1.value(x, prox.lam1) if prox else 0.0)
         row = {"round": k, "loss": loss, "grad_norm": float(np.linalg.norm(agg.grad / agg.n)),
                "f_gap": loss - f_star, "dist_to_opt": _distance(x, x_star, sphere),
                "participants": agg.participants, "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
@@ -452,6 +492,9 @@ def _run(config, comm, start=None) -> RunResult:
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         if sphere:
             row["pca_gap"] = pca_gap(x, x_star) if x_star is not None else np.nan
+        if prox:  # the composite problem: its optimality measure and the support against x*'s
+            row["prox_grad_norm"] = prox.optimality(agg, x)
+            row.update(l1.support_scores(x, x_star) if x_star is not None else {"nnz": float(np.count_nonzero(x))})
         row.update({key: float(v) for key, v in timing.get("report", {}).items()})
         evaluated = k % config.eval_every == 0
         if fed.test is not None:  # at the broadcast iterate x^k, outside time_s
@@ -474,7 +517,8 @@ def _run(config, comm, start=None) -> RunResult:
     try:
         x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
                                         record if comm.is_root else None, checkpoint, resume,
-                                        lambda k, x: _evaluate(fed, x, config.lam) if k % config.eval_every == 0 else None)
+                                        lambda k, x: _evaluate(fed, x, config.lam) if k % config.eval_every == 0 else None,
+                                        prox.optimality if prox else None)
     except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
         if writer:
             writer.close("failed", f"{type(err).__name__}: {err}")
@@ -537,7 +581,7 @@ def _reopen_trace(comm, start, env):
                                                         "environment": env})
 
 
-def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
+def _open_trace(fed: Federation, config, params, f_star, x_star, histogram, prox=None):
     env = tracemod.environment(fed.comm, fed.backend)
     if not fed.comm.is_root:
         return None
@@ -557,6 +601,9 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
         "partition": {**fed.partition, "labels": list(fed.labels), "m_min": fed.m_min,
                       "m_max": fed.m_max},
         "test_set": test,
+        **({"composite": f"P = f + lam1 ||x||_1, lam1 = {prox.lam1!r}; loss includes the L1 term; prox_grad_norm = "
+                         f"||G_gamma(x^k)|| with gamma = 1/L = {prox.gamma!r}; nnz, support_recall and "
+                         f"support_precision against x*'s support"} if prox else {}),
     }, overwrite=config.overwrite)
     if x_star is not None:
         writer.save_array("x/star", x_star)
@@ -593,7 +640,8 @@ class _Progress:
         self.last = now
         rate = (k + 1 - self.first) / max(now - self.start, 1e-9)
         eta = (self.config.rounds - k) / rate
-        line = (f"round {k:>6}/{self.config.rounds}  |grad P| {row['grad_norm']:.3e}  bits/client {row['bits_up']:.3e}  "
+        measure = f"|G(x)| {row['prox_grad_norm']:.3e}" if "prox_grad_norm" in row else f"|grad P| {row['grad_norm']:.3e}"
+        line = (f"round {k:>6}/{self.config.rounds}  {measure}  bits/client {row['bits_up']:.3e}  "
                 f"{rate:.1f} rounds/s  ETA {eta:.0f} s")
         if self.live:
             print("\r" + line, end="", flush=True)
@@ -608,7 +656,8 @@ class _Progress:
             print()  # end the live line
         why = result.message
         if result.status == "converged":
-            why = f"||grad P|| = {m['grad_norm'][-1]:.3e} <= --tol {c.tol:g}" + (
+            measure = ("||G(x)||", "prox_grad_norm") if c.l1 else ("||grad P||", "grad_norm")
+            why = f"{measure[0]} = {m[measure[1]][-1]:.3e} <= --tol {c.tol:g}" + (
                 ", the default; --tol 0 runs every round" if c.tol == cfgmod.DEFAULT_TOL else "")
         print(f"{c.algorithm} on {c.dataset}: {result.status} after {result.rounds} rounds" + (f" ({why})" if why else ""))
         if not len(m.get("round", ())):
@@ -616,6 +665,8 @@ class _Progress:
             return
         rows = sorted({0, *range(0, len(m["round"]), max(1, len(m["round"]) // 8)), len(m["round"]) - 1})
         columns = self.NN_COLUMNS if c.model is not None else self.COLUMNS
+        if c.l1:
+            columns = ("round", "prox_grad_norm", "f_gap", "dist_to_opt", "nnz", "bits_up", "time_s")
         print("  ".join(f"{h:>12}" for h in columns))
         for i in rows:
             print("  ".join(f"{m[h][i]:>12.0f}" if h == "round" else f"{m[h][i]:>12.4e}" for h in columns))

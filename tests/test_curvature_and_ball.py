@@ -278,6 +278,9 @@ CASES = {
     "bpm-logistic": {"algorithm": "bpm", "radius": 0.3},
     "bpm-ls-linf": {"problem": "least-squares", "algorithm": "bpm", "radius": 0.2, "ball_norm": "linf"},
     "bpm-lin-l1": {"algorithm": "bpm-lin", "radius": 0.1, "ball_norm": "l1"},
+    "gd-ls": {"problem": "least-squares", "algorithm": "gd"},  # the problem itself, under existing methods
+    "fednl-ls": {"problem": "least-squares", "algorithm": "fednl", "condition": 10.0, "compressor": "topk:k=d"},
+    "nl1-ls": {"problem": "least-squares", "algorithm": "nl1"},
 }
 
 

@@ -109,7 +109,7 @@ def test_labels_and_title(folder, tmp_path):
     fig = plots.figure([traces[2], load(tmp_path / "gd-copy.h5")], "round", "grad_norm", title="mine")
     assert [line.get_label() for line in fig.axes[0].lines] == ["GD γ=0.5 [gd]", "GD γ=0.5 [gd-copy]"]
     assert fig._suptitle.get_text() == "mine"
-    with pytest.raises(MpifedError, match="-x 'epoch' is unknown; valid: round, bits, time"):
+    with pytest.raises(MpifedError, match="-x 'epoch' is unknown; valid: round, bits, time, exchanges"):
         plots.figure(traces, "epoch")
     with pytest.raises(MpifedError, match="-y 'loss' is unknown"):
         plots.figure(traces, "round", ["grad_norm", "loss"])

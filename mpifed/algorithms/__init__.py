@@ -18,6 +18,7 @@ _MODULES = {
     "gd": "first_order.gd", "dcgd": "first_order.dcgd", "diana": "first_order.diana", "adiana": "first_order.adiana",
     "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
+    "proxgd": "proximal.proxgd", "proxskip": "proximal.proxskip", "sppm": "proximal.sppm",
     "lcd1": "first_order.lcd", "lcd2": "first_order.lcd", "lcd3": "first_order.lcd",
     "bpm": "proximal.bpm", "bpm-lin": "proximal.bpm_lin",
     "rgd": "riemannian.rgd", "r-lsvrg": "riemannian.r_lsvrg", "r-page": "riemannian.r_page",
@@ -28,6 +29,8 @@ _MODULES = {
 }
 # the methods on the unit sphere (--problem pca), and the only ones it takes
 RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))
+# the methods that take the composite term lam1 ||x||_1 (--l1 > 0): a prox step at the server
+L1_METHODS = ("proxgd", "proxskip", "sppm", "fedavg", "dcgd", "diana")
 # --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
 _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",

@@ -31,12 +31,15 @@ from ..errors import MpifedError
 #: -x choice -> (trace column, axis label)
 X_AXES = {"round": ("round", "round k"),
           "bits": ("bits_up", "uplink bits per client (cumulative)"),
-          "time": ("time_s", "wall time (s)")}
+          "time": ("time_s", "wall time (s)"),
+          "exchanges": ("exchanges", "exchanges (cumulative)")}
 #: -y choice -> (trace column, axis label, log scale)
 Y_AXES = {"grad_norm": ("grad_norm", r"$\|\nabla P(x^k)\|$", True),
           "f_gap": ("f_gap", r"$P(x^k) - P(x^*)$", True),
           "dist_to_opt": ("dist_to_opt", r"$\|x^k - x^*\|$", True),
           "pca_gap": ("pca_gap", r"$1 - \langle x^k, v_1\rangle^2$", True),
+          "prox_grad_norm": ("prox_grad_norm", r"$\|G_{1/L}(x^k)\|$ (--l1)", True),
+          "nnz": ("nnz", "non-zeros of $x^k$ (--l1)", False),
           "test_acc": ("test_accuracy", "test accuracy", False),
           "val_acc": ("val_accuracy", "validation accuracy (--validation)", False),
           # FedRCO's monitor (sec. 6.3, Fig. 4): per round, over the participants and their K local steps

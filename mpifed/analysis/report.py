@@ -8,8 +8,8 @@ import numpy as np
 from .. import trace as tracemod
 from ..errors import MpifedError
 
-COLUMNS = ("round", "grad_norm", "f_gap", "dist_to_opt", "pca_gap", "participants", "bits_up", "bits_up_index",
-           "bits_down", "time_s", "test_accuracy")
+COLUMNS = ("round", "grad_norm", "prox_grad_norm", "nnz", "f_gap", "dist_to_opt", "pca_gap", "participants", "bits_up",
+           "bits_up_index", "bits_down", "time_s", "test_accuracy")
 # networks (--model): no optimum to measure against; FedRCO's monitor counts where the trace has them
 NN_COLUMNS = ("round", "loss", "grad_norm", "test_accuracy", "test_loss", "participants", "bits_up", "bits_down",
               "time_s", "rollbacks", "resets", "inversions")
@@ -65,14 +65,15 @@ def info(path: Path, every: int | None = None, target: float = 1e-10) -> None:
 
 
 def to_target(t: tracemod.Trace, target: float) -> dict:
-    """A trace's cost to reach ||grad P|| <= target (a PCA trace: pca_gap = 1 - <x, v_1>^2 <= target): the first
-    such row's round, bits and seconds.
+    """A trace's cost to reach ||grad P|| <= target (a PCA trace: pca_gap = 1 - <x, v_1>^2 <= target; a composite
+    run, ``--l1``: its prox-gradient norm ``prox_grad_norm``): the first such row's round, bits and seconds.
 
     Rounds, bits and seconds are NaN when the run never got there; ``best_test_accuracy`` is the largest
     evaluated ``test_accuracy`` of the whole run (NaN without a test set).
     """
     m = t.metrics
-    g = m.get("pca_gap" if "pca_gap" in m else "grad_norm", np.array([]))
+    measure = next((name for name in ("pca_gap", "prox_grad_norm") if name in m), "grad_norm")
+    g = m.get(measure, np.array([]))
     hit = np.flatnonzero(g <= target)
     row = int(hit[0]) if hit.size else None
     at = lambda key: float(m[key][row]) if row is not None and key in m else np.nan  # noqa: E731
@@ -80,7 +81,7 @@ def to_target(t: tracemod.Trace, target: float) -> dict:
     return {"name": t.path.stem, "algorithm": t.config.get("algorithm", "?"), "status": t.attrs.get("status"),
             "rounds": float(row) if row is not None else np.nan, "exchanges": at("exchanges"), "bits_up": at("bits_up"),
             "bits_up_index": at("bits_up_index"), "bits_down": at("bits_down"), "seconds": at("time_s"),
-            "recorded": t.rounds - 1, "final_grad_norm": last("grad_norm"), "final_f_gap": last("f_gap"),
+            "recorded": t.rounds - 1, "final_grad_norm": last(measure), "final_f_gap": last("f_gap"),
             "best_test_accuracy": _nanmax(m.get("test_accuracy"))}
 
 
@@ -121,7 +122,8 @@ def _folder(folder: Path, target: float = 1e-10) -> None:
         _network_folder(traces)
         return
     rows = [to_target(t, target) for t in traces]
-    print(f"to ||grad P|| <= {target:g} (PCA traces: pca_gap <= {target:g}): rounds, exchanges, bits per client "
+    measure = "||grad P|| (--l1 runs: ||G_1/L(x)||)" if any("prox_grad_norm" in t.metrics for t in traces) else "||grad P||"
+    print(f"to {measure} <= {target:g} (PCA traces: pca_gap <= {target:g}): rounds, exchanges, bits per client "
           f"(uplink incl. indices; downlink), seconds (client + comm + server); '-' = not reached")
     print(f"{'run':<24} {'algorithm':>11} {'status':>10} {'rounds':>7} {'exchanges':>9} {'bits_up':>11} {'bits_down':>11} "
           f"{'seconds':>9} {'final |grad|':>13} {'best test acc':>13}")

@@ -27,6 +27,10 @@ Biased (contractive) compressors such as Top-K have no default step: give ``step
 Bits: exactly what the compressor reports, per participant; downlink: x^{k+1} to the next
 round's tau clients, tau/n * d floats per client (the ledger's per-client mean, as in FedNL-PP).
 
+With the L1 term (``--l1`` lam1 > 0) the step is proximal, x^{k+1} = prox_{gamma_k lam1 ||.||_1}(x^k - gamma_k g^k),
+the prox taken at the server after aggregation: proximal SGD with the DCGD estimator (Gorbunov, Hanzely,
+Richtarik, AISTATS 2020, Algorithm 1 "x^{k+1} = prox_{gamma R}(x^k - gamma g^k)", DCGD among its cases).
+
 This module also holds the setup shared with :mod:`diana` and :mod:`adiana`.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from ... import compressors, tri
 from ...errors import ConfigError
+from ...problems import l1
 from ..base import Uplink, participation, to_participants
 from .gd import smoothness_of_P
 
@@ -91,13 +96,14 @@ class Params:
     float_bits: int = 32
     decay: float = 0.0
     curvature: float = 0.25  # sup l'', for L and L_max
+    lam1: float = 0.0
     uses = ("compressor", "step_size", "participation", "step_decay")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         C = make_compressor(opts, fed, "dcgd")
         return cls(C, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients, opts.float_bits,
-                   opts.step_decay or 0.0, fed.block.curvature_bound)
+                   opts.step_decay or 0.0, fed.block.curvature_bound, opts.l1)
 
 
 @dataclass(frozen=True)
@@ -132,4 +138,5 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, state: ServerState, x, agg):
     g = agg.fields["g"] / agg.participants
     gamma_k = state.gamma / (1.0 + p.decay * state.k)
-    return replace(state, k=state.k + 1), x - gamma_k * g, to_participants(agg, len(x), p.float_bits)
+    x_next = l1.prox(x - gamma_k * g, gamma_k, p.lam1)
+    return replace(state, k=state.k + 1), x_next, to_participants(agg, len(x), p.float_bits)

@@ -1,14 +1,16 @@
 """DIANA: compressed gradient differences (Mishchenko, Gorbunov, Takac, Richtarik 2019,
-Algorithm 1 without prox; Horvath et al. 2019). Each client keeps a shift h_i (h_i^0 = 0) and
+Algorithm 1; Horvath et al. 2019). Each client keeps a shift h_i (h_i^0 = 0) and
 the server keeps h = (1/n) sum_i h_i. Round k, for the participants i in S^k:
 
     Delta_i = C_i(grad f_i(x^k) - h_i),      h_i <- h_i + alpha Delta_i,
 
 and the server steps with
 
-    g^k = h^k + (1/tau) sum_{i in S^k} Delta_i,   x^{k+1} = x^k - gamma g^k,
+    g^k = h^k + (1/tau) sum_{i in S^k} Delta_i,   x^{k+1} = prox_{gamma R}(x^k - gamma g^k),
     h^{k+1} = h^k + (alpha/n) sum_{i in S^k} Delta_i   (= the mean of the new h_i).
 
+R = lam1 ||.||_1 (``--l1``; the prox is soft-thresholding, taken at the server, Algorithm 1's line
+"x^{k+1} = prox_{gamma R}(x^k - gamma g^k)"); with lam1 = 0 the prox is the identity.
 With full participation (tau = n) this is the paper's g^k = h^k + (1/n) sum_i Delta_i. Partial
 participation (an extension; the estimator of Artemis, Philippenko and Dieuleveut 2020):
 non-participants send nothing and keep h_i; g^k is unbiased for grad P(x^k) under uniform
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError
+from ...problems import l1
 from ..base import Uplink, participation, to_participants
 from .dcgd import is_unbiased, make_compressor, message_bits, smoothness, smoothness_init
 
@@ -48,6 +51,7 @@ class Params:
     n: int
     float_bits: int = 32
     curvature: float = 0.25  # sup l'', for L and L_max
+    lam1: float = 0.0
     uses = ("compressor", "alpha", "step_size", "participation")
 
     @classmethod
@@ -63,7 +67,7 @@ class Params:
             raise ConfigError(f"--alpha = {alpha!r} is out of range; valid: 0 < alpha <= 1 "
                               f"(theory: alpha <= 1/(omega+1) = {1 / (C.omega + 1):.4g})")
         return cls(C, alpha, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients, opts.float_bits,
-                   fed.block.curvature_bound)
+                   fed.block.curvature_bound, opts.l1)
 
 
 @dataclass(frozen=True)
@@ -108,4 +112,5 @@ def server_step(p: Params, state: ServerState, x, agg):
     total = agg.fields["delta"]
     g = state.h + total / agg.participants
     h = state.h + p.alpha * total / agg.n
-    return ServerState(state.gamma, h, state.L, state.L_max), x - state.gamma * g, to_participants(agg, len(x), p.float_bits)
+    x_next = l1.prox(x - state.gamma * g, state.gamma, p.lam1)
+    return ServerState(state.gamma, h, state.L, state.L_max), x_next, to_participants(agg, len(x), p.float_bits)

@@ -9,6 +9,13 @@ Round t, participants S (``streams.active``), client i in S from y_i^0 = x^t:
 
 Server:  ``x^{t+1} = x^t + eta_g (1/|S|) sum_{i in S} Delta_i``.
 
+With the L1 term (``--l1`` lam1 > 0), the server applies the prox after aggregating,
+``x^{t+1} = prox_{eta_g K eta_t lam1 ||.||_1}(x^t + eta_g mean_S Delta_i)``: the threshold of the round's
+effective step eta_g K eta_t, so that K = 1, eta_g = 1 is proximal GD. One prox per round, at the server, with
+smooth local steps (as FedCanon, Zhou et al. 2025, arXiv:2504.11903, decouples the prox from the local updates);
+Yuan, Zaheer, Reddi (ICML 2021, "Federated Composite Optimization") instead take a prox in every local step
+(FedMiD) and show that averaging those sparse local models loses the sparsity.
+
 With K = 1 and eta_g = 1 this is gradient descent with step eta_l (full participation).
 Clients outside S send nothing (0 bits) and keep their state. Downlink: x^{t+1} to the next
 round's ``|S|`` = tau participants, counted as the per-client mean tau/n * d floats (as FedNL-PP).
@@ -43,6 +50,7 @@ import numpy as np
 
 from ... import tri
 from ...errors import ConfigError
+from ...problems import l1
 from ..base import Uplink, participation, to_participants
 
 DEFAULT_K = 5  # local steps when --local-steps is not given (K = 1 would be plain GD)
@@ -60,6 +68,7 @@ class Params:
     n: int = 1
     float_bits: int = 32
     decay: float = 0.0
+    lam1: float = 0.0
     uses = ("step_size", "local_steps", "server_lr", "participation", "step_decay")
 
     def __post_init__(self):
@@ -68,7 +77,7 @@ class Params:
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
-        return cls(**local_fields(opts, fed), eta_g=_or(opts.server_lr, 1.0))
+        return cls(**local_fields(opts, fed), eta_g=_or(opts.server_lr, 1.0), lam1=opts.l1)
 
 
 # ------------------------------------------------------------------ shared by the local-step methods
@@ -170,7 +179,7 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg, x0):
-    return None
+    return 0  # the round, for the prox's threshold eta_g K eta_t (eta_t decays with t)
 
 
 def client_step(p: Params, block, state, x, streams):
@@ -178,6 +187,8 @@ def client_step(p: Params, block, state, x, streams):
     return state, participants_uplink(p, block, run, streams, {"delta": run.y - x})
 
 
-def server_step(p: Params, state, x, agg):
-    """x^{t+1} = x^t + eta_g mean_S Delta_i."""
-    return state, x + p.eta_g * mean_over_participants(agg, "delta"), to_participants(agg, len(x), p.float_bits)
+def server_step(p: Params, t, x, agg):
+    """x^{t+1} = prox_{eta_g K eta_t R}(x^t + eta_g mean_S Delta_i) (no prox when lam1 = 0)."""
+    eta_t = p.eta_l / (1.0 + p.decay * t)
+    x_next = l1.prox(x + p.eta_g * mean_over_participants(agg, "delta"), p.eta_g * p.K * eta_t, p.lam1)
+    return t + 1, x_next, to_participants(agg, len(x), p.float_bits)
