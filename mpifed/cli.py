@@ -93,6 +93,9 @@ HELP = {
     "corrupt": ("fault injection: 'clients=0-2,scale=1e3,from=5' multiplies those clients' inputs by scale "
                 "from round 'from' on (tests FedRCO's monitor)"),
     "step_decay": "first-order baselines: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: constant)",
+    "network": ("device and network profile of the simulated wall-clock (sim_time_s): datacenter, lan (default), 4g, "
+                "3g, mixed-3g-4g, or a profile .toml (see docs/network.md)"),
+    "device": "the clients' compute class of the simulated wall-clock: phone, laptop, server, or GFLOP/s (default: the profile's)",
     "checkpoint_every": "write a checkpoint beside the trace every N rounds (default 0: only on SIGTERM/SIGINT)",
     "rounds": "maximum number of rounds (default 100)",
     "tol": ("stop once ||grad P(x^k)|| <= tol (default 1e-14, the papers' target; 0 runs every round; networks: "

@@ -34,6 +34,7 @@ import numpy as np
 from ...errors import ConfigError
 from ..base import Uplink, participation, to_participants
 from .dcgd import is_unbiased, make_compressor, message_bits, smoothness, smoothness_init
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -107,3 +108,9 @@ def server_step(p: Params, state: ServerState, x, agg):
     g = state.h + total / agg.participants
     h = state.h + p.alpha * total / agg.n
     return ServerState(state.gamma, h, state.L, state.L_max), x - state.gamma * g, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: the gradient, grad - h_i (d), C, h_i += alpha C(...) (2d); server: the sum, g = h + mean (2d),
+    the step (2d), h += alpha mean (2d)."""
+    return fl.Work(fl.loss_grad(s) + 3.0 * s.d + fl.compression(p.C), fl.aggregate(s, fl.payload(p.C)) + 6.0 * s.d)

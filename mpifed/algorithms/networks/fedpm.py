@@ -29,6 +29,8 @@ from ..base import Uplink, to_participants
 from .local import Clock, start, timing_report, uplink
 from .local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 from .localnewton import Params as _LocalNewtonParams, local_foof
+from ...network import flops as fl
+from .local import foof_flops
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,13 @@ def server_step(p, state, x, agg):
     state.report = timing_report(agg)
     x_next = np.concatenate([w.ravel() for w in out])
     return state, x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local FOOF steps, then P_i theta_i per layer (2 (d_in + 1)^2 d_out); the participants send theta_i, P_i theta_i
+    and their factors ((d_in + 1)^2 per layer, an upper bound on the cheaper of rows and triangle); the server
+    sums them, inverts the mean factor of every layer and multiplies."""
+    factors = sum(din * din for _, din, _ in s.layers)
+    client = foof_flops(p.K, s) + fl.preconditioned_update(s) + s.d
+    server = fl.aggregate(s, 2 * s.d + factors) + fl.factor_inverses(s) + fl.preconditioned_update(s)
+    return fl.Work(fl.per_client(client, s), server)
