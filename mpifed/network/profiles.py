@@ -64,11 +64,13 @@ class Profile:
     description: str = ""
     source: str = ""
 
-    def scaled(self, bandwidth: float) -> "Profile":
-        """The same profile with every bandwidth multiplied by ``bandwidth`` (the crossover sweep)."""
-        return dataclasses.replace(self, up_mbps=self.up_mbps * bandwidth, down_mbps=self.down_mbps * bandwidth,
-                                   mix=tuple((p.scaled(bandwidth), s) for p, s in self.mix),
-                                   name=f"{self.name}x{bandwidth:g}")
+    def faster(self, factor: float) -> "Profile":
+        """The same devices on a link ``factor`` times faster: bandwidths times, round trips and drop-out timeouts
+        divided by ``factor`` (every communication cost divided; the crossover sweep)."""
+        return dataclasses.replace(self, up_mbps=self.up_mbps * factor, down_mbps=self.down_mbps * factor,
+                                   rtt_ms=self.rtt_ms / factor, dropout_timeout_s=self.dropout_timeout_s / factor,
+                                   mix=tuple((p.faster(factor), s) for p, s in self.mix),
+                                   name=f"{self.name}x{factor:g}")
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "mix"}
