@@ -80,6 +80,10 @@ def test_network_primitives_match_hand_counts():
     assert fl.network_step(s) == 3 * 2 * (16 + 400) + 3 * (8 + 40)
     assert fl.foof_factors(s) == 2 * (2 * 16 + 2 * 5 * 100)
     assert fl.factor_inverses(s) == 64 + 1000
+    one = network.shape_of([[2, 8, 0]], 8, 1, layers=((1, 4, 2),), batch=2)
+    # dense: 4^3 + 2 * 16 * 2 = 128; Woodbury on R = 2 rows: 2 * 4 * 4 + 8 / 3 + 4 * 2 * 4 * 2 = 98.67 (cheaper)
+    assert fl.foof_solve(one) == pytest.approx(32 + 8 / 3 + 64)
+    assert fl.foof_solve(one, stacked=4) == 128  # 8 rows: dense is cheaper
 
 
 def test_every_registered_method_has_a_flop_model():

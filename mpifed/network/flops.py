@@ -19,7 +19,8 @@ Logistic regression, client i with m_i rows, nnz_i non-zeros and pairs_i = sum_j
 Neural networks (``shape.layers``: per weighted layer (rows per sample, d_in + 1, d_out); ``shape.batch``):
 a forward pass costs 2 rows (d_in + 1) d_out per layer and sample, the backward pass twice that
 (:func:`network_step`); a FOOF factor a^T a costs 2 rows (d_in + 1)^2 per sample (:func:`foof_factors`) and
-its inverse (d_in + 1)^3 (:func:`factor_inverses`).
+its inverse (d_in + 1)^3 (:func:`factor_inverses`), or the Woodbury identity on the batch's rows when that is
+cheaper (:func:`foof_solve`).
 """
 from __future__ import annotations
 
@@ -166,6 +167,17 @@ def factor_inverses(s: Shape, outputs: bool = False) -> float:
 def preconditioned_update(s: Shape, outputs: bool = False) -> float:
     """Multiplying every layer's gradient (d_in + 1, d_out) by its factor inverse(s)."""
     return float(sum(2 * din * din * dout + (2 * din * dout * dout if outputs else 0) for _, din, dout in s.layers))
+
+
+def foof_solve(s: Shape, stacked: int = 1) -> float:
+    """(A + eps I)^{-1} grad for every layer, A = U^T U with U the R = ``stacked`` x batch x rows statistic rows
+    (D = d_in + 1): the cheaper of a dense factor and solve (D^3 + 2 D^2 d_out) and the Woodbury identity
+    (U U^T: 2 R^2 D, its Cholesky R^3 / 3, two products with U: 4 R D d_out), as the row-kept factors choose."""
+    total = 0.0
+    for rows, din, dout in s.layers:
+        R = stacked * s.batch * rows
+        total += min(din**3 + 2.0 * din * din * dout, 2.0 * R * R * din + R**3 / 3.0 + 4.0 * R * din * dout)
+    return total
 
 
 def per_client(value, s: Shape) -> np.ndarray:

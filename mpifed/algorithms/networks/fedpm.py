@@ -102,10 +102,11 @@ def server_step(p, state, x, agg):
 
 
 def flops(p: Params, s) -> fl.Work:
-    """K local FOOF steps, then P_i theta_i per layer (2 (d_in + 1)^2 d_out); the participants send theta_i, P_i theta_i
-    and their factors ((d_in + 1)^2 per layer, an upper bound on the cheaper of rows and triangle); the server
-    sums them, inverts the mean factor of every layer and multiplies."""
-    factors = sum(din * din for _, din, _ in s.layers)
-    client = foof_flops(p.K, s) + fl.preconditioned_update(s) + s.d
-    server = fl.aggregate(s, 2 * s.d + factors) + fl.factor_inverses(s) + fl.preconditioned_update(s)
+    """K local FOOF steps, then P_i theta_i per layer (from the batch rows: 4 R (d_in + 1) d_out); the participants
+    send theta_i, P_i theta_i and their factors (the cheaper of R rows and the triangle, per layer); the server sums
+    them and solves with the mean factor of every layer (dense, or Woodbury on the tau participants' stacked rows)."""
+    sent = sum(min(s.batch * rows * din, din * (din + 1) // 2) for rows, din, _ in s.layers)
+    product = sum(4.0 * s.batch * rows * din * dout for rows, din, dout in s.layers)
+    client = foof_flops(p.K, s) + product + s.d
+    server = fl.aggregate(s, 2 * s.d + sent) + fl.foof_solve(s, stacked=s.tau)
     return fl.Work(fl.per_client(client, s), server)

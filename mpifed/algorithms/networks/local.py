@@ -138,6 +138,6 @@ def sgd_flops(K: int, s, per_step: float = 0.0, server: float = 0.0, floats: int
 
 
 def foof_flops(K: int, s) -> float:
-    """K local FOOF steps: the SGD step, each layer's input factor a^T a, its damped inverse and the
-    preconditioned gradient."""
-    return K * (fl.network_step(s) + fl.foof_factors(s) + fl.factor_inverses(s) + fl.preconditioned_update(s))
+    """K local FOOF steps: the SGD step and each layer's damped solve with its batch factor a^T a
+    (:func:`~mpifed.network.flops.foof_solve`: dense or Woodbury, whichever is cheaper)."""
+    return K * (fl.network_step(s) + fl.foof_solve(s))
