@@ -95,6 +95,26 @@ def test_every_registered_method_has_a_flop_model():
             assert list(inspect.signature(module.flops).parameters) == ["p", "s"], name
 
 
+@pytest.mark.parametrize("network_run", [False, True], ids=["logistic", "networks"])
+def test_every_flop_model_gives_finite_counts_on_a_federation(network_run):
+    """Each method's flops(p, shape) on a small federation: one non-negative count per client and phase."""
+    from mpifed.config import build
+    from mpifed.federation import build_federation
+    from mpifed.plan import resolve
+
+    registry = NN_MODULES if network_run else METHODS
+    base = ({"dataset": "mnist-synthetic", "model": "softmax", "clients": 3, "samples_per_client": 20}
+            if network_run else {"clients": 3, "samples_per_client": 20})
+    fed = None
+    for name in registry:
+        plan = resolve(build({**base, "algorithm": name}))
+        fed = fed or build_federation(plan.data, SerialComm())
+        params = registry[name].Params.from_options(plan.method, fed)
+        shape = network.shape_of(fed.client_shape, fed.d, fed.tau, fed.layers, fed.batch)
+        work = network.work_of(registry[name], params, shape)
+        assert work.vectors(3).shape == (3, 3) and work.step.min() > 0 and work.server >= 0, name
+
+
 def test_a_module_without_flops_is_refused():
     import types
 
