@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     adv.add_argument("--probe-rounds", type=integer, default=None, help="rounds per candidate in the probe (default 10)")
     adv.add_argument("--folder", default="runs/advise", help="where the probe traces go (default runs/advise)")
     adv.add_argument("--run", dest="run_pick", action="store_true", help="then run the pick to the target")
-    _config_flags(adv, skip=("algorithm", "tol", "overwrite", "reference_iterations"))
+    _config_flags(adv, skip=("algorithm", "tol", "reference_iterations"))
     sweep = sub.add_parser("sweep", help="expand a grid of configs for a SLURM array job (and submit it)",
                            description="Write DIR/configs/NNNN.toml for every point of GRID.toml's [grid] product "
                                        "(on top of [base]) and print the sbatch --array command (see docs/running.md).")

@@ -322,10 +322,11 @@ def flops(p: Params, s) -> fl.Work:
     """Per participant: the curvature-preserving aggregation's two accuracies on ``eval_batch`` samples (two
     forward passes) and the mix (3d); K local steps, each an SGD step, both K-FAC factors with their EMA, the
     preconditioned gradient A^{-1} grad G^{-1} and the monitor's norm (2d); the damped inverses every T_inv local
-    steps (amortised: K / T_inv of them per round, at least the first). The server averages the models."""
+    steps of the client, amortised at K / T_inv per round (the first, at a client's first step or after a reset,
+    included in that average). The server averages the models."""
     sample = fl.forward(s)
     aggregation = (2.0 * p.eval_batch * sample + 3.0 * s.d) if p.aggregation == "curvature" else 0.0
     step = (fl.network_step(s) + fl.foof_factors(s) + fl.gradient_factors(s) + fl.preconditioned_update(s, True)
             + 2.0 * s.d)
-    inverses = max(1.0, p.K / p.T_inv) * fl.factor_inverses(s, outputs=True)
+    inverses = p.K / p.T_inv * fl.factor_inverses(s, outputs=True)
     return fl.Work(fl.per_client(aggregation + p.K * step + inverses + s.d, s), fl.aggregate(s, s.d) + s.d)
