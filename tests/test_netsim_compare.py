@@ -86,6 +86,7 @@ def test_compare_table_and_crossover_commands(plan, tmp_path, capsys):
     assert "comm red." in out and "lan " in out
     assert main(["crossover", str(path), "-o", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 0
+    assert main(["report", str(plan[1][0].path), "--x", "sim_time_s", "-o", str(tmp_path / "t.png")]) == 0
     with pytest.raises(Exception, match="names no run"):
         base.find_baseline(plan[1], "adiana")
 
