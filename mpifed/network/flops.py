@@ -120,9 +120,9 @@ def compression(C) -> float:
     """A compressor (:mod:`mpifed.compressors`) on one client's T entries: Top-K one comparison per entry (TopLEK
     two), Rand-K and RandSeqK K draws, natural compression one rounding per entry, Rank-R an eigendecomposition
     of the d x d matrix, identity nothing."""
-    name, T = type(C).__name__, C.T
-    return {"Compressor": 0.0, "TopK": float(T), "TopLEK": 2.0 * T, "RandK": float(C.k if hasattr(C, "k") else T),
-            "RandSeqK": float(getattr(C, "k", T)), "Natural": float(T), "RankR": 9.0 * C.d**3}.get(name, float(T))
+    name, T, k = type(C).__name__, C.T, getattr(C, "k", C.T)
+    return {"Compressor": 0.0, "TopK": float(T), "TopLEK": 2.0 * T, "RandK": float(k), "RandSeqK": float(k),
+            "Natural": float(T), "RankR": 9.0 * C.d**3}.get(name, float(T))
 
 
 def payload(C) -> float:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import network
 from ..analysis import baseline as base
 from ..errors import ConfigError
 from ..trace import load
