@@ -134,6 +134,9 @@ HELP = {
     "sampling": ("SPPM cohort sampling: full (default), nice:tau=T, block[:b=B] (one of B blocks of clients), "
                  "stratified[:b=B] (one client per block); B defaults to 10"),
     "inner_rounds": "SPPM: K exchanges (accelerated prox-gradient steps) that solve each cohort's prox (default 10)",
+    "network": ("device and network profile of the simulated wall-clock (sim_time_s): datacenter, lan (default), 4g, "
+                "3g, mixed-3g-4g, or a profile .toml (see docs/network.md)"),
+    "device": "the clients' compute class of the simulated wall-clock: phone, laptop, server, or GFLOP/s (default: the profile's)",
     "step_decay": ("first-order baselines, bpm-lin: step sizes eta_t = eta_0 / (1 + step_decay * t) (default 0: "
                    "constant)"),
     "f_star": "LCD2 / LCD3: the optimal value f* = min P (default: P(x*) of the reference solve)",
@@ -181,14 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="TRACE", default=None,
                      help="continue the run of TRACE from its checkpoint (TRACE.ckpt), on as many ranks as wrote it; "
                           "only --rounds, --tol, --quiet and --checkpoint-every may change")
-    for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = f.type.split(" ")[0]
-        if kind == "bool":
-            run.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
-        else:
-            conv = {"int": integer, "float": float, "str": str}[kind]
-            run.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=HELP[f.name])
+    _config_flags(run)
     info = sub.add_parser("info", help="print a trace's configuration and per-round table")
     info.add_argument("path", help="a trace (.h5) or a folder of traces")
     info.add_argument("--every", type=integer, default=None, help="print every N-th round (default: about 30 rows)")
@@ -199,6 +195,41 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("plan", help="plan TOML: out, target, [common] and [runs.<name>] tables")
     compare.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     compare.add_argument("--overwrite", action="store_true", help="replace the plan's existing traces")
+    compare.add_argument("--baseline", default=None, metavar="METHOD",
+                         help="also print rounds, bits, simulated compute and wall-clock to the target against this "
+                              "run (a run name or the algorithm of one run), with communication reduction, compute "
+                              "increase and wall-clock speed-up (default: the plan's baseline key)")
+    compare.add_argument("--network", nargs="+", default=None, metavar="PROFILE",
+                         help="re-simulate the wall-clock under these profiles (names or .toml; default: the plan's "
+                              "networks key, else each trace's own profile)")
+    compare.add_argument("--metric", default=None, choices=["grad_norm", "test_accuracy"],
+                         help="target on ||grad P|| (default) or on test accuracy (networks)")
+    compare.add_argument("--table", action="store_true", help="run nothing: print the tables from the plan's traces")
+    cross = sub.add_parser("crossover", help="speed-up over a baseline against the communication/computation ratio",
+                           description="Re-simulate a plan's traces on a profile whose link is made faster and slower "
+                                       "(bandwidth x s, round trip / s) and print and plot each run's wall-clock "
+                                       "speed-up over the baseline against the baseline's communication/computation "
+                                       "time ratio R, with the crossovers R* (see docs/network.md).")
+    cross.add_argument("plan", help="a comparison plan whose traces exist (run it with mpifed compare first)")
+    cross.add_argument("--baseline", default=None, metavar="METHOD", help="the baseline run (default: the plan's)")
+    cross.add_argument("--network", default=None, metavar="PROFILE", help="the profile to scale (default 4g)")
+    cross.add_argument("--metric", default=None, choices=["grad_norm", "test_accuracy"],
+                       help="target on ||grad P|| (default: the plan's metric) or on test accuracy")
+    cross.add_argument("--range", nargs=2, type=positive, default=(1e-3, 1e7), metavar=("LO", "HI"),
+                       help="link speed factors s swept (default 1e-3 1e7, 41 points, geometric)")
+    cross.add_argument("-o", "--out", default=None, help="figure file (.png, .pdf, .svg)")
+    adv = sub.add_parser("advise", help="predict each candidate's time to the target from a short probe, pick one",
+                         description="Probe every candidate for a few rounds on the configuration (every probe round "
+                                     "counted), predict rounds and simulated wall-clock to ||grad P|| <= TARGET on "
+                                     "--network, print the table with reasons and the pick; --run runs the pick.")
+    adv.add_argument("config", nargs="?", help="TOML file of run flags (as mpifed run)")
+    adv.add_argument("--target", type=positive, default=1e-6, help="||grad P|| to reach (default 1e-6)")
+    adv.add_argument("--candidates", nargs="+", default=None, metavar="METHOD",
+                     help="methods to choose from (default gd newton fednl fednl-ls fedpm)")
+    adv.add_argument("--probe-rounds", type=integer, default=None, help="rounds per candidate in the probe (default 10)")
+    adv.add_argument("--folder", default="runs/advise", help="where the probe traces go (default runs/advise)")
+    adv.add_argument("--run", dest="run_pick", action="store_true", help="then run the pick to the target")
+    _config_flags(adv, skip=("algorithm", "tol", "reference_iterations"))
     sweep = sub.add_parser("sweep", help="expand a grid of configs for a SLURM array job (and submit it)",
                            description="Write DIR/configs/NNNN.toml for every point of GRID.toml's [grid] product "
                                        "(on top of [base]) and print the sbatch --array command (see docs/running.md).")
@@ -213,8 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="plot convergence curves of traces (one line per trace) to PNG/PDF/SVG",
                          description="Plot metrics of traces: log-scale y (linear for test_acc), one line per trace.")
     rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (.h5) or folders of traces")
-    rep.add_argument("-x", default="round", choices=list(X_AXES),
-                     help="round (default), bits (cumulative uplink bits per client), time (wall seconds) or exchanges (cumulative)")
+    rep.add_argument("-x", "--x", default="round", choices=list(X_AXES),
+                     help="round (default), bits (cumulative uplink bits per client), time (measured wall seconds), "
+                          "exchanges (cumulative) or sim_time_s (simulated wall-clock on the run's --network profile)")
     rep.add_argument("-y", action="append", choices=list(Y_AXES), metavar="METRIC",
                      help=f"{', '.join(Y_AXES)} (default grad_norm); repeat for side-by-side subplots")
     rep.add_argument("-o", "--out", required=True, help="figure file: .png, .pdf or .svg (written atomically)")
@@ -253,6 +285,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_flags(parser, skip=()) -> None:
+    """One flag per RunConfig field (except ``skip``), as ``mpifed run`` takes them."""
+    for f in fields(RunConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type.split(" ")[0]
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+        else:
+            conv = {"int": integer, "float": float, "str": str}[kind]
+            parser.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=HELP[f.name])
+
+
 def positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -280,6 +326,10 @@ def main(argv=None) -> int:
             return 0
         if args.command == "compare":
             return _compare(args)
+        if args.command == "advise":
+            return _advise(args)
+        if args.command == "crossover":
+            return _crossover(args)
         if args.command == "bench":
             from .ops import bench
 
@@ -338,15 +388,74 @@ def _run(args) -> int:
 
 
 def _compare(args) -> int:
-    from .ops.compare import load_plan, run_plan
+    from .ops.compare import existing, load_plan, run_plan
     from .analysis.report import info
 
-    plan = load_plan(args.plan, args.only, args.overwrite)
-    results = run_plan(plan)
+    plan = load_plan(args.plan, args.only, args.overwrite, args.table)
+    existing(plan, args.table)
+    results = [] if args.table else run_plan(plan)
     if _launcher_rank() == 0:
         print()
         info(plan.folder, target=plan.target)
+        baseline = args.baseline or plan.baseline
+        if baseline:
+            from . import network
+            from .analysis import baseline as base
+            from .trace import load
+
+            traces = [load(c.out) for _, c in plan.runs]
+            profiles = [network.load(n) for n in (args.network or plan.networks)] or [None]
+            metric = args.metric or plan.metric
+            print()
+            print(base.render(base.table(traces, baseline, plan.target, metric, profiles), plan.target, metric))
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _advise(args) -> int:
+    from . import config
+    from .driver import run
+    from .ops import advise
+
+    given = {k.replace("-", "_"): v for k, v in config.read_toml(args.config).items()} if args.config else {}
+    given.update({f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None})
+    given.pop("algorithm", None)
+    advice = advise.advise(given, args.target, tuple(args.candidates or advise.CANDIDATES),
+                           args.probe_rounds or advise.PROBE_ROUNDS, args.folder)
+    if advice is not None:
+        print(advise.render(advice), flush=True)
+    if not args.run_pick:
+        return 0
+    from .comm import world
+
+    pick = world().allgather(advice["pick"] if advice else None)[0]
+    result = run(config.build({**given, "algorithm": pick, "tol": args.target,
+                               "rounds": given.get("rounds", 10000)}))
+    return 1 if result.status == "failed" else 0
+
+
+def _crossover(args) -> int:
+    import numpy as np
+
+    from . import network
+    from .analysis import crossover
+    from .ops.compare import existing, load_plan
+    from .trace import load
+
+    plan = load_plan(args.plan, table=True)
+    existing(plan, True)
+    baseline = args.baseline or plan.baseline
+    if not baseline:
+        raise MpifedError(f"{args.plan} has no baseline key: give --baseline METHOD")
+    traces = [load(c.out) for _, c in plan.runs]
+    profile = network.load(args.network or "4g")
+    factors = np.geomspace(args.range[0], args.range[1], 41)
+    result = crossover.sweep(traces, baseline, plan.target, profile, factors, args.metric or plan.metric)
+    print(crossover.render(result))
+    if args.out:
+        crossover.plot(result, args.out, f"{traces[0].config.get('dataset', '?')}: {profile.name} link sped up and "
+                                         f"slowed down, devices {profile.device}")
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _datasets(args) -> int:

@@ -134,6 +134,8 @@ class RunConfig:
     test_dataset: str | None = None
     validation: float | None = None
     eval_every: int = 1
+    network: str = "lan"
+    device: str | None = None
     checkpoint_every: int = 0
     rounds: int = 100
     tol: float = DEFAULT_TOL
@@ -267,6 +269,7 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.stable_norm is None or c.stable_norm > 0, "stable_norm", "a norm > 0")
     need(c.aggregation in (None, *AGGREGATIONS), "aggregation", ", ".join(AGGREGATIONS))
     need(c.eval_batch is None or c.eval_batch >= 1, "eval_batch", "an integer >= 1")
+    network_profile(c)
     need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0: no periodic checkpoints)")
     parse_spec(c.partition)
     sparse_synthetic.parse(c.dataset)  # a bad synthetic-sparse:nnz=K fails here, before any rank generates data
@@ -343,6 +346,29 @@ def _check_solves(c: RunConfig, method) -> None:
     if c.lmo_norm == "spectral" and c.model is None:
         raise ConfigError("--lmo-norm spectral applies to networks only (per-layer matrices; give --model); "
                           "valid without --model: l2, linf")
+
+
+def network_profile(c: RunConfig):
+    """The run's :class:`~mpifed.network.Profile` (``--network``, ``--device``), or a one-line ConfigError."""
+    from .network import profiles
+
+    if c.device is not None and c.device not in profiles.DEVICES:
+        try:
+            float(c.device)
+        except ValueError:
+            raise ConfigError(f"--device = {c.device!r} is out of range; valid: {', '.join(profiles.DEVICES)} or a "
+                              f"number of GFLOP/s") from None
+    return profiles.load(c.network, _device(c.device))
+
+
+def _device(value):
+    """A --device name, or its GFLOP/s as a number."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _check_network(c: RunConfig) -> None:

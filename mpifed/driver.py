@@ -36,6 +36,7 @@ from .comm import collective, world
 from .ddsum import dd_sum_blocks
 from .errors import MpifedError
 from .federation import Federation, build_federation
+from . import network
 from .plan import resolve
 from .problems import l1
 
@@ -116,7 +117,7 @@ def _gather(fed: Federation, arrays: dict) -> dict:
 
 
 def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record=None, checkpoint=None,
-            resume=None, evaluate=None, optimality=None):
+            resume=None, evaluate=None, optimality=None, clock=None):
     """Run ``method`` from x0 for at most ``rounds`` server steps; returns (x, status, message, rounds done).
 
     The run stops once ``optimality(agg, x)`` <= tol (default ||grad P(x^k)||; the composite problem's
@@ -130,6 +131,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
     SUSPEND with x^k checkpoints and stops (a rank caught SIGTERM/SIGINT), STOP ends the run.
     With a :class:`~mpifed.checkpoint.Checkpointer`, every rank saves its state at the top of the
     rounds it is due; ``resume`` (a :class:`~mpifed.checkpoint.State`) starts from a checkpoint.
+    ``clock`` (rank 0, a :class:`~mpifed.network.Clock`) adds each round's simulated seconds to the ledger.
     """
     comm, bk = fed.comm, fed.backend
     buf = np.zeros(fed.d + 2)
@@ -151,6 +153,9 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             if agg is not None:  # setup uploads (FedNL's H_i^0) count towards row 0
                 _spend(bits, agg, counted=bool(agg.value_bits + agg.index_bits))
                 requests += agg.stop_requests
+                if clock is not None and bits["exchanges"]:
+                    up = (agg.value_bits + agg.index_bits) / max(agg.participants, 1)
+                    _simulate(bits, clock.setup(up), up=up)
     flag, received = (STOP if status == "failed" else CONTINUE), False
     while True:
         if not received:  # a non-root rank may already hold this broadcast (see _answer_queries)
@@ -197,6 +202,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         first = agg
         if not done:
             _spend(bits, agg)
+            queries = []  # (down, up) per participant of each extra exchange
             try:
                 out = method.server_step(params, server, x, agg)
                 while isinstance(out, Query):  # extra exchanges within the round
@@ -212,10 +218,13 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                     timing["client"] += tc - ts
                     timing["comm"] += time.perf_counter() - tc
                     _spend(bits, answer)
+                    queries.append((out.down_bits * agg.n, answer.value_bits + answer.index_bits))
                     requests += answer.stop_requests
                     out = method.server_resume(params, out.state, x, answer)
                 server, x_next, down = out
                 bits["down"] += down
+                if clock is not None:
+                    _charge_round(bits, clock, k, agg, queries, down)
                 if not np.all(np.isfinite(x_next)):
                     raise MpifedError(f"the next iterate has {np.count_nonzero(~np.isfinite(x_next))} non-finite "
                                       f"entries: the run diverged")
@@ -253,6 +262,26 @@ def _spend(bits: dict, agg: Aggregate, counted: bool = True) -> None:
     bits["exchanges"] = bits.get("exchanges", 0) + counted  # a checkpoint of an older trace has no count
     bits["up"] += (agg.value_bits + agg.index_bits) / agg.n
     bits["up_index"] += agg.index_bits / agg.n
+
+
+def _charge_round(bits: dict, clock, k: int, agg: Aggregate, queries: list, down: float) -> None:
+    """Round k's simulated seconds into the ledger: its main exchange (the x^k broadcast the previous round
+    charged, this round's uplink), then its queries; ``down`` (x^{k+1}, a mean over all n) waits for round k+1."""
+    up = (agg.value_bits + agg.index_bits) / max(agg.participants, 1)
+    q_down = sum(d for d, _ in queries) / max(agg.participants, 1)
+    q_up = sum(u for _, u in queries) / max(agg.participants, 1)
+    pending = bits.get("net_pending", 0.0)
+    spent = clock.round(k, pending, up, len(queries), q_down, q_up)
+    _simulate(bits, spent, pending, up, q_down, q_up)
+    bits["net_pending"] = down * agg.n / max(agg.participants, 1)
+
+
+def _simulate(bits: dict, spent, down: float = 0.0, up: float = 0.0, q_down: float = 0.0, q_up: float = 0.0):
+    """Add [seconds, communication, computation] to the ledger's cumulative simulated time and note the
+    exchange's bits per participant (the trace's ``net_*`` columns, from which a replay re-simulates)."""
+    for name, value in zip(network.SIM_COLUMNS, spent):
+        bits[name] = bits.get(name, 0.0) + float(value)
+    bits.update(zip(network.NET_COLUMNS, (down, up, q_down, q_up)))
 
 
 def query_kinds(method) -> tuple:
@@ -488,6 +517,7 @@ def _run(config, comm, start=None) -> RunResult:
                "f_gap": loss - f_star, "dist_to_opt": _distance(x, x_star, sphere),
                "participants": agg.participants, "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
                "exchanges": bits.get("exchanges", 0),
+               **{name: bits.get(name, 0.0) for name in network.SIM_COLUMNS + network.NET_COLUMNS},
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         if sphere:
@@ -513,12 +543,13 @@ def _run(config, comm, start=None) -> RunResult:
 
     if writer and start is None:
         writer.save_array("x/start", x0)
+    clock = collective(comm, lambda: _clock(fed, config, method, params, writer))
     checkpoint = ckpt.Checkpointer(comm, config, writer, x_star, f_star, resume.k if resume else None)
     try:
         x, status, message, k = iterate(fed, method, params, x0, config.rounds, config.tol,
                                         record if comm.is_root else None, checkpoint, resume,
                                         lambda k, x: _evaluate(fed, x, config.lam) if k % config.eval_every == 0 else None,
-                                        prox.optimality if prox else None)
+                                        prox.optimality if prox else None, clock)
     except BaseException as err:  # serial runs and Ctrl-C: leave a closed trace that says why
         if writer:
             writer.close("failed", f"{type(err).__name__}: {err}")
@@ -533,6 +564,23 @@ def _run(config, comm, start=None) -> RunResult:
                        writer.path if writer else None)
     report.summary(result)
     return result
+
+
+def _clock(fed: Federation, config, method, params, writer):
+    """Rank 0: the run's :class:`~mpifed.network.Clock` on ``--network`` / ``--device``, from the method's FLOP
+    model on every client's shape; the FLOP vectors and the profile go into the trace (what a replay needs)."""
+    rows = fed.comm.gather_rows(np.asarray(fed.client_shape, dtype=np.float64), fed.n_clients)
+    if not fed.comm.is_root:
+        return None
+    shape = network.shape_of(rows, fed.d, fed.tau, fed.layers, fed.batch)
+    work = network.work_of(method, params, shape)
+    profile = cfgmod.network_profile(config)
+    server = [work.init_server, work.server, work.query_server]
+    if writer is not None:
+        writer.save_array("netsim/flops", work.vectors(shape.n))
+        writer.save_array("netsim/server_flops", np.asarray(server, dtype=np.float64))
+        writer.set_attrs(netsim={"profile": profile.to_dict(), "tau": shape.tau, "seed": fed.seed})
+    return network.Clock(profile, work.vectors(shape.n), server, fed.seed, shape.tau)
 
 
 EVENT_COLUMNS = ("round", "client", "step", "score", "action")  # action: 1 soft rollback, 2 hard reset

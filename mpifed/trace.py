@@ -188,7 +188,7 @@ def load(path: str | Path) -> Trace:
                 raise MpifedError(f"{path} has trace schema {version}; this mpifed ({__version__}) reads up to "
                                   f"{SCHEMA_VERSION}: upgrade mpifed")
             metrics = {name: ds[()] for name, ds in f["metrics"].items()}
-            arrays = {f"{group}/{name}": ds[()] for group in ("x", "partition") if group in f
+            arrays = {f"{group}/{name}": ds[()] for group in ("x", "partition", "netsim") if group in f
                       for name, ds in f[group].items()}
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as err:
         # h5py reports a truncated or damaged file as OSError at open, or KeyError/RuntimeError on a read

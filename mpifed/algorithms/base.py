@@ -22,6 +22,12 @@ Four extensions, all optional:
   (returning ``(state, Uplink)``; ``client_<kind>`` for a query of another ``Query.kind``), and hands the new Aggregate to
   ``server_resume(p, server_state, x, agg)``, which again returns a Query or the step.
 
+The FLOP model (required): ``flops(p, s) -> Work`` (:mod:`mpifed.network.flops`) counts what the method computes
+from the federation's shape ``s`` (d, per-client m_i, nnz_i, row pairs, tau; a network's layers and batch):
+``Work.step`` (n,) per client in a round's main step, ``Work.server`` for the server step, ``query`` and
+``query_server`` per extra exchange, ``init`` and ``init_server`` for the setup upload. The simulated wall-clock
+(the trace's ``sim_time_s``) turns it into seconds; a registered method without it fails ``tests/test_netsim.py``.
+
 Participation: ``streams.active`` (bool, one per client of the block) says who takes part
 in round k; it is drawn from (seed, round) only, so it does not depend on the rank count.
 Methods that ignore it run with full participation (the driver refuses the option for them).

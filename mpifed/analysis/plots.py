@@ -32,7 +32,8 @@ from ..errors import MpifedError
 X_AXES = {"round": ("round", "round k"),
           "bits": ("bits_up", "uplink bits per client (cumulative)"),
           "time": ("time_s", "wall time (s)"),
-          "exchanges": ("exchanges", "exchanges (cumulative)")}
+          "exchanges": ("exchanges", "exchanges (cumulative)"),
+          "sim_time_s": ("sim_time_s", "simulated wall-clock (s)")}
 #: -y choice -> (trace column, axis label, log scale)
 Y_AXES = {"grad_norm": ("grad_norm", r"$\|\nabla P(x^k)\|$", True),
           "f_gap": ("f_gap", r"$P(x^k) - P(x^*)$", True),

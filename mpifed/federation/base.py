@@ -36,6 +36,9 @@ class Federation:
     labels: tuple = LABELS                   # the label histogram's columns
     x0: np.ndarray | None = None             # the model's initial point (networks); None: the run's x^0 rule
     dtype: str = "float64"                   # the clients' arithmetic (networks may run float32)
+    client_shape: np.ndarray | None = None   # (block clients, 3): rows m_i, non-zeros nnz_i, pairs_i (FLOP models)
+    layers: tuple = ()                       # networks: (rows per sample, d_in + 1, d_out) per weighted layer
+    batch: int = 0                           # networks: the mini-batch size of a local step
 
     def point(self, x):
         """The broadcast iterate as the clients compute with it: on the backend, in the federation's dtype."""
@@ -48,6 +51,16 @@ class Federation:
         if 0 < self.tau < self.n_clients and round >= 0:
             active = participants(self.seed, self.n_clients, self.tau, round)[self.client_ids]
         return ClientStreams(self.seed, self.client_ids, round, active)
+
+
+def client_shape(A, offsets) -> np.ndarray:
+    """(clients, 3) per client of a block's rows ``A`` (CSR, client i owning ``offsets[i]:offsets[i+1]``): rows m_i,
+    non-zeros nnz_i and pairs_i = sum_j nnz_ij (nnz_ij + 1) / 2, what a method's FLOP model reads."""
+    n = len(offsets) - 1
+    client = np.repeat(np.arange(n), np.diff(offsets))
+    nnz = np.diff(A.indptr).astype(np.float64)
+    return np.stack([np.diff(offsets).astype(np.float64), np.bincount(client, nnz, minlength=n),
+                     np.bincount(client, nnz * (nnz + 1) / 2, minlength=n)], axis=1)
 
 
 def release_memory() -> None:

@@ -68,7 +68,11 @@ def build_images(spec, comm) -> Federation:
                      f"{source}; model {model.describe()} ({model.n_params} parameters)",
                      tau=spec.tau, m_min=int(sizes.min()), m_max=int(sizes.max()), label_counts=counts,
                      partition=part.info, labels=tuple(range(N_CLASSES)),
-                     x0=np.asarray(model.init(spec.seed), dtype=np.float64), dtype=spec.dtype)
+                     x0=np.asarray(model.init(spec.seed), dtype=np.float64), dtype=spec.dtype,
+                     client_shape=np.stack([sizes[lo:hi], sizes[lo:hi] * int(np.prod(model.input_shape)),
+                                            np.zeros(hi - lo)], axis=1).astype(np.float64),
+                     layers=tuple((rows, *layer.shape) for rows, layer in zip(model.batch_rows(1), model.weighted)),
+                     batch=spec.batch_size)
     Xt, yt, test_source = _images(spec.dataset, "test", spec.seed)
     fed.test = ImageTestSet.share(Xt, yt, model, test_source, backend, comm.rank, comm.size, dtype=dtype)
     fed.test_note = f"test set {test_source}"

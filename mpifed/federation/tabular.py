@@ -16,7 +16,7 @@ from ..comm import client_range
 from ..data.partition import make_partition, parse_spec
 from ..errors import ConfigError, DataError
 from ..problems import BLOCKS
-from .base import LABELS, Federation, release_memory
+from .base import LABELS, Federation, client_shape, release_memory
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,13 +84,15 @@ def build_tabular(spec, comm) -> Federation:
     if spec.intercept:
         A = data.add_intercept(A)
     m_min, m_max = int(sizes.min()), int(sizes.max())
-    block = BLOCKS[spec.problem](scipy.sparse.csr_matrix(A), b, offsets, spec.lam, backend, m_max=m_max)
+    A = scipy.sparse.csr_matrix(A)
+    block = BLOCKS[spec.problem](A, b, offsets, spec.lam, backend, m_max=m_max)
+    shape = client_shape(A, offsets)
     del A
     release_memory()  # parsing and the scatter matrices' construction leave freed heap behind
     client_of_row = np.repeat(np.arange(len(ids)), np.diff(offsets))
     label_counts = np.stack([np.bincount(client_of_row[b == v], minlength=len(ids)) for v in LABELS], axis=1)
     fed = Federation(spec.seed, comm, backend, block, ids, clients, block.d, source, tau=spec.tau, m_min=m_min,
-                     m_max=m_max, label_counts=label_counts, partition=info)
+                     m_max=m_max, label_counts=label_counts, partition=info, client_shape=shape)
     if comm.is_root and spec.problem == "pca":
         fed.test_note = "no test set (--problem pca: the trace's pca_gap measures the run)"
     elif comm.is_root:

@@ -19,6 +19,13 @@ A plan is a TOML file::
 ``mpifed compare PLAN.toml`` checks every run's configuration before the first one starts,
 then runs them in order on all ranks (``mpiexec -n 4 mpifed compare ...``) and prints the
 table that ``mpifed info FOLDER --target T`` prints again later.
+
+Against a baseline (:mod:`mpifed.analysis.baseline`), three more optional keys (``--baseline``, ``--network``
+and ``--metric`` override them)::
+
+    baseline = "gd"               # a run name, or the algorithm of exactly one run
+    networks = ["4g", "3g"]       # re-simulate the wall-clock under these profiles (default: each run's own)
+    metric = "grad_norm"          # or "test_accuracy" (networks: target is then the accuracy to reach)
 """
 from __future__ import annotations
 
@@ -37,15 +44,20 @@ class Plan:
     folder: Path
     target: float
     runs: tuple  # ((name, RunConfig), ...)
+    baseline: str | None = None
+    networks: tuple = ()
+    metric: str = "grad_norm"
 
 
-def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool = False) -> Plan:
-    """Read and check a plan; every run's RunConfig is built (and validated) here."""
+def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool = False, table: bool = False) -> Plan:
+    """Read and check a plan; every run's RunConfig is built (and validated) here (``table``: the traces are only
+    read, so existing ones are expected)."""
     path = Path(path)
     raw = cfgmod.read_toml(path, "plan")
-    unknown = sorted(set(raw) - {"out", "target", "common", "runs"})
+    keys = ("out", "target", "common", "runs", "baseline", "networks", "metric")
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: out, target, common, runs")
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(keys)}")
     runs = raw.get("runs")
     if not isinstance(runs, dict) or not runs:
         raise ConfigError(f"{path}: no [runs.<name>] tables; a plan needs at least one run")
@@ -69,11 +81,24 @@ def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool =
             built.append((name, cfgmod.build(values)))
         except ConfigError as err:
             raise ConfigError(f"{path}: run {name!r}: {err}") from None
-    if not overwrite:
-        existing = [str(c.out) for _, c in built if Path(c.out).exists()]
-        if existing:
-            raise ConfigError(f"output {existing[0]} exists; pass --overwrite to replace the plan's traces")
-    return Plan(folder, float(target), tuple(built))
+    if not overwrite and not table:
+        present = [str(c.out) for _, c in built if Path(c.out).exists()]
+        if present:
+            raise ConfigError(f"output {present[0]} exists; pass --overwrite to replace the plan's traces")
+    metric = raw.get("metric", "grad_norm")
+    if metric not in ("grad_norm", "test_accuracy"):
+        raise ConfigError(f"{path}: metric = {metric!r} is out of range; valid: grad_norm, test_accuracy")
+    networks = raw.get("networks", [])
+    if isinstance(networks, str) or not all(isinstance(n, str) for n in networks):
+        raise ConfigError(f"{path}: networks = {networks!r} is out of range; valid: a list of profile names or paths")
+    return Plan(folder, float(target), tuple(built), raw.get("baseline"), tuple(networks), metric)
+
+
+def existing(plan: Plan, table: bool) -> None:
+    """With ``table`` (print from the traces, run nothing): every run's trace must exist."""
+    missing = [str(c.out) for _, c in plan.runs if not Path(c.out).is_file()]
+    if table and missing:
+        raise ConfigError(f"--table reads the plan's traces, but {missing[0]} does not exist; run the plan first")
 
 
 def run_plan(plan: Plan, comm=None) -> list:

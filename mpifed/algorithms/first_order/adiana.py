@@ -49,6 +49,7 @@ from ...errors import ConfigError
 from ...rng import ClientStreams
 from ..base import Query, Uplink, participation, to_participants
 from .dcgd import make_compressor, message_bits, smoothness, smoothness_init
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,12 @@ def server_step(p: Params, s: ServerState, x, agg):
 def server_resume(p: Params, s: ServerState, x, agg):
     down = to_participants(agg, len(x), p.float_bits)
     return ServerState(s.coef, s.h, s.y, s.z, s.w, s.k), s.x_next, down
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: the gradient at x^k, two differences (2d) and two compressions, h_i += alpha delta (2d); server:
+    the sums and the four-sequence update (about 12 d). When w changes, a query: grad f_i(w) per client.
+    Setup: grad f_i(w^0)."""
+    return fl.Work(fl.loss_grad(s) + 4.0 * s.d + 2.0 * fl.compression(p.C),
+                   fl.aggregate(s, 2.0 * fl.payload(p.C)) + 12.0 * s.d, query=fl.loss_grad(s),
+                   init=fl.loss_grad(s))

@@ -44,6 +44,7 @@ from ...errors import ConfigError
 from ...problems import l1
 from ..base import Uplink, participation, to_participants
 from .gd import smoothness_of_P
+from ...network import flops as fl
 
 
 def make_compressor(opts, fed, method: str, biased_ok: bool = True):
@@ -140,3 +141,8 @@ def server_step(p: Params, state: ServerState, x, agg):
     gamma_k = state.gamma / (1.0 + p.decay * state.k)
     x_next = l1.prox(x - gamma_k * g, gamma_k, p.lam1)
     return replace(state, k=state.k + 1), x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: the gradient and C on it; server: the sum of the compressed gradients and the step (2d)."""
+    return fl.Work(fl.loss_grad(s) + fl.compression(p.C), fl.aggregate(s, fl.payload(p.C)) + 2.0 * s.d)

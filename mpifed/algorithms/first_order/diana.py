@@ -37,6 +37,7 @@ from ...errors import ConfigError
 from ...problems import l1
 from ..base import Uplink, participation, to_participants
 from .dcgd import is_unbiased, make_compressor, message_bits, smoothness, smoothness_init
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,9 @@ def server_step(p: Params, state: ServerState, x, agg):
     h = state.h + p.alpha * total / agg.n
     x_next = l1.prox(x - state.gamma * g, state.gamma, p.lam1)
     return ServerState(state.gamma, h, state.L, state.L_max), x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: the gradient, grad - h_i (d), C, h_i += alpha C(...) (2d); server: the sum, g = h + mean (2d),
+    the step (2d), h += alpha mean (2d)."""
+    return fl.Work(fl.loss_grad(s) + 3.0 * s.d + fl.compression(p.C), fl.aggregate(s, fl.payload(p.C)) + 6.0 * s.d)

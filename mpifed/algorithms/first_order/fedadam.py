@@ -28,6 +28,7 @@ from ...errors import ConfigError
 from . import fedavg
 from ..base import to_participants
 from .fedavg import _or, check_local, check_positive, mean_over_participants
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,8 @@ def server_step(p: Params, state: ServerState, x, agg):
     m = p.beta1 * state.m + (1 - p.beta1) * delta
     v = p.beta2 * state.v + (1 - p.beta2) * delta ** 2
     return ServerState(m, v), x + p.eta * m / (np.sqrt(v) + p.eps), to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's client; the server's Adam moments, square root and division (about 10 d)."""
+    return fedavg.local_flops(p.K, s, server=10.0 * s.d)

@@ -52,6 +52,7 @@ from ... import tri
 from ...errors import ConfigError
 from ...problems import l1
 from ..base import Uplink, participation, to_participants
+from ...network import flops as fl
 
 DEFAULT_K = 5  # local steps when --local-steps is not given (K = 1 would be plain GD)
 
@@ -192,3 +193,15 @@ def server_step(p: Params, t, x, agg):
     eta_t = p.eta_l / (1.0 + p.decay * t)
     x_next = l1.prox(x + p.eta_g * mean_over_participants(agg, "delta"), p.eta_g * p.K * eta_t, p.lam1)
     return t + 1, x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def local_flops(K: int, s, per_step: float = 0.0, server: float = 0.0, floats: int = 1) -> fl.Work:
+    """K local gradient steps (the gradient and y - eta g, 2d, plus ``per_step``), sending ``floats`` d-vectors;
+    the server sums them and takes its step (2d, plus ``server``). Shared by the local-step methods."""
+    return fl.Work(K * (fl.loss_grad(s) + 2.0 * s.d + per_step) + s.d * floats,
+                   fl.aggregate(s, floats * s.d) + 2.0 * s.d + server)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local gradient steps and the move Delta_i (d); the server's mean and step."""
+    return local_flops(p.K, s)

@@ -23,6 +23,7 @@ from ...errors import ConfigError
 from . import fedavg
 from ..base import to_participants
 from .fedavg import _or, check_local, check_positive, mean_over_participants
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,8 @@ def server_init(p: Params, agg, x0):
 def server_step(p: Params, state: ServerState, x, agg):
     v = p.beta * state.v + mean_over_participants(agg, "delta")
     return ServerState(v), x + p.eta * v, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's client; the server's momentum buffer adds 3d."""
+    return fedavg.local_flops(p.K, s, server=3.0 * s.d)

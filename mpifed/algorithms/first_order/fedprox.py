@@ -23,6 +23,7 @@ from ...errors import ConfigError
 from . import fedavg
 from ..base import to_participants
 from .fedavg import _or, check_local, local_gd, local_step, mean_over_participants, participants_uplink
+from ...network import flops as fl
 
 DEFAULT_MU = 0.01
 
@@ -65,3 +66,8 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, state, x, agg):
     """x^{t+1} = mean_S y_i^K = x^t + mean_S Delta_i."""
     return state, x + mean_over_participants(agg, "delta"), to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's client plus the proximal term mu (y - x) in every local step (3d)."""
+    return fedavg.local_flops(p.K, s, per_step=3.0 * s.d)

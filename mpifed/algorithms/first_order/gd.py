@@ -12,6 +12,7 @@ import numpy as np
 
 from ... import tri
 from ..base import Uplink, bits_for
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,9 @@ def client_step(p: Params, block, state, x, streams):
 
 def server_step(p: Params, state: ServerState, x, agg):
     return state, x - state.gamma * agg.grad / agg.n, len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i and grad f_i; server: the sum and x - gamma g (2d). (The setup's Gram matrices for L are a
+    simulator's convenience, not an exchange, and cost no simulated time.)"""
+    return fl.Work(fl.loss_grad(s), fl.aggregate(s, s.d) + 2.0 * s.d)

@@ -36,6 +36,7 @@ from ...errors import ConfigError
 from . import fedavg
 from ..base import Query, Uplink, participation, to_participants
 from .fedavg import _or, check_local, check_positive, local_gd, mean_over_participants, participants_uplink
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,9 @@ def client_query(p: Params, block, state: ClientState, point, streams):
 def server_resume(p: Params, state, x, agg):
     server, x_next = state
     return server, x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Local steps with the correction c - c_i (d each), two d-vectors sent; the server updates x and
+    c (4d). The query that sends c^{t+1} costs the clients nothing but storing it."""
+    return fedavg.local_flops(p.K, s, per_step=s.d, server=2.0 * s.d, floats=2)

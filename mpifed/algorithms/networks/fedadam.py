@@ -31,6 +31,8 @@ from ..base import to_participants
 from ..first_order.fedavg import _or
 from .fedavg import client_step  # noqa: F401  (FedAvg's clients)
 from .local import COMMON_USES, client_init, client_metrics, common_fields, timing_report  # noqa: F401
+from ...network import flops as fl
+from .local import sgd_flops
 
 DEFAULT_SERVER_LR = 0.1  # as :mod:`.fedadam`
 
@@ -65,3 +67,8 @@ def server_step(p: Params, state: ServerState, x, agg):
     v = p.beta2 * state.v + (1 - p.beta2) * delta ** 2
     return (ServerState(m, v, timing_report(agg)), x + p.eta * m / (np.sqrt(v) + p.eps),
             to_participants(agg, len(x), p.float_bits))
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's client; the server's Adam update (about 10 d)."""
+    return sgd_flops(p.K, s, server=10.0 * s.d)

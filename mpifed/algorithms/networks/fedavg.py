@@ -18,6 +18,8 @@ from .local import COMMON_USES, Clock, common_fields, local_step, start, timing_
 from .local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 from ..base import to_participants
 from ..first_order.fedavg import _or, check_local, check_positive
+from ...network import flops as fl
+from .local import sgd_flops
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,8 @@ def server_step(p, state, x, agg):
     """x^{t+1} = x^t + eta_g mean_S Delta_i."""
     state.report = timing_report(agg)
     return state, x + p.eta_g * agg.fields["delta"] / agg.participants, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local SGD steps; the server averages."""
+    return sgd_flops(p.K, s)

@@ -25,6 +25,8 @@ from ..base import to_participants
 from ..first_order.fedavg import _or
 from .fedavg import client_step  # noqa: F401  (FedAvg's clients)
 from .local import COMMON_USES, client_init, client_metrics, common_fields, timing_report  # noqa: F401
+from ...network import flops as fl
+from .local import sgd_flops
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,8 @@ def server_step(p: Params, state: ServerState, x, agg):
     """v = beta v + mean_S Delta_i; x^{t+1} = x^t + eta v."""
     v = p.beta * state.v + agg.fields["delta"] / agg.participants
     return ServerState(v, timing_report(agg)), x + p.eta * v, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's client; the server's momentum (3d)."""
+    return sgd_flops(p.K, s, server=3.0 * s.d)

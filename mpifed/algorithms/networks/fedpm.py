@@ -29,6 +29,8 @@ from ..base import Uplink, to_participants
 from .local import Clock, start, timing_report, uplink
 from .local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
 from .localnewton import Params as _LocalNewtonParams, local_foof
+from ...network import flops as fl
+from .local import foof_flops
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,14 @@ def server_step(p, state, x, agg):
     state.report = timing_report(agg)
     x_next = np.concatenate([w.ravel() for w in out])
     return state, x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local FOOF steps, then P_i theta_i per layer (from the batch rows: 4 R (d_in + 1) d_out); the participants
+    send theta_i, P_i theta_i and their factors (the cheaper of R rows and the triangle, per layer); the server sums
+    them and solves with the mean factor of every layer (dense, or Woodbury on the tau participants' stacked rows)."""
+    sent = sum(min(s.batch * rows * din, din * (din + 1) // 2) for rows, din, _ in s.layers)
+    product = sum(4.0 * s.batch * rows * din * dout for rows, din, dout in s.layers)
+    client = foof_flops(p.K, s) + product + s.d
+    server = fl.aggregate(s, 2 * s.d + sent) + fl.foof_solve(s, stacked=s.tau)
+    return fl.Work(fl.per_client(client, s), server)

@@ -23,6 +23,8 @@ from ..base import to_participants
 from ..first_order.fedavg import _or
 from .local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
 from .local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
+from ...network import flops as fl
+from .local import sgd_flops
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,8 @@ def server_step(p, state, x, agg):
     """x^{t+1} = mean_S y_i^K = x^t + mean_S Delta_i."""
     return (ServerState(timing_report(agg)), x + agg.fields["delta"] / agg.participants,
             to_participants(agg, len(x), p.float_bits))
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg plus the proximal term (3d) in every local step."""
+    return sgd_flops(p.K, s, per_step=3.0 * s.d)

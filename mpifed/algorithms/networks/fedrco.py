@@ -67,6 +67,7 @@ from ..first_order.fedavg import _or, check_local
 from .local import (COMMON_USES, DEFAULT_BATCH, FEDRCO_K, FEDRCO_STEP, Clock, common_fields, local_step, start,
                     timing_report, uplink)
 from .local import client_metrics  # noqa: F401  (x^R's row: metrics only)
+from ...network import flops as fl
 
 XI = 1e-12  # xi of eq. 10
 HISTORIES = ("run", "round")  # --monitor-history: H kept across rounds, or emptied when a client starts its round
@@ -315,3 +316,17 @@ def server_step(p, state, x, agg):
     norms = {k: float(v.max()) for k, v in agg.gathered.items() if k.startswith(("precond_max_", "step_max"))}
     state.report.update(norms, precond_max=max(v for k, v in norms.items() if k.startswith("precond_max_")))
     return state, agg.fields["theta"] / agg.participants, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Per participant: the curvature-preserving aggregation's two accuracies on ``eval_batch`` samples (two
+    forward passes) and the mix (3d); K local steps, each an SGD step, both K-FAC factors with their EMA, the
+    preconditioned gradient A^{-1} grad G^{-1} and the monitor's norm (2d); the damped inverses every T_inv local
+    steps of the client, amortised at K / T_inv per round (the first, at a client's first step or after a reset,
+    included in that average). The server averages the models."""
+    sample = fl.forward(s)
+    aggregation = (2.0 * p.eval_batch * sample + 3.0 * s.d) if p.aggregation == "curvature" else 0.0
+    step = (fl.network_step(s) + fl.foof_factors(s) + fl.gradient_factors(s) + fl.preconditioned_update(s, True)
+            + 2.0 * s.d)
+    inverses = p.K / p.T_inv * fl.factor_inverses(s, outputs=True)
+    return fl.Work(fl.per_client(aggregation + p.K * step + inverses + s.d, s), fl.aggregate(s, s.d) + s.d)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..base import Uplink, participation
+from ...network import flops as fl
 
 DEFAULT_K = 5
 DEFAULT_BATCH = 32
@@ -127,3 +128,16 @@ def client_init(p, block, x0, streams):
 
 def server_init(p, agg, x0):
     return ServerState({})
+
+
+def sgd_flops(K: int, s, per_step: float = 0.0, server: float = 0.0, floats: int = 1) -> fl.Work:
+    """K local mini-batch SGD steps (:func:`~mpifed.network.flops.network_step`, plus ``per_step``) on a network,
+    sending ``floats`` parameter vectors; the server sums them and steps (2d, plus ``server``)."""
+    return fl.Work(fl.per_client(K * (fl.network_step(s) + per_step) + s.d * floats, s),
+                   fl.aggregate(s, floats * s.d) + 2.0 * s.d + server)
+
+
+def foof_flops(K: int, s) -> float:
+    """K local FOOF steps: the SGD step and each layer's damped solve with its batch factor a^T a
+    (:func:`~mpifed.network.flops.foof_solve`: dense or Woodbury, whichever is cheaper)."""
+    return K * (fl.network_step(s) + fl.foof_solve(s))

@@ -21,6 +21,8 @@ from ..base import to_participants
 from ..first_order.fedavg import _or, check_local
 from .local import COMMON_USES, FOOF_STEP, Clock, common_fields, local_step, start, timing_report, uplink
 from .local import ServerState, client_init, client_metrics, server_init  # noqa: F401  (stateless clients)
+from ...network import flops as fl
+from .local import foof_flops
 
 DEFAULT_DAMPING = 0.03  # FedRCO App. E.3, "damping eps = 0.03 for all second-order methods"
 
@@ -74,3 +76,8 @@ def server_step(p, state, x, agg):
     """Simple mixing: theta^{t+1} = mean_S theta_i^{(t,K)}."""
     state.report = timing_report(agg)
     return state, agg.fields["theta"] / agg.participants, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local FOOF steps (:func:`.local.foof_flops`); the server averages the models."""
+    return fl.Work(fl.per_client(foof_flops(p.K, s) + s.d, s), fl.aggregate(s, s.d) + s.d)

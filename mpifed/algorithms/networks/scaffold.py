@@ -36,6 +36,8 @@ from ..first_order.fedavg import _or
 from .fedprox import local_sgd
 from .local import Clock, client_metrics, common_fields, start, timing_report, uplink  # noqa: F401
 from ..first_order.scaffold import ClientState, client_init, client_query  # noqa: F401  (c_i (n, P) and c (P,))
+from ...network import flops as fl
+from .local import sgd_flops
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,8 @@ def server_step(p: Params, state: ServerState, x, agg):
 def server_resume(p: Params, state, x, agg):
     server, x_next = state
     return server, x_next, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Local steps with the correction (d each), two parameter vectors sent; the server updates x and c."""
+    return sgd_flops(p.K, s, per_step=s.d, server=2.0 * s.d, floats=2)

@@ -31,7 +31,8 @@ from ...errors import ConfigError
 from ...problems.logistic import PHI_THIRD_MAX
 from . import nl1, nl2
 from ..base import Aggregate
-from .fednl_cr import cubic_step
+from .fednl_cr import SECULAR_FLOPS, cubic_step
+from ...network import flops as fl
 
 
 
@@ -89,3 +90,11 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     d = len(x)
     s = cubic_step(nl2.step_matrix(p, state.learned, agg), agg.grad / agg.n, state.H_star)
     return ServerState(nl2.learned(state.learned, agg, d), state.H_star), x + s, d * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """NL2's round (:func:`.nl2.flops`) with the cubic step in place of the Cholesky solve: an eigendecomposition
+    and the secular equation (:data:`.fednl_cr.SECULAR_FLOPS` per entry). Setup: NL2's and R_i (2 nnz)."""
+    base = nl2.flops(p, s)
+    server = base.server - fl.cholesky_solve(s.d) + fl.eigen_solve(s.d) + SECULAR_FLOPS * s.d
+    return fl.Work(base.step, server, init=base.init + 2.0 * s.nnz, init_server=base.init_server)

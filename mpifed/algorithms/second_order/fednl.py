@@ -49,6 +49,7 @@ from ...errors import ConfigError
 from . import fednl_diag, fednl_lm
 from .fednl_solve import cg_solve, diagonal_solve
 from ..base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_projected, solve_spd
+from ...network import flops as fl
 
 DIAGONAL_COMPRESSOR = "topk:k=0.25d"  # --hessian diagonal: a quarter of the d entries (the matrix default, 8d, exceeds d)
 CG_ITERATIONS = 20  # --solver cg without --cg-iterations (the blog's cg_iterations = 20)
@@ -225,3 +226,23 @@ def newton_step(p: Params, H, g, agg: Aggregate, report: dict, shift: float = 0.
     if p.option == 1:
         return solve_projected(H, g, p.mu, report)
     return solve_spd(H, g, shift=shift, what="H^k + l^k I")
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Setup: H_i^0 (gradient and Hessian). A round: gradient and Hessian, the difference (T), l_i (2T, Option 2),
+    C (:func:`~mpifed.network.flops.compression`), H_i += alpha S_i (one add per sent entry); the server sums the
+    messages, updates H (T), unpacks it and solves (Cholesky, or the eigendecomposition of Option 1)."""
+    return fl.Work(client_round(p.compressor, p.option, s), server_round(p.compressor, p.option, s),
+                   init=fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T))
+
+
+def client_round(C, option: int, s) -> "np.ndarray":
+    """The FedNL client step's FLOPs (shared by FedNL-LS, -CR, -BC)."""
+    return (fl.loss_grad(s) + fl.hessian(s) + s.T + (2.0 * s.T if option == 2 else 0.0) + fl.compression(C)
+            + fl.payload(C))
+
+
+def server_round(C, option: int, s) -> float:
+    """The FedNL server step's FLOPs: sums, H update, unpack, solve."""
+    solve = fl.eigen_solve(s.d) if option == 1 else fl.cholesky_solve(s.d)
+    return fl.aggregate(s, s.d + 1 + fl.payload(C)) + s.T + fl.unpack(s.d) + solve + s.d

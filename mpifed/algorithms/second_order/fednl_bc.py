@@ -43,6 +43,7 @@ from ...errors import ConfigError
 from ...rng import ClientStreams
 from . import fednl
 from ..base import Aggregate
+from ...network import flops as fl
 
 COIN_STREAM = "fednl-bc:xi"
 
@@ -127,3 +128,12 @@ def server_step(p: Params, state: ServerState, w, agg: Aggregate):
     down = float(message.value_bits[0] + message.index_bits[0]) + (1.0 if p.p < 1.0 else 0.0)
     H_next = state.H + p.fednl.alpha * agg.mean("S")
     return ServerState(H_next, z, grad_z, state.k + 1, report), w_next, down
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedNL's client round at w^k (the gradient is computed every round, sent when the coin says so); the
+    server's FedNL solve plus the model's compression Q on the d-vector and w += eta s (2d)."""
+    f = p.fednl
+    return fl.Work(fednl.client_round(f.compressor, f.option, s) + s.d,
+                   fednl.server_round(f.compressor, f.option, s) + fl.compression(p.Q) + 2.0 * s.d,
+                   init=fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T))

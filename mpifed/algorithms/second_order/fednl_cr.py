@@ -31,6 +31,7 @@ from . import fednl
 from ...problems.logistic import PHI_THIRD_MAX
 from ...errors import ConfigError
 from ..base import Aggregate, SolverError
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,15 @@ def server_step(p: Params, state: fednl.ServerState, x, agg: Aggregate):
     h = cubic_step(A, agg.grad / agg.n, p.L)
     H_next = state.H + p.fednl.alpha * agg.mean("S")
     return fednl.ServerState(H_next, {"cubic_step_norm": float(np.linalg.norm(h))}), x + h, len(x) * p.fednl.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedNL Option 2's client round; the server's cubic step eigendecomposes H^k + l^k I (9 d^3) and solves the
+    secular equation (:data:`SECULAR_FLOPS` per entry)."""
+    f = p.fednl
+    server = fednl.server_round(f.compressor, 2, s) - fl.cholesky_solve(s.d) + fl.eigen_solve(s.d) + SECULAR_FLOPS * s.d
+    return fl.Work(fednl.client_round(f.compressor, 2, s), server, init=fl.loss_grad(s) + fl.hessian(s),
+                   init_server=fl.aggregate(s, s.T))
+
+
+SECULAR_FLOPS = 100  # a few tens of Newton iterations on the secular equation, a few FLOPs per eigenvalue each

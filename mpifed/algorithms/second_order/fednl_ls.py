@@ -51,6 +51,7 @@ import numpy as np
 from ...errors import MpifedError
 from . import fednl
 from ..base import Aggregate, Query, Uplink, bits_for
+from ...network import flops as fl
 
 
 RESOLUTION = 2.0**-40
@@ -136,3 +137,12 @@ def server_resume(p: Params, trial: Trial, x, agg: Aggregate):
     t *= p.gamma
     return Query(x + t * trial.direction, dataclasses.replace(trial, t=t, backtracks=trial.backtracks + 1),
                  p.fednl.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedNL's round (:func:`.fednl.flops`) plus <g, d> (2d) on the server; each trial (a query): f_i at the
+    trial point on every client, the trial point (2d), the sum and the Armijo test on the server."""
+    f = p.fednl
+    return fl.Work(fednl.client_round(f.compressor, f.option, s), fednl.server_round(f.compressor, f.option, s) + 2.0 * s.d,
+                   query=fl.loss_only(s) + 2.0 * s.d, query_server=fl.aggregate(s, 1) + 4.0,
+                   init=fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T))

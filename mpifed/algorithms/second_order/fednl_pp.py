@@ -44,6 +44,7 @@ from . import fednl
 from .fednl_solve import cg_solve
 from ..base import Aggregate, BlockSums, Uplink, bits_for, clients_per_chunk, hessians_in_chunks, solve_spd
 from ..base import to_participants
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -136,3 +137,14 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     else:
         x_next = solve_spd(tri.unpack(H, len(x)), g, shift=l, what="H^k + l^k I")
     return ServerState(H, l, g), x_next, to_participants(agg, len(x), p.fednl.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """A participant: gradient and Hessian at w_i, C, H_i += alpha S_i, l_i (2T), g_i = (H_i + l_i I) w_i - grad
+    (a packed product, 2 d^2); the server: the sums of the tau messages, updates and a Cholesky solve. Setup:
+    H_i^0 and g_i^0."""
+    C = p.fednl.compressor
+    client = fl.loss_grad(s) + fl.hessian(s) + s.T + fl.compression(C) + fl.payload(C) + 2.0 * s.T + 2.0 * s.d * s.d
+    server = fl.aggregate(s, s.d + 1 + fl.payload(C)) + s.T + 2.0 * s.d + fl.unpack(s.d) + fl.cholesky_solve(s.d)
+    return fl.Work(client, server, init=fl.loss_grad(s) + fl.hessian(s) + 2.0 * s.d * s.d,
+                   init_server=fl.aggregate(s, s.T + s.d))

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from ... import tri
 from ..base import Aggregate, BlockSums, Uplink, bits_for, solve_spd, to_participants
-from .localnewton import check_local, local_newton_in_chunks, taking_part
+from .localnewton import check_local, local_newton_flops, local_newton_in_chunks, taking_part
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,10 @@ def server_step(p: Params, state, x, agg: Aggregate):
     P = tri.unpack(agg.fields["P"], len(x))  # the 1/|S| factors cancel
     step = solve_spd(P, agg.fields["P_moved"], what="P^(t) = mean of the participants' P_i")
     return state, x + step, to_participants(agg, len(x), p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local Newton steps (:func:`.localnewton.local_newton_flops`), then P_i (theta_i - theta) (2 d^2); the
+    server sums d + 2T floats per participant (theta-move, P_i, P_i theta_i) and solves with P (Cholesky)."""
+    client = local_newton_flops(p.K, s) + 2.0 * s.d * s.d
+    return fl.Work(client, fl.aggregate(s, s.d + s.T) + fl.unpack(s.d) + fl.cholesky_solve(s.d) + s.d)

@@ -30,6 +30,7 @@ import scipy.linalg
 from ... import tri
 from ...errors import ConfigError
 from ..base import SolverError, Uplink, bits_for, client_chunks, to_participants
+from ...network import flops as fl
 
 MAX_BACKTRACKS = 30  # steps down to eta gamma^29 (about 2e-9 eta for gamma = 1/2)
 
@@ -178,3 +179,15 @@ def server_step(p: Params, state, x, agg):
 def taking_part(block, streams):
     """1.0 for the round's participants, 0.0 for the others (who send nothing), on the block's backend."""
     return block.bk.xp.asarray(streams.active, dtype=block.bk.xp.float64)
+
+
+def local_newton_flops(K: int, s, line_search: bool = False) -> "np.ndarray":
+    """K local Newton steps: gradient, Hessian, unpack, Cholesky solve and the step (2d) each; with the local
+    line search one trial f_i per step (the first trial is usually accepted near x*)."""
+    step = fl.loss_grad(s) + fl.hessian(s) + fl.unpack(s.d) + fl.cholesky_solve(s.d) + 2.0 * s.d
+    return K * (step + (fl.loss_only(s) if line_search else 0.0))
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local Newton steps per participant; the server averages the models."""
+    return fl.Work(local_newton_flops(p.K, s, p.line_search), fl.aggregate(s, s.d) + s.d)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ... import tri
 from ..base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_spd
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,8 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, state, x, agg: Aggregate):
     H = tri.unpack(agg.mean("hess"), len(x))
     return state, x - solve_spd(H, agg.grad / agg.n, what="grad^2 P(x^k)"), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i, grad f_i and the packed Hessian; server: the sums, then a Cholesky solve."""
+    return fl.Work(fl.loss_grad(s) + fl.hessian(s), fl.aggregate(s, s.d + s.T) + fl.unpack(s.d) + fl.cholesky_solve(s.d))

@@ -21,6 +21,7 @@ import scipy.linalg
 from ... import tri
 from ...errors import ConfigError
 from ..base import Aggregate, BlockSums, SolverError, Uplink, bits_for, client_chunks
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,10 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     step = scipy.linalg.cho_solve(state.factor, agg.grad / agg.n, check_finite=False)
     return state, x - step, len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Setup: grad^2 f_i(x*) and grad f_i(x^0) per client, the server's sum and one Cholesky factor; a round: the
+    gradient, and two triangular solves with the kept factor."""
+    return fl.Work(fl.loss_grad(s), fl.aggregate(s, s.d) + 2.0 * s.d * s.d,
+                   init=2 * fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T) + s.d**3 / 3.0)

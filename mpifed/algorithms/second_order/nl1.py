@@ -48,6 +48,7 @@ from ... import tri
 from ...errors import ConfigError
 from ..base import Aggregate, BlockSums, Uplink, bits_for, coefficient_hessians_in_chunks
 from .lowrank import LowRankSPD
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,14 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     d = len(x)
     H = state.H.update(agg.gathered["vectors"].reshape(-1, d), agg.gathered["weight"].reshape(-1) / agg.n)
     return ServerState(H), x_next, d * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """A round: gradient and the coefficients h_i(x^k) (phi'' per row), r coefficient changes (3 each); the
+    server solves with its factorization (2 d^2 per kept rank-one term, about the r tau changes per round, and
+    a d x d solve) and applies the r tau rank-one updates (4 d^2 each). Setup: H_i^0 from the coefficients."""
+    changes = p.r * p.p * s.tau
+    return fl.Work(fl.loss_grad(s) + fl.ELEMENTARY * s.m + 3.0 * p.r,
+                   fl.aggregate(s, s.d + p.r * (s.d + 1)) + fl.cholesky_solve(s.d) + 6.0 * s.d * s.d * changes,
+                   init=fl.loss_grad(s) + fl.ELEMENTARY * s.m + fl.coefficient_hessian(s),
+                   init_server=fl.aggregate(s, s.T) + s.d**3 / 3.0)

@@ -46,6 +46,7 @@ from ...errors import MpifedError
 from . import nl1
 from ..base import Aggregate, BlockSums, Uplink, bits_for, coefficient_hessians_in_chunks, solve_spd
 from .lowrank import weighted_gram
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,14 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
     d = len(x)
     step = solve_spd(step_matrix(p, state, agg), agg.grad / agg.n, what="beta^k A^k - 2 gamma G + lam I")
     return learned(state, agg, d), x - step, d * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """A round: gradient, coefficients, beta_i (3 per row), r changes; the server: the rank-one updates of A
+    (2 d^2 each), beta A - 2 gamma G + lam I (3 d^2) and a Cholesky solve. Setup: A_i^0 and G_i."""
+    changes = p.r * p.p * s.tau
+    return fl.Work(fl.loss_grad(s) + (fl.ELEMENTARY + 3.0) * s.m + 3.0 * p.r,
+                   fl.aggregate(s, s.d + 1 + p.r * (s.d + 1)) + 2.0 * s.d * s.d * changes + 3.0 * s.d * s.d
+                   + fl.cholesky_solve(s.d),
+                   init=fl.loss_grad(s) + fl.ELEMENTARY * s.m + 2.0 * fl.coefficient_hessian(s),
+                   init_server=fl.aggregate(s, 2.0 * s.T))
