@@ -27,6 +27,7 @@ IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not give
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
 PROBLEMS = ("logistic",)
+DIAGONALS = ("exact", "hutchinson")  # Fed-Sophia's curvature diagonal on the logistic problem (--diagonal)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -40,6 +41,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "local_steps", "local_line_search", "participation", "ls_c", "ls_gamma", "hessian_lipschitz",
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
                  "beta1", "beta2", "adam_eps", "step_decay",
+                 # approximate Newton (CG on Hessian-vector products), FedCurv, Fed-Sophia
+                 "cg_iterations", "line_search", "curv_lambda", "diagonal", "clip", "hessian_every",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -84,6 +87,12 @@ class RunConfig:
     beta2: float | None = None
     adam_eps: float | None = None
     step_decay: float | None = None
+    cg_iterations: int | None = None
+    line_search: bool | None = None
+    curv_lambda: float | None = None
+    diagonal: str | None = None
+    clip: float | None = None
+    hessian_every: int | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -203,6 +212,11 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.eval_every >= 1, "eval_every", "an integer >= 1")
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
+    need(c.cg_iterations is None or c.cg_iterations >= 1, "cg_iterations", "an integer q >= 1")
+    need(c.curv_lambda is None or c.curv_lambda >= 0, "curv_lambda", "lambda >= 0 (0: FedAvg)")
+    need(c.diagonal in (None, *DIAGONALS), "diagonal", ", ".join(DIAGONALS))
+    need(c.clip is None or c.clip > 0, "clip", "rho > 0")
+    need(c.hessian_every is None or c.hessian_every >= 1, "hessian_every", "an integer tau >= 1")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
     need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")

@@ -1,4 +1,4 @@
-"""The methods, grouped by family: ``second_order/``, ``first_order/`` and ``networks/`` (``--model``).
+"""The methods, grouped by family: ``second_order/``, ``approx_newton/``, ``first_order/`` and ``networks/`` (``--model``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -16,6 +16,8 @@ _MODULES = {
     "gd": "first_order.gd", "dcgd": "first_order.dcgd", "diana": "first_order.diana", "adiana": "first_order.adiana",
     "fedavg": "first_order.fedavg", "fedavgm": "first_order.fedavgm", "fedprox": "first_order.fedprox",
     "scaffold": "first_order.scaffold", "fedadam": "first_order.fedadam",
+    "dane": "approx_newton.dane", "giant": "approx_newton.giant", "fedsophia": "approx_newton.fedsophia",
+    "fedcurv": "first_order.fedcurv",
 }
 # --algorithm -> module, with --model (mini-batch clients on mpifed.problems.nn)
 _NN_MODULES = {

@@ -223,6 +223,31 @@ class LogisticBlock:
             return ((self._W * coef)[:, None, :] @ self._A3)[:, 0, :]
         return (self._G @ coef).reshape(self.n, self.d)
 
+    def hvp_each(self, x, V):
+        """grad^2 f_i(x) v_i for each client i with its own vector v_i (V: (n, d)), shape (n, d): from the client's
+        rows only, O(nnz) (sparse) or two batched mat-vecs (dense); the Hessian is never formed."""
+        return self.hvp_from_coefficients(phi_second(self.margins(x), self.bk.xp), V)
+
+    def hvp_from_coefficients(self, h, V):
+        """(1/m_i) sum_j h_ij a_ij (a_ij^T v_i) + lam v_i for each client: :meth:`hvp_each` from given Hessian
+        coefficients h (the coefficient layout of :meth:`derivatives_and_coefficients`), e.g. fixed through a CG solve."""
+        return self._weighted_rows(h * self.margins(V)) + self.lam * V
+
+    def squared_rows(self, coef):
+        """(1/m_i) sum_j coef_ij a_ij * a_ij (elementwise squares) for each client, shape (n, d): the diagonal
+        of (1/m_i) sum_j coef_ij a_ij a_ij^T. Sparse: one bincount over the non-zeros into the client's slots."""
+        xp = self.bk.xp
+        if self.dense:
+            return ((self._W * coef)[:, None, :] @ (self._A3 * self._A3))[:, 0, :]
+        data, rows = self._A.data, self._row_of_nnz
+        w = (coef * self._row_weight())[rows] * data * data
+        flat = self._client_of_nnz * self.d + self._A.indices
+        return xp.bincount(flat, weights=w, minlength=self.n * self.d).reshape(self.n, self.d)
+
+    def _row_weight(self):
+        """1/m_i of each row's client (sparse layout)."""
+        return 1.0 / self.bk.xp.asarray(self.sizes, dtype=np.float64)[self.bk.xp.asarray(self.row_client)]
+
     def hessians_from_coefficients(self, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
         if self.dense:
