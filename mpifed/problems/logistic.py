@@ -244,6 +244,12 @@ class LogisticBlock:
         flat = self._client_of_nnz * self.d + self._A.indices
         return xp.bincount(flat, weights=w, minlength=self.n * self.d).reshape(self.n, self.d)
 
+    def fisher_diagonals(self, X):
+        """The diagonal of each client's empirical Fisher at its own point x_i (X: (n, d)), shape (n, d):
+        (1/m_i) sum_j (phi'(b_ij a_ij^T x_i) a_ij)^2 elementwise, the squared per-row gradients of the data term."""
+        labels = self._b3 if self.dense else self.b
+        return self.squared_rows(phi_prime(labels * self.margins(X), self.bk.xp) ** 2)
+
     def _row_weight(self):
         """1/m_i of each row's client (sparse layout)."""
         return 1.0 / self.bk.xp.asarray(self.sizes, dtype=np.float64)[self.bk.xp.asarray(self.row_client)]
