@@ -24,7 +24,7 @@ _NN_MODULES = {
     "fedavg": "networks.fedavg", "fedavgm": "networks.fedavgm", "fedprox": "networks.fedprox",
     "scaffold": "networks.scaffold", "fedadam": "networks.fedadam", "localnewton": "networks.localnewton",
     "fedpm": "networks.fedpm", "fedrco": "networks.fedrco", "fedrco-ori": "networks.fedrco",
-    "fedcurv": "networks.fedcurv",
+    "fedcurv": "networks.fedcurv", "fedsophia": "networks.fedsophia",
 }
 NN_METHODS = tuple(_NN_MODULES)
 

@@ -67,9 +67,11 @@ class ServerState:
     report: dict
 
 
-def rademacher(streams, d: int, xp=np):
-    """One Rademacher vector per client (n, d) from its own stream ``hutchinson`` of the round."""
-    return xp.asarray(1.0 - 2.0 * (streams.bits("hutchinson", d) & np.uint64(1)).astype(np.float64))
+def rademacher(streams, d: int, xp=np, name: str = "hutchinson", clients=slice(None), dtype=np.float64):
+    """One Rademacher vector per client (n, d) (of the block's ``clients`` only: a host bool mask) from its own
+    stream ``name`` of the round."""
+    bits = streams.bits(name, d)[clients]
+    return xp.asarray(1.0 - 2.0 * (bits & np.uint64(1)).astype(dtype))
 
 
 def diagonals(p: Params, block, x, h, streams):
