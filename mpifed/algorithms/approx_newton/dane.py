@@ -73,11 +73,13 @@ class Params:
 
 @dataclass(frozen=True)
 class ClientRound:
-    """x = w, the clients' gradients and Hessian coefficients at w (None once the local solve is sent)."""
+    """x = w, the clients' gradients and Hessian coefficients at w; whether the next broadcast is the line
+    search's direction."""
 
     x: object
     grad: object
     h: object
+    searching: bool = False
 
 
 def client_init(p: Params, block, x0, streams):
@@ -115,12 +117,12 @@ def local_solve(p: Params, block, state: ClientRound, g):
 
 
 def client_query(p: Params, block, state: ClientRound, point, streams):
-    if state.h is None:  # exchange 3 (line search): the trial values along p
+    if state.searching:  # exchange 3 (line search): the trial values along p
         return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
     xp = block.bk.xp
     z, iterations = local_solve(p, block, state, point)
     values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(state.x, None, None), Uplink(xp.zeros(block.n), None, values, index,
+    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
                                                     {"w": z, "cg": xp.asarray(iterations, dtype=float)[:, None]})
 
 

@@ -68,10 +68,12 @@ def check_q(q) -> None:
 
 @dataclass(frozen=True)
 class ClientRound:
-    """What a block keeps between a round's exchanges: x_t and its Hessian coefficients."""
+    """What a block keeps between a round's exchanges: x_t, its Hessian coefficients, and whether the next
+    broadcast is the line search's direction."""
 
     x: object
     h: object
+    searching: bool = False
 
 
 @dataclass
@@ -99,13 +101,13 @@ def server_step(p: Params, state: ServerState, x, agg):
 
 
 def client_query(p: Params, block, state: ClientRound, point, streams):
-    if state.h is None:  # exchange 3: the line search's trial values along the direction
+    if state.searching:  # exchange 3: the line search's trial values along the direction
         return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
     xp = block.bk.xp
     sol = cg.solve(lambda V: block.hvp_from_coefficients(state.h, V), xp.broadcast_to(point, (block.n, block.d)),
                    p.q, xp=xp)
     values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(state.x, None), Uplink(xp.zeros(block.n), None, values, index,
+    return ClientRound(state.x, None, True), Uplink(xp.zeros(block.n), None, values, index,
                                               {"p": sol.p, "cg": sol.iterations[:, None].astype(float)})
 
 
