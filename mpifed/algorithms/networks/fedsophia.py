@@ -19,7 +19,7 @@ problem's lam is in f_i).
 
 Defaults: beta1 = 0.965 and beta2 = 0.99 (Sophia's code), tau = 10 (``hessian_every``), gamma = 0.01 (Sophia's
 range [0.01, 0.05]), rho = 1, eps = 1e-12, eta = 0.003 (``step_size``; a clipped step moves every weight by at
-most eta rho).
+most eta rho; see :data:`~mpifed.algorithms.networks.local.SOPHIA_STEP`).
 """
 from __future__ import annotations
 
@@ -28,12 +28,11 @@ from dataclasses import dataclass
 
 from ..approx_newton.fedsophia import EPS, rademacher
 from ..first_order.fedavg import _or, check_local, check_positive
-from .local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
+from .local import COMMON_USES, SOPHIA_STEP, Clock, common_fields, local_step, start, timing_report, uplink
 from .local import ServerState, client_metrics, server_init  # noqa: F401
 from ..base import to_participants
 
 DELTA = 1e-3  # finite-difference step of the Hessian-vector product
-DEFAULT_STEP = 0.003
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class Params:
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
-        return cls(**common_fields(opts, fed, default_step=DEFAULT_STEP), eta_g=_or(opts.server_lr, 1.0),
+        return cls(**common_fields(opts, fed, default_step=SOPHIA_STEP), eta_g=_or(opts.server_lr, 1.0),
                    beta1=_or(opts.beta1, 0.965), beta2=_or(opts.beta2, 0.99), gamma=_or(opts.gamma, 0.01),
                    rho=_or(opts.clip, 1.0), every=_or(opts.hessian_every, 10))
 
