@@ -371,3 +371,69 @@ def test_bad_input_is_a_one_line_error_before_round_zero(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")) as err:
         cfgmod.build(values)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ networks: plain client-by-client loops
+NN_SMALL = dict(dataset="mnist-synthetic", model="mlp:hidden=8", partition="iid", reference_iterations=0,
+                batch_size=8, local_steps=3, lam=0.0, quiet=True, seed=3, out=None, clients=4, rounds=3,
+                participation=3)
+
+
+def _nn_setup(conf):
+    fed = build_federation(resolve(cfgmod.build(conf)).data, SerialComm())
+    return fed, np.array(fed.x0, dtype=float)
+
+
+def test_network_fedsophia_matches_the_plain_sophia_loop():
+    """Sophia-H per client: m, h kept across rounds (absent clients' untouched), Hutchinson every tau global steps
+    by a forward difference of gradients with delta = 1e-3, elementwise clip."""
+    conf = {**NN_SMALL, "algorithm": "fedsophia", "hessian_every": 2, "step_size": 0.01, "beta1": 0.9, "beta2": 0.8,
+            "gamma": 0.05, "clip": 0.5}
+    out = run(conf, comm=SerialComm())
+    fed, x = _nn_setup(conf)
+    block, K, P = fed.block, conf["local_steps"], len(x)
+    m, h = np.zeros((block.n, P)), np.zeros((block.n, P))
+    for t in range(conf["rounds"]):
+        s = fed.streams(t)
+        on = np.asarray(s.active, bool)
+        batches = [block.batch(s, k, on) for k in range(K)]
+        ys = []
+        for j, i in enumerate(np.flatnonzero(on)):
+            y = x.copy()
+            for k, (X, lab) in enumerate(batches):
+                g = block.loss_grad(y, X[j], lab[j])[1]
+                m[i] = 0.9 * m[i] + 0.1 * g
+                if (t * K + k) % 2 == 0:
+                    u = 1.0 - 2.0 * (s.bits(f"hutchinson{k}", P)[i] & np.uint64(1)).astype(float)
+                    Hu = (block.loss_grad(y + 1e-3 * u, X[j], lab[j])[1] - g) / 1e-3
+                    h[i] = 0.8 * h[i] + 0.2 * u * Hu
+                y = y - 0.01 * np.clip(m[i] / np.maximum(0.05 * h[i], 1e-12), -0.5, 0.5)
+            ys.append(y)
+        x = x + np.mean(np.array(ys) - x, axis=0)
+    np.testing.assert_allclose(out.x, x, rtol=1e-9, atol=1e-12)
+
+
+def test_network_fedcurv_matches_the_plain_loop():
+    """Penalised local SGD, then u_s = mean over the round's K mini-batches of the squared gradient at theta_s."""
+    lam_c, eta = 0.3, 0.05
+    conf = {**NN_SMALL, "algorithm": "fedcurv", "curv_lambda": lam_c, "step_size": eta}
+    out = run(conf, comm=SerialComm())
+    fed, x = _nn_setup(conf)
+    block, K, P = fed.block, conf["local_steps"], len(x)
+    u, v = np.zeros((block.n, P)), np.zeros((block.n, P))
+    for t in range(conf["rounds"]):
+        U, V = u.sum(axis=0), v.sum(axis=0)
+        s = fed.streams(t)
+        on = np.asarray(s.active, bool)
+        batches = [block.batch(s, k, on) for k in range(K)]
+        ys = []
+        for j, i in enumerate(np.flatnonzero(on)):
+            y = x.copy()
+            for X, lab in batches:
+                g = block.loss_grad(y, X[j], lab[j])[1]
+                y = y - eta * (g + 2 * lam_c * ((U - u[i]) * y - (V - v[i])))
+            u[i] = np.mean([block.loss_grad(y, X[j], lab[j])[1] ** 2 for X, lab in batches], axis=0)
+            v[i] = u[i] * y
+            ys.append(y)
+        x = x + np.mean(np.array(ys) - x, axis=0)
+    np.testing.assert_allclose(out.x, x, rtol=1e-9, atol=1e-12)
