@@ -12,7 +12,6 @@ import scipy.sparse
 from mpifed import config as cfgmod, tri
 from mpifed.algorithms.approx_newton import cg, dane, fedsophia, giant
 from mpifed.comm import SerialComm
-from mpifed.data import load, paper_split, synthetic_clients
 from mpifed.driver import iterate, run
 from mpifed.errors import ConfigError
 from mpifed.federation import build_federation
@@ -20,8 +19,8 @@ from mpifed.plan import resolve
 from mpifed.problems.logistic import LogisticBlock
 from mpifed.rng import ClientStreams, participants
 from sparse_data import sparse_binary
+from test_first_order_local import LAM, client_data, grad  # the plain logistic loss of the first-order tests
 
-LAM = 1e-3
 SYN = {"dataset": "synthetic", "clients": 5, "samples_per_client": 30, "features": 6}
 SPARSE = {"dataset": sparse_binary(), "clients": 6, "samples_per_client": 40}
 BASE = {"quiet": True, "reference_iterations": 0, "out": None, "lam": LAM, "tol": 0.0}
@@ -29,25 +28,8 @@ NN = {"dataset": "mnist-synthetic", "model": "mlp:hidden=8", "clients": 5, "part
       "batch_size": 8, "local_steps": 3, "quiet": True, "out": None}
 
 
-def client_data(cfg):
-    """[(A_i dense, b_i)] of every client of a SYN or SPARSE configuration (equal m_i, in file order)."""
-    n, m = cfg["clients"], cfg["samples_per_client"]
-    if cfg["dataset"] == "synthetic":
-        A, b = synthetic_clients(np.arange(n), m, cfg["features"], 0)
-    else:
-        ds = load(cfg["dataset"])
-        rows = paper_split(ds.A.shape[0], n, m).rows
-        A, b = ds.A[rows], ds.b[rows]
-    A = A.toarray()
-    return [(A[i * m:(i + 1) * m], b[i * m:(i + 1) * m]) for i in range(n)]
-
-
 def loss(A, b, x):
     return np.logaddexp(0.0, -b * (A @ x)).mean() + 0.5 * LAM * x @ x
-
-
-def grad(A, b, x):
-    return A.T @ (-b / (1 + np.exp(b * (A @ x)))) / len(b) + LAM * x
 
 
 def hess(A, b, x):
@@ -384,6 +366,12 @@ def _nn_setup(conf):
     return fed, np.array(fed.x0, dtype=float)
 
 
+def _batches(fed, t, K):
+    """The K mini-batches of round t's participants (rows in participant order)."""
+    s = fed.streams(t)
+    return [fed.block.batch(s, k, np.asarray(s.active, bool)) for k in range(K)]
+
+
 def test_network_fedsophia_matches_the_plain_sophia_loop():
     """Sophia-H per client: m, h kept across rounds (absent clients' untouched), Hutchinson every tau global steps
     by a forward difference of gradients with delta = 1e-3, elementwise clip."""
@@ -394,11 +382,8 @@ def test_network_fedsophia_matches_the_plain_sophia_loop():
     block, K, P = fed.block, conf["local_steps"], len(x)
     m, h = np.zeros((block.n, P)), np.zeros((block.n, P))
     for t in range(conf["rounds"]):
-        s = fed.streams(t)
-        on = np.asarray(s.active, bool)
-        batches = [block.batch(s, k, on) for k in range(K)]
-        ys = []
-        for j, i in enumerate(np.flatnonzero(on)):
+        s, batches, ys = fed.streams(t), _batches(fed, t, K), []
+        for j, i in enumerate(np.flatnonzero(s.active)):
             y = x.copy()
             for k, (X, lab) in enumerate(batches):
                 g = block.loss_grad(y, X[j], lab[j])[1]
@@ -423,11 +408,8 @@ def test_network_fedcurv_matches_the_plain_loop():
     u, v = np.zeros((block.n, P)), np.zeros((block.n, P))
     for t in range(conf["rounds"]):
         U, V = u.sum(axis=0), v.sum(axis=0)
-        s = fed.streams(t)
-        on = np.asarray(s.active, bool)
-        batches = [block.batch(s, k, on) for k in range(K)]
-        ys = []
-        for j, i in enumerate(np.flatnonzero(on)):
+        s, batches, ys = fed.streams(t), _batches(fed, t, K), []
+        for j, i in enumerate(np.flatnonzero(s.active)):
             y = x.copy()
             for X, lab in batches:
                 g = block.loss_grad(y, X[j], lab[j])[1]

@@ -38,9 +38,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError
-from ..base import Query, Uplink, bits_for
+from ..base import Uplink, bits_for
 from . import cg, linesearch
-from .giant import ServerState, _or, check_q
+from .giant import ClientRound, _or, check_q, step_along
+from .giant import client_init, client_step, server_init, server_step  # noqa: F401  (exchange 1 is GIANT's)
 
 DEFAULT_T, DEFAULT_Q = 1, 100
 
@@ -71,36 +72,6 @@ class Params:
                    _or(opts.ls_c, linesearch.DEFAULT_C), _or(opts.ls_gamma, linesearch.DEFAULT_GAMMA), opts.float_bits)
 
 
-@dataclass(frozen=True)
-class ClientRound:
-    """x = w, the clients' gradients and Hessian coefficients at w; whether the next broadcast is the line
-    search's direction."""
-
-    x: object
-    grad: object
-    h: object
-    searching: bool = False
-
-
-def client_init(p: Params, block, x0, streams):
-    return None, None
-
-
-def server_init(p: Params, agg, x0):
-    return ServerState({})
-
-
-def client_step(p: Params, block, state, x, streams):
-    loss, grad, h = block.derivatives_and_coefficients(x)
-    values, index = bits_for(block.n, block.d + int(p.line_search), p.float_bits)
-    return ClientRound(x, grad, h), Uplink(loss, grad, values, index)
-
-
-def server_step(p: Params, state: ServerState, x, agg):
-    g = agg.grad / agg.n
-    return Query(g, (g, agg.loss / agg.n), len(x) * p.float_bits)
-
-
 def local_solve(p: Params, block, state: ClientRound, g):
     """(the clients' w_i (n, d), their CG iterations (n,)): T Newton-CG steps on (*)."""
     xp = block.bk.xp
@@ -129,10 +100,5 @@ def client_query(p: Params, block, state: ClientRound, point, streams):
 def server_resume(p: Params, state, x, agg):
     if isinstance(state, linesearch.Search):
         return linesearch.finish(state, x, agg, p.c, p.gamma, p.float_bits)
-    g, f0 = state
-    report = {"local_iterations": float(agg.fields["cg"][0]) / agg.n}
-    direction = x - agg.mean("w")
-    if not p.line_search:
-        report["step_length"] = 1.0
-        return ServerState(report), agg.mean("w"), len(x) * p.float_bits
-    return linesearch.start(x, direction, g, f0, p.c, report, ServerState(report), p.float_bits)
+    w = agg.mean("w")
+    return step_along(p, state, x, agg, x - w, unit=w)

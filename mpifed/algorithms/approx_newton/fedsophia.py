@@ -31,7 +31,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ..base import Uplink, bits_for
-from ..networks.local import _or
+from ..first_order.fedavg import _or
 
 EPS = 1e-12
 

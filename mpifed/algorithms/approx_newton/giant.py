@@ -68,10 +68,11 @@ def check_q(q) -> None:
 
 @dataclass(frozen=True)
 class ClientRound:
-    """What a block keeps between a round's exchanges: x_t, its Hessian coefficients, and whether the next
-    broadcast is the line search's direction."""
+    """What a block keeps between a round's exchanges: x_t, the clients' gradients and Hessian coefficients there,
+    and whether the next broadcast is the line search's direction (DANE's too)."""
 
     x: object
+    grad: object
     h: object
     searching: bool = False
 
@@ -91,8 +92,8 @@ def server_init(p: Params, agg, x0):
 
 def client_step(p: Params, block, state, x, streams):
     loss, grad, h = block.derivatives_and_coefficients(x)
-    values, index = bits_for(block.n, block.d + p.line_search, p.float_bits)
-    return ClientRound(x, h), Uplink(loss, grad, values, index)
+    values, index = bits_for(block.n, block.d + int(p.line_search), p.float_bits)
+    return ClientRound(x, grad, h), Uplink(loss, grad, values, index)
 
 
 def server_step(p: Params, state: ServerState, x, agg):
@@ -107,17 +108,22 @@ def client_query(p: Params, block, state: ClientRound, point, streams):
     sol = cg.solve(lambda V: block.hvp_from_coefficients(state.h, V), xp.broadcast_to(point, (block.n, block.d)),
                    p.q, xp=xp)
     values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(state.x, None, True), Uplink(xp.zeros(block.n), None, values, index,
+    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
                                               {"p": sol.p, "cg": sol.iterations[:, None].astype(float)})
 
 
 def server_resume(p: Params, state, x, agg):
     if isinstance(state, linesearch.Search):
         return linesearch.finish(state, x, agg, p.c, p.gamma, p.float_bits)
-    g, f0 = state
-    direction = agg.mean("p")
+    return step_along(p, state, x, agg, agg.mean("p"))
+
+
+def step_along(p, pending, x, agg, direction, unit=None):
+    """After the clients' solves: x - direction (``unit`` when given: the same point as the clients' mean), or the
+    line search along the direction; the round reports the mean CG iterations per client."""
+    g, f0 = pending
     report = {"local_iterations": float(agg.fields["cg"][0]) / agg.n}
     if not p.line_search:
         report["step_length"] = 1.0
-        return ServerState(report), x - direction, len(x) * p.float_bits
+        return ServerState(report), x - direction if unit is None else unit, len(x) * p.float_bits
     return linesearch.start(x, direction, g, f0, p.c, report, ServerState(report), p.float_bits)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..first_order import fedcurv
 from ..first_order.fedcurv import ServerState, client_query, server_resume  # noqa: F401  (U, V broadcasts)
 from .fedavg import Params as FedAvgParams
@@ -51,8 +53,6 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg, x0):
-    import numpy as np
-
     return ServerState(np.zeros(len(x0)), np.zeros(len(x0)), {})
 
 

@@ -27,36 +27,26 @@ import time
 from dataclasses import dataclass
 
 from ..approx_newton.fedsophia import EPS, rademacher
-from ..first_order.fedavg import _or, check_local, check_positive
-from .local import COMMON_USES, SOPHIA_STEP, Clock, common_fields, local_step, start, timing_report, uplink
+from ..first_order.fedavg import _or
+from .fedavg import Params as FedAvgParams
+from .fedavg import server_step  # noqa: F401  (x + eta_g mean_S Delta_i)
+from .local import COMMON_USES, SOPHIA_STEP, Clock, common_fields, local_step, start, uplink
 from .local import ServerState, client_metrics, server_init  # noqa: F401
-from ..base import to_participants
 
 DELTA = 1e-3  # finite-difference step of the Hessian-vector product
 
 
 @dataclass(frozen=True)
-class Params:
-    """eta_l, K, eta_g, tau of n clients (``tau_clients``), float bits, decay c; Sophia's beta1, beta2, gamma,
-    rho and its estimate interval tau (``every``)."""
+class Params(FedAvgParams):
+    """FedAvg's eta_l, K, eta_g, tau of n, float bits, decay c; Sophia's beta1, beta2, gamma, rho and its estimate
+    interval tau (``every``)."""
 
-    eta_l: float
-    K: int
-    eta_g: float = 1.0
-    tau: int = 1
-    n: int = 1
-    float_bits: int = 32
-    decay: float = 0.0
     beta1: float = 0.965
     beta2: float = 0.99
     gamma: float = 0.01
     rho: float = 1.0
     every: int = 10
     uses = COMMON_USES + ("server_lr", "beta1", "beta2", "gamma", "clip", "hessian_every")
-
-    def __post_init__(self):
-        check_local(self)
-        check_positive("server_lr eta_g", self.eta_g)
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
@@ -104,9 +94,3 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     m_all, h_all = state.m.copy(), state.h.copy()
     m_all[idx], h_all[idx] = m, h
     return ClientState(m_all, h_all), uplink(p, block, first, {"delta": y - x}, clock)
-
-
-def server_step(p: Params, state, x, agg):
-    """x^{t+1} = x^t + eta_g mean_S Delta_i."""
-    state.report = timing_report(agg)
-    return state, x + p.eta_g * agg.fields["delta"] / agg.participants, to_participants(agg, len(x), p.float_bits)
