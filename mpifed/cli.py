@@ -25,7 +25,10 @@ from .errors import MpifedError
 HELP = {
     "dataset": ("'synthetic' (default), a registry name (mpifed datasets list), a LIBSVM file path, or an image set "
                 "(mnist, mnist-synthetic: trains --model cnn with fedavg unless given)"),
-    "problem": "the objective on tabular data: logistic (default; L2-regularised logistic regression)",
+    "problem": ("the objective on tabular data: logistic (default; L2-regularised logistic regression) or "
+                "least-squares (ridge regression, the labels as targets; lam = 0 allowed when A^T A is invertible)"),
+    "condition": ("synthetic dataset: scale the features so that their covariance has condition number kappa >= 1 "
+                  "(an ill-conditioned ridge / logistic problem; default: no scaling)"),
     "features": "dimension d of a LIBSVM file (default: the registry's, else the largest index); synthetic: d (20)",
     "clients": "number of clients n (default: the paper's split for a9a, w8a, a7a, phishing; synthetic 32; images 100)",
     "samples_per_client": "rows per client m (paper split: the first n*m rows in file order)",
@@ -49,8 +52,8 @@ HELP = {
                   "FedRCO 0.00625, its paper's App. E.3)"),
     "eta": ("Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1); "
             "DANE: the gradient weight eta (default 1)"),
-    "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default 1/4, the bound of phi''); Fed-Sophia: the "
-              "curvature scale gamma (default 1 on logistic regression, 0.01 on networks)"),
+    "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares); "
+              "Fed-Sophia: the curvature scale gamma (default 1 on tabular problems, 0.01 on networks)"),
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",

@@ -26,8 +26,8 @@ from .errors import ConfigError
 IMAGE_CLIENTS = 100  # clients of an image federation when --clients is not given
 DTYPES = ("float64", "float32")  # a network's client arithmetic (--dtype); the convex problems are float64
 # --problem: the objective on tabular data (a --model run trains a network instead); mpifed.problems.BLOCKS builds it
-PROBLEMS = ("logistic",)
-DIAGONALS = ("exact", "hutchinson")  # Fed-Sophia's curvature diagonal on the logistic problem (--diagonal)
+PROBLEMS = ("logistic", "least-squares")
+DIAGONALS = ("exact", "hutchinson")  # Fed-Sophia's curvature diagonal on the tabular problems (--diagonal)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -60,6 +60,7 @@ class RunConfig:
     samples_per_client: int | None = None
     shuffle: int | None = None
     intercept: bool = False
+    condition: float | None = None
     lam: float = 1e-3
     algorithm: str = "fednl"
     compressor: str | None = None
@@ -186,6 +187,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.clients is None or c.clients >= 1, "clients", "an integer >= 1")
     need(c.samples_per_client is None or c.samples_per_client >= 1, "samples_per_client", "an integer >= 1")
     need(c.features is None or c.features >= 1, "features", "an integer >= 1")
+    need(c.condition is None or c.condition >= 1, "condition", "kappa >= 1 (the synthetic features' covariance)")
+    need(c.condition is None or c.dataset == "synthetic", "condition", "only with --dataset synthetic")
     need(c.alpha is None or c.alpha > 0, "alpha", "alpha > 0")
     need(c.option in (None, 1, 2), "option", "1 (projection [H]_mu) or 2 (H + l I)")
     need(c.step_hessian in (None, "previous", "updated"), "step_hessian", "previous (paper) or updated (u-FedNL)")

@@ -443,7 +443,8 @@ def _open_trace(fed: Federation, config, params, f_star, x_star, histogram):
         if fed.validation is not None:
             test += f"; val_accuracy and val_loss: the same on {fed.validation.name} (--validation)"
     elif fed.test:
-        test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean log(1 + exp(-b a^T x)) "
+        row_loss = "(a^T x - b)^2 / 2" if config.problem == "least-squares" else "log(1 + exp(-b a^T x))"
+        test += (f"; test_accuracy = share of rows with b a^T x > 0, test_loss = mean {row_loss} "
                  f"+ lam/2 ||x||^2, every {config.eval_every} round(s) at x^k")
     writer = tracemod.TraceWriter(path, {
         "config": config.to_json(), "mpi_size": fed.comm.size, "environment": env, "f_star": f_star,

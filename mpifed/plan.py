@@ -46,6 +46,7 @@ class DataSpec:
     dtype: str = "float64"
     validation: float | None = None
     problem: str = "logistic"
+    condition: float | None = None
 
     @property
     def images(self) -> bool:
@@ -76,7 +77,7 @@ def resolve(c: RunConfig) -> Plan:
     clients, m = split(c)
     data = DataSpec(c.dataset, clients, m, c.features, c.shuffle, c.intercept, c.partition, c.min_client_size,
                     c.test_dataset, c.seed, c.lam, c.backend, participants(c.participation, clients), c.model,
-                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem)
+                    c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem, c.condition)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
                            problem=c.problem, **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)

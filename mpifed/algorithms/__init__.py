@@ -7,7 +7,7 @@ first use, so a method's import cost is paid only by runs that use it.
 import importlib
 from collections.abc import Mapping
 
-# --algorithm -> module, on the logistic problem
+# --algorithm -> module, on the tabular problems (--problem logistic or least-squares)
 _MODULES = {
     "newton": "second_order.newton", "newton-star": "second_order.newton_star", "nl1": "second_order.nl1",
     "nl2": "second_order.nl2", "cnl": "second_order.cnl", "fednl": "second_order.fednl",

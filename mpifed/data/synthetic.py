@@ -30,12 +30,17 @@ def ground_truth(features: int, seed: int) -> np.ndarray:
 
 
 def synthetic_clients(client_ids, samples_per_client: int, features: int,
-                      seed: int) -> tuple[sp.csr_matrix, np.ndarray]:
+                      seed: int, condition: float | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
     """Generate the data of the given clients.
 
     Client ``c`` draws, from ``default_rng([seed, c])`` and in this order: a mean shift ``mu_c ~ N(0, I_d)``,
     features ``a = (mu_c + N(0, I_d)) / sqrt(2 d)`` (so ``E||a||^2 = 1``), and labels ``+1`` with probability
     ``sigmoid(a . x_true)``, else ``-1``. The shift makes clients heterogeneous (non-i.i.d.).
+
+    With ``condition`` = kappa, feature k (k = 0..d-1) is scaled by kappa^(-k / (2 (d - 1))) before the labels
+    are drawn, so the features' covariance over the federation, E[a a^T] = diag(kappa^(-k / (d - 1))) / d, has
+    condition number exactly kappa (the sample Gram matrix (1/N) A^T A approaches it as N grows): the
+    ill-conditioned ridge and logistic problems. The draws are the same as without it.
 
     Parameters
     ----------
@@ -62,11 +67,12 @@ def synthetic_clients(client_ids, samples_per_client: int, features: int,
     from scipy.special import expit  # here, not at import: scipy.special costs every process some 4 MB
 
     x_true = ground_truth(d, seed)
+    scale = 1.0 if condition is None or d == 1 else float(condition) ** (-np.arange(d) / (2.0 * (d - 1)))
     blocks, labels = [np.empty((0, d))], [np.empty(0)]
     for c in ids:  # one vectorized draw per client, never per sample
         rng = np.random.default_rng([seed, c])
         shift = rng.standard_normal(d)
-        a = (shift + rng.standard_normal((m, d))) / np.sqrt(2.0 * d)
+        a = (shift + rng.standard_normal((m, d))) / np.sqrt(2.0 * d) * scale
         blocks.append(a)
         labels.append(np.where(rng.random(m) < expit(a @ x_true), 1.0, -1.0))
     return sp.csr_matrix(np.vstack(blocks)), np.concatenate(labels)

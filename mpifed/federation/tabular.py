@@ -1,5 +1,5 @@
-"""LIBSVM and synthetic federations of the logistic problem: a rank's rows as a
-:class:`~mpifed.problems.logistic.LogisticBlock`, and the held-out set on rank 0.
+"""LIBSVM and synthetic federations of the tabular problems: a rank's rows as the ``--problem``'s block
+(:data:`mpifed.problems.BLOCKS`: logistic or least squares), and the held-out set on rank 0.
 
 A synthetic federation is generated per client, so a rank generates only its own clients.
 """
@@ -26,12 +26,14 @@ class HeldOutSet:
     A: scipy.sparse.csr_matrix
     b: np.ndarray
     name: str
+    problem: type = BLOCKS["logistic"]  # the block class, whose row loss the test loss uses
 
     def evaluate(self, x, lam: float) -> tuple[float, float]:
         """(accuracy, loss) at x: accuracy = share of rows with b a^T x > 0 (a tie a^T x = 0 is an error);
-        loss = mean log(1 + exp(-b a^T x)) + lam/2 ||x||^2, the training f_i evaluated on the test rows."""
-        margin = self.b * (self.A @ np.asarray(x, dtype=np.float64))
-        return float(np.mean(margin > 0)), float(np.mean(np.logaddexp(0.0, -margin)) + 0.5 * lam * float(x @ x))
+        loss = mean l(a^T x, b) + lam/2 ||x||^2, the training f_i evaluated on the test rows."""
+        t = self.A @ np.asarray(x, dtype=np.float64)
+        loss = float(np.mean(self.problem.row_loss(t, self.b)) + 0.5 * lam * float(x @ x))
+        return float(np.mean(self.b * t > 0)), loss
 
 
 def build_tabular(spec, comm) -> Federation:
@@ -46,9 +48,10 @@ def build_tabular(spec, comm) -> Federation:
         lo, hi = client_range(clients, comm.size, comm.rank)
         ids = np.arange(lo, hi)
         features = spec.features or data.SYNTHETIC_DEFAULTS["features"]
-        A, b = data.synthetic_clients(ids, m, features, spec.seed)
+        A, b = data.synthetic_clients(ids, m, features, spec.seed, spec.condition)
         offsets = np.arange(len(ids) + 1) * m
-        source = f"synthetic(features={features}, seed={spec.seed})"
+        kappa = "" if spec.condition is None else f", condition={spec.condition:g}"
+        source = f"synthetic(features={features}, seed={spec.seed}{kappa})"
         sizes, info, width = np.full(clients, m), {"spec": spec.partition, "seed": spec.seed}, features
     else:
         dataset = data.load(spec.dataset, spec.features)
@@ -113,4 +116,4 @@ def load_test_set(data_spec, width: int) -> tuple[HeldOutSet | None, str]:
     A.resize((A.shape[0], width))  # zero columns for features the file never mentions
     if intercept:
         A = data.add_intercept(A)
-    return HeldOutSet(A, test.b, test.name), f"test set {test.source}"
+    return HeldOutSet(A, test.b, test.name, BLOCKS[data_spec.problem]), f"test set {test.source}"

@@ -50,6 +50,11 @@ def phi_second(t, xp=np):
 class LogisticBlock:
     """The clients a rank hosts, with batched loss, gradient and Hessian evaluation.
 
+    Everything is computed from the margins t = a_ij^T x through the row loss l(t, b) and its
+    derivatives in t (:meth:`row_loss`, :meth:`row_slope`, :meth:`row_curvature`): a GLM with
+    another row loss (:class:`~mpifed.problems.least_squares.LeastSquaresBlock`) overrides only those
+    and the bounds below, and keeps the scatter matrices, chunking and sparse/dense paths.
+
     Parameters
     ----------
     A : scipy.sparse matrix (N, d)
@@ -64,6 +69,25 @@ class LogisticBlock:
         Pad dense blocks to this many rows per client (pass the largest client of the whole
         federation, so padding never depends on the rank layout).
     """
+
+    name = "logistic"
+    curvature_bound = 0.25  # sup l'' (phi'' <= 1/4): the smoothness constants of the first-order methods
+    third_derivative_bound = PHI_THIRD_MAX  # sup |l^(3)|: the Lipschitz constant of the Hessian (per ||a||^3)
+
+    @staticmethod
+    def row_loss(t, b, xp=np):
+        """l(t, b) = phi(b t) per row."""
+        return phi(b * t, xp)
+
+    @staticmethod
+    def row_slope(t, b, xp=np):
+        """dl/dt = phi'(b t) b per row."""
+        return phi_prime(b * t, xp) * b
+
+    @staticmethod
+    def row_curvature(t, b, xp=np):
+        """d^2l/dt^2 = phi''(t) per row (phi'' is even and b = +-1): the Hessian coefficients."""
+        return phi_second(t, xp)
 
     def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
                  dense: bool | None = None):
@@ -136,7 +160,7 @@ class LogisticBlock:
         return pieces[lo, hi]
 
     def _piece(self, lo: int, hi: int) -> "LogisticBlock":
-        sub = object.__new__(LogisticBlock)
+        sub = object.__new__(type(self))
         sub.__dict__.update(self.__dict__)
         sub._pieces = {}
         r0, r1 = int(self.sizes[:lo].sum()), int(self.sizes[:hi].sum())
@@ -186,10 +210,13 @@ class LogisticBlock:
         sq = (x * x).sum(axis=-1)
         return 0.5 * self.lam * (sq if x.ndim == 2 else xp.full(self.n, sq))
 
+    def _labels(self):
+        """The targets b_ij in the coefficient layout."""
+        return self._b3 if self.dense else self.b
+
     def loss(self, x):
         """f_i(x) for each client, shape (n,)."""
-        labels = self._b3 if self.dense else self.b
-        return self._client_sum(phi(labels * self.margins(x), self.bk.xp)) + self._ridge(x)
+        return self._client_sum(self.row_loss(self.margins(x), self._labels(), self.bk.xp)) + self._ridge(x)
 
     def derivatives(self, x, hessian: bool = True):
         """(f_i(x), grad f_i(x), packed hess f_i(x)) for all clients: (n,), (n, d), (n, T).
@@ -197,24 +224,23 @@ class LogisticBlock:
         The Hessian is skipped (None) when ``hessian`` is False.
         """
         loss, grad, t = self._loss_grad(x)
-        hess = self.hessians_from_coefficients(phi_second(t, self.bk.xp)) if hessian else None
+        hess = self.hessians_from_coefficients(self.row_curvature(t, self._labels(), self.bk.xp)) if hessian else None
         return loss, grad, hess
 
     def derivatives_and_coefficients(self, x):
-        """(f_i(x), grad f_i(x), the Hessian coefficients h_ij(x) = phi''(a_ij^T x) of every row (Islamov
+        """(f_i(x), grad f_i(x), the Hessian coefficients h_ij(x) = l''(a_ij^T x) of every row (Islamov
         et al. 2021, Sec. 3)) from one pass over the margins: what Newton-Learn learns, and what FedNL-PP's participants
         build their Hessians from (:meth:`hessians_of`)."""
         loss, grad, t = self._loss_grad(x)
-        return loss, grad, phi_second(t, self.bk.xp)
+        return loss, grad, self.row_curvature(t, self._labels(), self.bk.xp)
 
     def _loss_grad(self, x):
         """(f_i(x), grad f_i(x), the margins a_ij^T x)."""
         xp = self.bk.xp
         t = self.margins(x)
-        labels = self._b3 if self.dense else self.b
-        z = labels * t
-        loss = self._client_sum(phi(z, xp)) + self._ridge(x)
-        grad = self._weighted_rows(phi_prime(z, xp) * labels) + self.lam * x
+        labels = self._labels()
+        loss = self._client_sum(self.row_loss(t, labels, xp)) + self._ridge(x)
+        grad = self._weighted_rows(self.row_slope(t, labels, xp)) + self.lam * x
         return loss, grad, t
 
     def _weighted_rows(self, coef):
@@ -226,7 +252,7 @@ class LogisticBlock:
     def hvp_each(self, x, V):
         """grad^2 f_i(x) v_i for each client i with its own vector v_i (V: (n, d)), shape (n, d): from the client's
         rows only, O(nnz) (sparse) or two batched mat-vecs (dense); the Hessian is never formed."""
-        return self.hvp_from_coefficients(phi_second(self.margins(x), self.bk.xp), V)
+        return self.hvp_from_coefficients(self.row_curvature(self.margins(x), self._labels(), self.bk.xp), V)
 
     def hvp_from_coefficients(self, h, V):
         """(1/m_i) sum_j h_ij a_ij (a_ij^T v_i) + lam v_i for each client: :meth:`hvp_each` from given Hessian
@@ -246,9 +272,8 @@ class LogisticBlock:
 
     def fisher_diagonals(self, X):
         """The diagonal of each client's empirical Fisher at its own point x_i (X: (n, d)), shape (n, d):
-        (1/m_i) sum_j (phi'(b_ij a_ij^T x_i) a_ij)^2 elementwise, the squared per-row gradients of the data term."""
-        labels = self._b3 if self.dense else self.b
-        return self.squared_rows(phi_prime(labels * self.margins(X), self.bk.xp) ** 2)
+        (1/m_i) sum_j (l'(a_ij^T x_i, b_ij) a_ij)^2 elementwise, the squared per-row gradients of the data term."""
+        return self.squared_rows(self.row_slope(self.margins(X), self._labels(), self.bk.xp) ** 2)
 
     def _row_weight(self):
         """1/m_i of each row's client (sparse layout)."""

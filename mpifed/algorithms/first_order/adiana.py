@@ -63,6 +63,7 @@ class Params:
     n: int
     seed: int = 0
     float_bits: int = 32
+    curvature: float = 0.25  # sup l'', for L_max
     uses = ("compressor", "alpha", "step_size", "participation")
 
     @classmethod
@@ -76,7 +77,7 @@ class Params:
             raise ConfigError(f"--lam = {opts.lam!r} is out of range for adiana; valid: lam > 0 "
                               f"(its parameters need strong convexity mu = lam)")
         return cls(C, alpha, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients,
-                   opts.seed, opts.float_bits)
+                   opts.seed, opts.float_bits, fed.block.curvature_bound)
 
 
 def theoretical(alpha: float, omega: float, mu: float, L: float, n: int, eta: float | None = None):
@@ -130,7 +131,7 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg, x0):
-    _, L_max = smoothness(agg, len(x0), p.lam)
+    _, L_max = smoothness(agg, len(x0), p.lam, p.curvature)
     coef = theoretical(p.alpha, p.C.omega, p.lam, L_max, p.n, p.eta)
     x0 = np.array(x0, dtype=np.float64)
     return ServerState(coef, np.zeros(len(x0)), x0, x0.copy(), x0.copy(), 0)

@@ -68,9 +68,9 @@ def smoothness_init(block):
     return Uplink(xp.zeros(block.n), xp.zeros((block.n, block.d)), zero, zero, {"gram": gram}, {"top": top})
 
 
-def smoothness(agg, d: int, lam: float) -> tuple[float, float]:
-    """(L of P, L_max = max_i L_i), with phi'' <= 1/4."""
-    return smoothness_of_P(agg, d, lam), float(np.max(agg.gathered["top"]) / 4.0 + lam)
+def smoothness(agg, d: int, lam: float, curvature: float = 0.25) -> tuple[float, float]:
+    """(L of P, L_max = max_i L_i), with l'' <= curvature (1/4 logistic, 1 least squares)."""
+    return smoothness_of_P(agg, d, lam, curvature), float(np.max(agg.gathered["top"]) * curvature + lam)
 
 
 def message_bits(message, active):
@@ -90,13 +90,14 @@ class Params:
     n: int
     float_bits: int = 32
     decay: float = 0.0
+    curvature: float = 0.25  # sup l'', for L and L_max
     uses = ("compressor", "step_size", "participation", "step_decay")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         C = make_compressor(opts, fed, "dcgd")
         return cls(C, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients, opts.float_bits,
-                   opts.step_decay or 0.0)
+                   opts.step_decay or 0.0, fed.block.curvature_bound)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg, x0):
-    L, L_max = smoothness(agg, len(x0), p.lam)
+    L, L_max = smoothness(agg, len(x0), p.lam, p.curvature)
     gamma = p.gamma or 1.0 / (L + 2.0 * L_max * p.C.omega / p.n)
     return ServerState(gamma, L, L_max)
 

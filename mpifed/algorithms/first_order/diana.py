@@ -47,6 +47,7 @@ class Params:
     tau: int
     n: int
     float_bits: int = 32
+    curvature: float = 0.25  # sup l'', for L and L_max
     uses = ("compressor", "alpha", "step_size", "participation")
 
     @classmethod
@@ -61,7 +62,8 @@ class Params:
         if not 0 < alpha <= 1:
             raise ConfigError(f"--alpha = {alpha!r} is out of range; valid: 0 < alpha <= 1 "
                               f"(theory: alpha <= 1/(omega+1) = {1 / (C.omega + 1):.4g})")
-        return cls(C, alpha, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients, opts.float_bits)
+        return cls(C, alpha, opts.step_size, opts.lam, fed.tau or fed.n_clients, fed.n_clients, opts.float_bits,
+                   fed.block.curvature_bound)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg, x0):
-    L, L_max = smoothness(agg, len(x0), p.lam)
+    L, L_max = smoothness(agg, len(x0), p.lam, p.curvature)
     gamma = p.gamma or theoretical_gamma(p.alpha, p.C.omega, p.lam, L_max, p.n)
     return ServerState(gamma, np.zeros(len(x0)), L, L_max)
 

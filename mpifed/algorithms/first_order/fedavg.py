@@ -18,7 +18,7 @@ This module also holds what every local-step first-order method shares (:mod:`~m
 :mod:`~mpifed.algorithms.first_order.fedadam`): the default local step, the batched local
 loop :func:`local_gd`, the participants' uplink and the server's mean over S.
 
-Default eta_l = 1 / max_i L_i with L_i = lam + lambda_max(A_i^T A_i / m_i) / 4 (+ mu for
+Default eta_l = 1 / max_i L_i with L_i = lam + c lambda_max(A_i^T A_i / m_i), c = 1/4 (1 on least squares) (+ mu for
 FedProx's prox term): the largest step for which a full-gradient step is a descent step on
 *every* local objective, so K local steps never diverge on any client. It is one step for all
 clients, as the papers' eta_l is (client-specific steps would move the K = 1 fixed point away
@@ -109,12 +109,12 @@ def local_step(p, streams) -> float:
 
 
 def max_smoothness(fed) -> float:
-    """max over all clients of L_i = lam + lambda_max(A_i^T A_i / m_i) / 4 (phi'' <= 1/4);
+    """max over all clients of L_i = lam + c lambda_max(A_i^T A_i / m_i), c = sup l'' (1/4 logistic, 1 least squares);
     collective: every rank calls it (Params.from_options runs on every rank)."""
     block = fed.block
     gram = np.asarray(block.bk.to_host(block.gram()))
     local = float(np.linalg.eigvalsh(tri.unpack(gram, block.d))[:, -1].max()) if block.n else 0.0
-    return max(fed.comm.allgather(local)) / 4.0 + block.lam
+    return max(fed.comm.allgather(local)) * block.curvature_bound + block.lam
 
 
 @dataclass(frozen=True)

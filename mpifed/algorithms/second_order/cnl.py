@@ -47,13 +47,18 @@ class Params:
     lam: float = 1e-3
     H_star: float | None = None
     float_bits: int = 32
+    nu: float = PHI_THIRD_MAX  # sup |l^(3)| of the row loss
     uses = ("compressor", "eta", "gamma", "hessian_lipschitz")
 
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         r, p = nl1.parse_compressor(opts.compressor, fed, default="randk:k=1,p=0.05")
-        gamma = opts.gamma if opts.gamma is not None else 0.25
-        return cls(r, p, opts.eta, gamma, opts.lam, opts.hessian_lipschitz, opts.float_bits)
+        gamma = opts.gamma if opts.gamma is not None else fed.block.curvature_bound
+        if opts.hessian_lipschitz is None and fed.block.third_derivative_bound == 0:
+            raise ConfigError(f"cnl on --problem {fed.block.name}: the Hessian is constant, so nu R^3 = 0 and the cubic "
+                              f"term vanishes; give --hessian-lipschitz > 0")
+        return cls(r, p, opts.eta, gamma, opts.lam, opts.hessian_lipschitz, opts.float_bits,
+                   fed.block.third_derivative_bound)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def client_init(p: Params, block, x0, streams):
 
 
 def server_init(p: Params, agg: Aggregate, x0):
-    H_star = p.H_star if p.H_star is not None else PHI_THIRD_MAX * float(agg.gathered["R"].max()) ** 3
+    H_star = p.H_star if p.H_star is not None else p.nu * float(agg.gathered["R"].max()) ** 3
     if H_star <= 0:
         raise ConfigError("the data are all zero, so nu R^3 = 0; give --hessian-lipschitz > 0")
     return ServerState(nl2.server_init(p, agg, x0), H_star)

@@ -29,6 +29,7 @@ import scipy.optimize
 from ... import tri
 from . import fednl
 from ...problems.logistic import PHI_THIRD_MAX
+from ...errors import ConfigError
 from ..base import Aggregate, SolverError
 
 
@@ -44,6 +45,9 @@ class Params:
     def from_options(cls, opts, fed) -> "Params":
         base = fednl.Params.from_options(dataclasses.replace(opts, option=2), fed)
         L = opts.hessian_lipschitz
+        if L is None and fed.block.third_derivative_bound == 0:
+            raise ConfigError(f"fednl-cr on --problem {fed.block.name}: the Hessian is constant, so L_* = 0 and the "
+                              f"cubic term vanishes; give --hessian-lipschitz > 0 (or use fednl)")
         if L is None:  # every rank computes its clients' bounds; all ranks average them in client order
             L = float(np.mean(np.concatenate(fed.comm.allgather(logistic_lipschitz(fed.block)))))
         return cls(base, L)

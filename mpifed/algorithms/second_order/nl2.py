@@ -63,7 +63,7 @@ class Params:
     @classmethod
     def from_options(cls, opts, fed) -> "Params":
         r, p = nl1.parse_compressor(opts.compressor, fed)
-        gamma = opts.gamma if opts.gamma is not None else 0.25
+        gamma = opts.gamma if opts.gamma is not None else fed.block.curvature_bound
         return cls(r, p, opts.eta, gamma, opts.lam, opts.float_bits)
 
 
