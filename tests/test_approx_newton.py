@@ -164,6 +164,27 @@ def test_one_client_dane_and_giant_are_one_newton_step_on_ridge_regression():
     np.testing.assert_allclose(xs_giant[1], x_star, rtol=1e-10)
 
 
+@pytest.mark.parametrize("cfg", [SYN, SPARSE], ids=["dense", "sparse"])
+def test_dane_equals_giant_equals_the_closed_form_on_the_least_squares_problem(cfg):
+    """--problem least-squares: the same equality on mpifed's ridge block, and one client is one Newton step."""
+    data, d = client_data(cfg), (cfg.get("features") or 40)
+    extra = {"problem": "least-squares", "cg_iterations": 2 * d, "rounds": 3}
+    a = runs(cfg, algorithm="dane", **extra)
+    b = runs(cfg, algorithm="giant", line_search=False, **extra)
+    H = [A.T @ A / len(y) + LAM * np.eye(d) for A, y in data]
+    M = np.mean([np.linalg.inv(Hi) for Hi in H], axis=0)
+    x = np.zeros(d)
+    for _ in range(3):
+        x = x - M @ np.mean([A.T @ (A @ x - y) / len(y) + LAM * x for A, y in data], axis=0)
+    np.testing.assert_allclose(a.x, x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.x, x, rtol=1e-9, atol=1e-12)
+    one = {**cfg, "clients": 1, **extra, "rounds": 1}
+    A, y = client_data(one)[0]
+    x_star = np.linalg.solve(A.T @ A / len(y) + LAM * np.eye(d), A.T @ y / len(y))
+    for method in ("dane", "giant"):
+        np.testing.assert_allclose(runs(one, algorithm=method).x, x_star, rtol=1e-9, atol=1e-12)
+
+
 # ------------------------------------------------------------------ logistic regression: plain re-implementations
 def plain_cg(H, b, q):
     p, r = np.zeros_like(b), b.copy()
