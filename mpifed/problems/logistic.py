@@ -89,6 +89,11 @@ class LogisticBlock:
         """d^2l/dt^2 = phi''(t) per row (phi'' is even and b = +-1): the Hessian coefficients."""
         return phi_second(t, xp)
 
+    @staticmethod
+    def row_loss_change(t, delta, b, xp=np):
+        """l(t + delta, b) - l(t, b) per row without cancellation: log1p(sigma(-b t) expm1(-b delta))."""
+        return xp.log1p(-phi_prime(b * t, xp) * xp.expm1(-b * delta))
+
     def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
                  dense: bool | None = None):
         A = scipy.sparse.csr_matrix(A, dtype=np.float64)
@@ -248,6 +253,17 @@ class LogisticBlock:
         if self.dense:
             return ((self._W * coef)[:, None, :] @ self._A3)[:, 0, :]
         return (self._G @ coef).reshape(self.n, self.d)
+
+    def loss_changes(self, x, p, steps):
+        """f_i(x - a p) - f_i(x) for each client and each step a of ``steps`` (host floats), shape (n, len(steps)),
+        from the row changes of :meth:`row_loss_change`: exact to rounding of the change itself, so a line search
+        can compare decreases far below the loss's own rounding (the difference of two losses cannot)."""
+        xp = self.bk.xp
+        t, s, labels = self.margins(x), self.margins(p), self._labels()
+        xp_, pp = float((x * p).sum()), float((p * p).sum())
+        cols = [self._client_sum(self.row_loss_change(t, -a * s, labels, xp)) + 0.5 * self.lam * (a * a * pp - 2 * a * xp_)
+                for a in steps]
+        return xp.stack(cols, axis=1)
 
     def hvp_each(self, x, V):
         """grad^2 f_i(x) v_i for each client i with its own vector v_i (V: (n, d)), shape (n, d): from the client's

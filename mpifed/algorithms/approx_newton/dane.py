@@ -29,8 +29,8 @@ with weights 1/n.
 
 Defaults eta = 1, mu = 0 (both codes; with mu = 0 and no line search DANE can diverge on heterogeneous data, then
 give ``--mu`` of the order of lam). ``line_search``: GIANT's one-exchange Armijo search along p = w - w+
-(:mod:`.linesearch`; DistrOpt backtracks by 0.8 with c = 1e-4, one trial per exchange), a third exchange with
-f_i(w) (1 float) sent up in exchange 1. The trace reports ``local_iterations`` (mean CG iterations per client,
+(:mod:`.linesearch`; DistrOpt backtracks by 0.8 with c = 1e-4, one trial per exchange), a third exchange
+(d floats down, 10 up). The trace reports ``local_iterations`` (mean CG iterations per client,
 over its T steps).
 """
 from __future__ import annotations

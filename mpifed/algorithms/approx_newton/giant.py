@@ -4,14 +4,15 @@ Sec. 3, Algorithm "GIANT"; checked against the authors' code, SparkGiant ``logis
 
 Iteration t, three exchanges:
 
-1. x_t down (d floats); client i sends grad f_i(x_t) (d floats) and f_i(x_t) (1 float): g_t = grad P(x_t).
+1. x_t down (d floats); client i sends grad f_i(x_t) (d floats): g_t = grad P(x_t). (The code also sends the
+   local loss, for the search; here the search takes changes of f_i, below, so f_i(x_t) is not sent.)
 2. g_t down (d floats); client i runs q CG iterations from 0 on its local Newton system (:mod:`.cg`)
 
        grad^2 f_i(x_t) p_i = g_t,   grad^2 f_i = (1/m_i) sum_j phi''_ij a_ij a_ij^T + lam I,
 
    with Hessian-vector products from its own rows, and sends p_i (d floats); the server averages
    p_t = sum_i w_i p_i.
-3. p_t down (d floats); every client returns f_i(x_t - alpha_j p_t), alpha_j = 4^-j, j = 0..9 (10 floats), and
+3. p_t down (d floats); every client returns f_i(x_t - alpha_j p_t) - f_i(x_t), alpha_j = 4^-j, j = 0..9 (10 floats), and
    x_{t+1} = x_t - alpha p_t with the largest alpha_j passing Armijo with c = 0.1 (:mod:`.linesearch`).
 
 Weights: the paper's w_i = m_i/N make sum_i w_i f_i the loss over all samples; mpifed's objective is
@@ -21,7 +22,7 @@ q (``cg_iterations``) is the one knob; the code's experiments use 30 and 100 (de
 once its residual is 1e-12 of its right-hand side (the code's 1e-20 amounts to a fixed q). Without the line
 search (``line_search`` false) the step is alpha = 1 and a round has two exchanges; the search's trial factor and
 Armijo constant are ``ls_gamma`` and ``ls_c``. The trace reports ``local_iterations`` (mean CG iterations per
-client), ``step_length`` and ``armijo_tested``.
+client) and ``step_length``.
 
 On a quadratic with exact local solves this is x - mean_i(H_i^{-1}) grad P(x), which DANE with eta = 1, mu = 0
 also takes; with one client it is Newton's step.
@@ -92,13 +93,13 @@ def server_init(p: Params, agg, x0):
 
 def client_step(p: Params, block, state, x, streams):
     loss, grad, h = block.derivatives_and_coefficients(x)
-    values, index = bits_for(block.n, block.d + int(p.line_search), p.float_bits)
+    values, index = bits_for(block.n, block.d, p.float_bits)
     return ClientRound(x, grad, h), Uplink(loss, grad, values, index)
 
 
 def server_step(p: Params, state: ServerState, x, agg):
     g = agg.grad / agg.n
-    return Query(g, (g, agg.loss / agg.n), len(x) * p.float_bits)
+    return Query(g, g, len(x) * p.float_bits)
 
 
 def client_query(p: Params, block, state: ClientRound, point, streams):
@@ -121,9 +122,9 @@ def server_resume(p: Params, state, x, agg):
 def step_along(p, pending, x, agg, direction, unit=None):
     """After the clients' solves: x - direction (``unit`` when given: the same point as the clients' mean), or the
     line search along the direction; the round reports the mean CG iterations per client."""
-    g, f0 = pending
+    g = pending
     report = {"local_iterations": float(agg.fields["cg"][0]) / agg.n}
     if not p.line_search:
         report["step_length"] = 1.0
         return ServerState(report), x - direction if unit is None else unit, len(x) * p.float_bits
-    return linesearch.start(x, direction, g, f0, p.c, report, ServerState(report), p.float_bits)
+    return linesearch.start(direction, g, report, ServerState(report), p.float_bits)
