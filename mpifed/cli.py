@@ -49,7 +49,8 @@ HELP = {
     "step_size": ("GD step size (default 1/L); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
-                  "FedRCO 0.00625, its paper's App. E.3)"),
+                  "FedRCO 0.00625, its paper's App. E.3; Fed-Sophia 0.003); Fed-Sophia on tabular problems: the server step "
+                  "eta (default 0.1)"),
     "eta": ("Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1); "
             "DANE: the gradient weight eta (default 1)"),
     "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares); "
@@ -75,9 +76,9 @@ HELP = {
                       "local Newton step (default 100); a client also stops at a residual 1e-12 of its right-hand side"),
     "line_search": ("GIANT (default on) / DANE (default off): Armijo search over 10 step sizes ls_gamma^j in one exchange "
                     "(defaults c = 0.1, gamma = 1/4)"),
-    "curv_lambda": ("FedCurv: importance lambda >= 0 of the Fisher penalty (default 0.01 on logistic regression, 1 on "
+    "curv_lambda": ("FedCurv: importance lambda >= 0 of the Fisher penalty (default 0.01 on tabular problems, 1 on "
                     "networks; 0 is FedAvg)"),
-    "diagonal": "Fed-Sophia on logistic regression: curvature diagonal 'exact' (GLM, default) or 'hutchinson' (one probe)",
+    "diagonal": "Fed-Sophia on tabular problems: curvature diagonal 'exact' (GLM, default) or 'hutchinson' (one probe)",
     "clip": "Fed-Sophia: elementwise clip rho of the preconditioned step (default 1, as Sophia)",
     "hessian_every": "Fed-Sophia on networks: Hutchinson estimate every tau local steps (default 10, as Sophia)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "

@@ -16,6 +16,7 @@ NN = {"dataset": "mnist-synthetic", "model": "mlp:hidden=16", "clients": 6, "par
 METHODS = {
     "giant": {**SPARSE, "algorithm": "giant", "cg_iterations": 5},
     "giant-dense": {**SYNTH, "algorithm": "giant"},
+    "giant-least-squares": {**SPARSE, "algorithm": "giant", "problem": "least-squares", "cg_iterations": 4},
     "dane": {**SPARSE, "algorithm": "dane", "local_steps": 2, "mu": 0.01, "line_search": True},
     "dane-dense": {**SYNTH, "algorithm": "dane", "cg_iterations": 3},
     "fedcurv": {**SPARSE, "algorithm": "fedcurv", "local_steps": 2, "participation": 4, "curv_lambda": 0.1},
