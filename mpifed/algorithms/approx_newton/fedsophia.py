@@ -6,8 +6,9 @@ section A6, from a third-party summary and the Sophia paper).
 Round k: x down (d floats); client i sends grad f_i(x) and a curvature diagonal D_i (2d floats), either
 
     exact:       D_i = diag grad^2 f_i(x) = (1/m_i) sum_j sigma_ij (1 - sigma_ij) a_ij^2 + lam        (GLM)
-    hutchinson:  D_i = u_i * (grad^2 f_i(x) u_i),  u_i Rademacher from client i's own stream (one probe;
-                 E[u u^T H u] = diag H, Bekas, Kokiopoulou, Saad 2007)
+    hutchinson:  D_i = u_i * (grad^2 f_i(x) u_i),  u_i Rademacher from client i's own stream
+
+(one probe; E[u * (H u)] = diag H, Bekas, Kokiopoulou, Saad 2007),
 
 and the server keeps Sophia's two moving averages and takes the clipped preconditioned step
 

@@ -97,8 +97,8 @@ def penalty(lam_c: float, state: ClientState, on=slice(None)):
 
 
 def new_terms(block, state: ClientState, idx, theta, u_new):
-    """(the Fisher-term changes {du, dv} of the participants ``idx`` (|S|, d), the clients' state after the round):
-    u_s, v_s of the participants become u_new, u_new * theta (both (|S|, d)); the others keep theirs."""
+    """(the Fisher-term changes {du, dv} of the participants ``idx`` ``(|S|, d)``, the clients' state after the round):
+    u_s, v_s of the participants become u_new, u_new * theta (both ``(|S|, d)``); the others keep theirs."""
     u, v = state.u.copy(), state.v.copy()
     u[idx], v[idx] = u_new, u_new * theta
     return {"du": u[idx] - state.u[idx], "dv": v[idx] - state.v[idx]}, replace(state, u=u, v=v, expecting="U")

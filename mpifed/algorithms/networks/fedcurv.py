@@ -57,7 +57,7 @@ def server_init(p: Params, agg, x0):
 
 
 def fisher(p: Params, block, theta, streams, on):
-    """mean_k (grad f_s(theta_s; xi_s^k))^2 over the round's K mini-batches, for the participants (|S|, P)."""
+    """mean_k (grad f_s(theta_s; xi_s^k))^2 over the round's K mini-batches, for the participants ``(|S|, P)``."""
     total = 0.0
     for k in range(p.K):
         X, lab = block.batch(streams, k, on)
