@@ -49,8 +49,9 @@ HELP = {
     "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
                   "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
                   "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin | proxgd | proxskip | sppm (default fednl); with --problem pca: "
+                  "dane | giant | fedcurv | fedsophia; "
                   "rgd | r-lsvrg | r-page | r-marina; with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
-                  "fedpm, fedrco, fedrco-ori"),
+                  "fedpm, fedrco, fedrco-ori, fedcurv, fedsophia"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
                    "Newton-Learn: randk:k=1 (r coefficients per client); DCGD, DIANA, ADIANA, R-MARINA: a vector "
@@ -58,22 +59,25 @@ HELP = {
     "alpha": "FedNL Hessian learning rate (default: the compressor's theoretical value)",
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
-    "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam)",
+    "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam); DANE: proximal weight mu of the local problem (default 0)",
     "step_size": ("GD, ProxGD step size (default 1/L); ProxSkip gamma (default 1/max L_i); SPPM gamma (default 1/lam); Riemannian methods: eta (default rgd 1/L, the others their "
                   "templates' theory, see docs/methods/riemannian.md); extragradient: gamma (default 1 / (2 ||M_bar||)); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
-                  "FedRCO 0.00625, its paper's App. E.3)"),
-    "eta": "Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1)",
+                  "FedRCO 0.00625, its paper's App. E.3; Fed-Sophia 0.003); Fed-Sophia on tabular problems: the server step "
+                  "eta (default 0.1)"),
+    "eta": ("Newton-Learn coefficient learning rate (default r/m); FedPM / LocalNewton local step size (default 1); "
+            "DANE: the gradient weight eta (default 1)"),
     "gamma": ("NL2: the shift gamma > 0 with |h_ij| <= gamma (default sup l'': 1/4 logistic, 1 least squares); "
-              "SPPM-VI, SPPM-VI-VR: the resolvent step gamma (default mu / (2 delta_max^2), at most 10 / mu)"),
+              "SPPM-VI, SPPM-VI-VR: the resolvent step gamma (default mu / (2 delta_max^2), at most 10 / mu); "
+              "Fed-Sophia: the curvature scale gamma (default 1 on tabular problems, 0.01 on networks)"),
     "local_steps": ("K local steps per round: FedPM / LocalNewton (default 1); the FedAvg family, SCAFFOLD, FedAdam "
                     "and the network methods (default 5; FedRCO 20, as in its paper)"),
     "local_line_search": "LocalNewton: backtracking line search on each local step",
     "participation": ("clients per round: a fraction in (0, 1] or a count (FedNL-PP's tau); default all "
                       "(R-LSVRG, R-PAGE: their mini-batch b, default 0.1)"),
-    "ls_c": "FedNL-LS Armijo constant c in (0, 1/2] (default 0.5)",
-    "ls_gamma": "FedNL-LS backtracking factor gamma in (0, 1) (default 0.5)",
+    "ls_c": "FedNL-LS Armijo constant c in (0, 1/2] (default 0.5); GIANT / DANE line search (default 0.1)",
+    "ls_gamma": "FedNL-LS backtracking factor gamma in (0, 1) (default 0.5); GIANT / DANE trial steps gamma^j (default 1/4)",
     "hessian_lipschitz": "FedNL-CR / CNL: Lipschitz constant of the Hessian in the cubic term",
     "down_compressor": "FedNL-BC: compressor of the model on the downlink",
     "grad_probability": ("FedNL-BC: probability p that a client sends its gradient; R-LSVRG, R-PAGE, R-MARINA: "
@@ -85,7 +89,8 @@ HELP = {
     "solver": "FedNL, FedNL-LS, FedNL-PP: the server's solve, cholesky (default) or cg (conjugate gradients)",
     "cg_iterations": ("FedNL with --solver cg: at most this many CG iterations per server solve (default 20); "
                       "newton-cg, disco: CG iterations per round at most (default 100; each one exchange); "
-                      "dane, giant: local CG iterations"),
+                      "GIANT: CG iterations q of each client's local Newton system (default 30); DANE: at most q per "
+                      "local Newton step (default 100); a client also stops at a residual 1e-12 of its right-hand side"),
     "adaptive_regularization": ("FedNL Option 2: Levenberg-Marquardt shift sigma added to l^k, doubled (step rejected) "
                                 "when the actual/predicted decrease is below 1/4, halved above 3/4; one extra "
                                 "exchange per round (default on with --hessian diagonal under Option 2)"),
@@ -98,12 +103,19 @@ HELP = {
     "lmo_norm": "LMO-momentum, LMO-HCM: the ball of the LMO, l2 (default), linf, or spectral (per layer, with --model)",
     "prox_mu": "FedProx: proximal weight mu >= 0",
     "scaffold_option": "SCAFFOLD: control-variate option 1 or 2 (Karimireddy et al. 2020, eq. 4)",
-    "beta1": "FedAdam: first-moment decay",
-    "beta2": "FedAdam: second-moment decay",
+    "beta1": "FedAdam: first-moment decay; Fed-Sophia: gradient EMA beta1",
+    "beta2": "FedAdam: second-moment decay; Fed-Sophia: curvature EMA beta2",
     "adam_eps": "FedAdam: adaptivity tau (epsilon)",
     "forcing": ("newton-cg: c in the CG stop ||r|| <= min(0.5, c sqrt(||g||)) ||g|| (default 1); disco: beta in "
                 "||r|| <= beta ||g|| (default 0.1)"),
     "memory": "lbfgs: pairs (s, y) the server keeps (default 10; 0 = steepest descent with the same line search)",
+    "line_search": ("GIANT (default on) / DANE (default off): Armijo search over 10 step sizes ls_gamma^j in one exchange "
+                    "(defaults c = 0.1, gamma = 1/4)"),
+    "curv_lambda": ("FedCurv: importance lambda >= 0 of the Fisher penalty (default 0.01 on tabular problems, 1 on "
+                    "networks; 0 is FedAvg)"),
+    "diagonal": "Fed-Sophia on tabular problems: curvature diagonal 'exact' (GLM, default) or 'hutchinson' (one probe)",
+    "clip": "Fed-Sophia: elementwise clip rho of the preconditioned step (default 1, as Sophia)",
+    "hessian_every": "Fed-Sophia on networks: Hutchinson estimate every tau local steps (default 10, as Sophia)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "
               "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, fedavgm, fedprox, scaffold, fedadam, "
               "localnewton, fedpm, fedrco, fedrco-ori"),

@@ -32,6 +32,7 @@ PROBLEMS = ("logistic", "least-squares", "pca", "saddle")
 RIEMANNIAN_DEFAULTS = {"r-lsvrg": {"participation": 0.1}, "r-page": {"participation": 0.1}}
 DEFAULT_SIMILARITY = 0.1  # --problem saddle: delta, the spread of the clients' bilinear couplings
 LMO_NORMS = ("l2", "linf", "spectral")  # --lmo-norm: the ball of the LMO step (spectral: per layer, networks only)
+DIAGONALS = ("exact", "hutchinson")  # Fed-Sophia's curvature diagonal on the tabular problems (--diagonal)
 
 # A convex run stops once ||grad P(x^k)|| <= DEFAULT_TOL unless --tol says otherwise: the papers' target
 # (FedNL, u-FedNL: 1e-14), a few ulps of the gradient's scale, past which rounds only repeat x*. Networks
@@ -51,6 +52,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  # LMO methods: the ball of the LMO (--radius is their step)
                  "lmo_norm",
                  "skip_probability", "sampling", "inner_rounds",
+                 # approximate Newton (CG on Hessian-vector products), FedCurv, Fed-Sophia
+                 "line_search", "curv_lambda", "diagonal", "clip", "hessian_every",
                  # neural-network methods (--model): mini-batches, FOOF / K-FAC, FedRCO's monitor and aggregation
                  "batch_size", "damping", "ema_decay", "inverse_every", "monitor", "tau_low", "tau_high",
                  "monitor_window", "monitor_warmup", "monitor_history", "patience", "stable_norm", "aggregation",
@@ -113,6 +116,11 @@ class RunConfig:
     forcing: float | None = None
     memory: int | None = None
     lmo_norm: str | None = None
+    line_search: bool | None = None
+    curv_lambda: float | None = None
+    diagonal: str | None = None
+    clip: float | None = None
+    hessian_every: int | None = None
     model: str | None = None
     batch_size: int | None = None
     damping: float | None = None
@@ -255,6 +263,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.ball_norm in (None, *BALL_NORMS), "ball_norm", ", ".join(BALL_NORMS))
     need(c.f_star is not None or c.reference_iterations > 0 or c.algorithm not in ("lcd2", "lcd3"), "reference_iterations",
          f"{c.algorithm} needs f* = min P: keep --reference-iterations > 0 or give --f-star")
+    need(c.curv_lambda is None or c.curv_lambda >= 0, "curv_lambda", "lambda >= 0 (0: FedAvg)")
+    need(c.diagonal in (None, *DIAGONALS), "diagonal", ", ".join(DIAGONALS))
+    need(c.clip is None or c.clip > 0, "clip", "rho > 0")
+    need(c.hessian_every is None or c.hessian_every >= 1, "hessian_every", "an integer tau >= 1")
     need(c.batch_size is None or c.batch_size >= 1, "batch_size", "an integer b >= 1")
     need(c.damping is None or c.damping > 0, "damping", "eps > 0")
     need(c.ema_decay is None or 0 < c.ema_decay <= 1, "ema_decay", "0 < alpha <= 1 (1: no averaging)")

@@ -5,13 +5,14 @@ import pytest
 
 from mpifed import config
 from mpifed.algorithms import NN_METHODS, NN_MODULES
-from mpifed.algorithms.networks.local import DEFAULT_K, FEDRCO_K, FEDRCO_STEP, FOOF_STEP, SGD_STEP
+from mpifed.algorithms.networks.local import DEFAULT_K, FEDRCO_K, FEDRCO_STEP, FOOF_STEP, SGD_STEP, SOPHIA_STEP
 from mpifed.comm import SerialComm
 from mpifed.driver import run
 from mpifed.errors import ConfigError
 from mpifed.plan import resolve
 
-DEFAULT_STEP = {"localnewton": FOOF_STEP, "fedpm": FOOF_STEP, "fedrco": FEDRCO_STEP, "fedrco-ori": FEDRCO_STEP}
+DEFAULT_STEP = {"localnewton": FOOF_STEP, "fedpm": FOOF_STEP, "fedrco": FEDRCO_STEP, "fedrco-ori": FEDRCO_STEP,
+                "fedsophia": SOPHIA_STEP}
 
 
 def test_a_convex_run_stops_at_the_papers_tolerance_and_solves_for_x_star():

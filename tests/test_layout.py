@@ -104,4 +104,4 @@ def test_algorithms_are_grouped_by_family():
     folder = PACKAGE / "algorithms"
     assert sorted(p.name for p in folder.glob("*.py")) == ["__init__.py", "base.py"]
     assert {p.name for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
-        "first_order", "second_order", "hessian_free", "networks", "proximal", "riemannian", "lmo", "inclusion"}
+        "first_order", "second_order", "hessian_free", "approx_newton", "networks", "proximal", "riemannian", "lmo", "inclusion"}

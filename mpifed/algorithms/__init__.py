@@ -1,6 +1,6 @@
-"""The methods, grouped by family: ``second_order/``, ``hessian_free/``, ``first_order/``, ``proximal/``,
-``riemannian/`` (``--problem pca``), ``networks/`` (``--model``), ``lmo/`` (LMO steps with momentum, on both) and
-``inclusion/`` (monotone inclusions, ``--problem saddle``).
+"""The methods, grouped by family: ``second_order/``, ``hessian_free/``, ``approx_newton/``, ``first_order/``,
+``proximal/``, ``riemannian/`` (``--problem pca``), ``networks/`` (``--model``), ``lmo/`` (LMO steps with momentum,
+on both) and ``inclusion/`` (monotone inclusions, ``--problem saddle``).
 
 Each method is one module exposing ``Params`` (frozen, paper symbols, ``from_options(opts, fed)``), ``client_init``,
 ``server_init``, ``client_step`` and ``server_step`` (see :mod:`mpifed.algorithms.base`). Modules are imported on
@@ -26,6 +26,8 @@ _MODULES = {
     "newton-cg": "hessian_free.newton_cg", "disco": "hessian_free.disco", "lbfgs": "hessian_free.lbfgs",
     "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
     "sppm-vi": "inclusion.sppm_vi", "sppm-vi-vr": "inclusion.sppm_vi_vr", "extragradient": "inclusion.extragradient",
+    "dane": "approx_newton.dane", "giant": "approx_newton.giant", "fedsophia": "approx_newton.fedsophia",
+    "fedcurv": "first_order.fedcurv",
 }
 # the methods on the unit sphere (--problem pca), and the only ones it takes
 RIEMANNIAN_METHODS = tuple(name for name, module in _MODULES.items() if module.startswith("riemannian."))
@@ -37,6 +39,7 @@ _NN_MODULES = {
     "scaffold": "networks.scaffold", "fedadam": "networks.fedadam", "localnewton": "networks.localnewton",
     "fedpm": "networks.fedpm", "fedrco": "networks.fedrco", "fedrco-ori": "networks.fedrco",
     "lmo-momentum": "lmo.momentum", "lmo-hcm": "lmo.hcm",
+    "fedcurv": "networks.fedcurv", "fedsophia": "networks.fedsophia",
 }
 NN_METHODS = tuple(_NN_MODULES)
 

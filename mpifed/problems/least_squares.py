@@ -44,3 +44,8 @@ class LeastSquaresBlock(LogisticBlock):
     @staticmethod
     def row_curvature(t, b, xp=np):
         return xp.ones_like(t)
+
+    @staticmethod
+    def row_loss_change(t, delta, b, xp=np):
+        """l(t + delta, b) - l(t, b) = delta (delta + 2 (t - b)) / 2, without cancellation."""
+        return 0.5 * delta * (delta + 2.0 * (t - b))

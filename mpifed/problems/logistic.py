@@ -89,6 +89,11 @@ class LogisticBlock:
         """d^2l/dt^2 = phi''(t) per row (phi'' is even and b = +-1): the Hessian coefficients."""
         return phi_second(t, xp)
 
+    @staticmethod
+    def row_loss_change(t, delta, b, xp=np):
+        """l(t + delta, b) - l(t, b) per row without cancellation: log1p(sigma(-b t) expm1(-b delta))."""
+        return xp.log1p(-phi_prime(b * t, xp) * xp.expm1(-b * delta))
+
     def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
                  dense: bool | None = None):
         A = scipy.sparse.csr_matrix(A, dtype=np.float64)
@@ -415,6 +420,46 @@ class LogisticBlock:
             A = scipy.sparse.csr_matrix(self.bk.to_host(self._A3[i, :self.sizes[i]]))
             return A, self.bk.to_host(self._b3[i, :self.sizes[i]])
         return scipy.sparse.csr_matrix(self._host_A()[r0:r1]), self.bk.to_host(self.b[r0:r1])
+    def loss_changes(self, x, p, steps):
+        """f_i(x - a p) - f_i(x) for each client and each step a of ``steps`` (host floats), shape (n, len(steps)),
+        from the row changes of :meth:`row_loss_change`: exact to rounding of the change itself, so a line search
+        can compare decreases far below the loss's own rounding (the difference of two losses cannot)."""
+        xp = self.bk.xp
+        t, s, labels = self.margins(x), self.margins(p), self._labels()
+        xp_, pp = float((x * p).sum()), float((p * p).sum())
+        cols = [self._client_sum(self.row_loss_change(t, -a * s, labels, xp)) + 0.5 * self.lam * (a * a * pp - 2 * a * xp_)
+                for a in steps]
+        return xp.stack(cols, axis=1)
+
+    def hvp_each(self, x, V):
+        """grad^2 f_i(x) v_i for each client i with its own vector v_i (V: (n, d)), shape (n, d): from the client's
+        rows only, O(nnz) (sparse) or two batched mat-vecs (dense); the Hessian is never formed."""
+        return self.hvp_from_coefficients(self.row_curvature(self.margins(x), self._labels(), self.bk.xp), V)
+
+    def hvp_from_coefficients(self, h, V):
+        """(1/m_i) sum_j h_ij a_ij (a_ij^T v_i) + lam v_i for each client: :meth:`hvp_each` from given Hessian
+        coefficients h (the coefficient layout of :meth:`derivatives_and_coefficients`), e.g. fixed through a CG solve."""
+        return self._weighted_rows(h * self.margins(V)) + self.lam * V
+
+    def squared_rows(self, coef):
+        """(1/m_i) sum_j coef_ij a_ij * a_ij (elementwise squares) for each client, shape (n, d): the diagonal
+        of (1/m_i) sum_j coef_ij a_ij a_ij^T. Sparse: one bincount over the non-zeros into the client's slots."""
+        xp = self.bk.xp
+        if self.dense:
+            return ((self._W * coef)[:, None, :] @ (self._A3 * self._A3))[:, 0, :]
+        data, rows = self._A.data, self._row_of_nnz
+        w = (coef * self._row_weight())[rows] * data * data
+        flat = self._client_of_nnz * self.d + self._A.indices
+        return xp.bincount(flat, weights=w, minlength=self.n * self.d).reshape(self.n, self.d)
+
+    def fisher_diagonals(self, X):
+        """The diagonal of each client's empirical Fisher at its own point x_i (X: (n, d)), shape (n, d):
+        (1/m_i) sum_j (l'(a_ij^T x_i, b_ij) a_ij)^2 elementwise, the squared per-row gradients of the data term."""
+        return self.squared_rows(self.row_slope(self.margins(X), self._labels(), self.bk.xp) ** 2)
+
+    def _row_weight(self):
+        """1/m_i of each row's client (sparse layout)."""
+        return 1.0 / self.bk.xp.asarray(self.sizes, dtype=np.float64)[self.bk.xp.asarray(self.row_client)]
 
     def hessians_from_coefficients(self, h):
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""

@@ -137,12 +137,13 @@ class LocalRun:
     y: object
 
 
-def local_gd(block, x, K: int, eta_l: float, mu: float = 0.0, correction=None) -> LocalRun:
+def local_gd(block, x, K: int, eta_l: float, mu: float = 0.0, correction=None, penalty=None) -> LocalRun:
     """K batched local steps of every client of the block from the broadcast x:
 
-        y_i^{k+1} = y_i^k - eta_l (grad f_i(y_i^k) + mu (y_i^k - x) + correction_i)
+        y_i^{k+1} = y_i^k - eta_l (grad f_i(y_i^k) + mu (y_i^k - x) + correction_i + penalty(y^k)_i)
 
-    (FedAvg: mu = 0, no correction; FedProx: mu; SCAFFOLD: correction_i = c - c_i).
+    (FedAvg: mu = 0, no correction; FedProx: mu; SCAFFOLD: correction_i = c - c_i; FedCurv: the gradient of its
+    Fisher penalty, a function of the iterates (n, d)).
     """
     xp = block.bk.xp
     y = xp.broadcast_to(x, (block.n, block.d))
@@ -154,6 +155,8 @@ def local_gd(block, x, K: int, eta_l: float, mu: float = 0.0, correction=None) -
         direction = grad if correction is None else grad + correction
         if mu:
             direction = direction + mu * (y - x)
+        if penalty is not None:
+            direction = direction + penalty(y)
         y = point = y - eta_l * direction
     return LocalRun(first[0], first[1], y)
 

@@ -39,15 +39,19 @@ class Params(fedprox.Params):
         return cls(**common_fields(opts, fed), mu=_or(opts.prox_mu, fedprox.DEFAULT_MU))
 
 
-def local_sgd(p, block, x, streams, first, clock: Clock, eta: float, mu: float = 0.0, correction=None):
+def local_sgd(p, block, x, streams, first, clock: Clock, eta: float, mu: float = 0.0, correction=None, penalty=None):
     """The participants' K local steps from x, step k on mini-batch k (step 0 reuses ``first``'s gradient):
 
-        y^{k+1} = y^k - eta (grad f_i(y^k; xi_i^k) + mu (y^k - x) + correction_i)
+        y^{k+1} = y^k - eta (grad f_i(y^k; xi_i^k) + mu (y^k - x) + correction_i + penalty(y^k)_i)
 
-    ``correction`` ``(|S|, P)`` or None. Returns y^K ``(|S|, P)``."""
+    ``correction`` ``(|S|, P)`` or None; ``penalty``: the gradient of a penalty of the iterates (FedCurv), or None.
+    Returns y^K ``(|S|, P)``."""
     on = first.on
     g = first.grad[on]
-    y = x - eta * (g if correction is None else g + correction)  # y^0 = x: no prox term
+    direction = g if correction is None else g + correction  # y^0 = x: no prox term
+    if penalty is not None:
+        direction = direction + penalty(block.bk.xp.broadcast_to(x, g.shape))
+    y = x - eta * direction
     t0 = time.perf_counter()
     for k in range(1, p.K if on.any() else 1):
         X, lab = block.batch(streams, k, on)
@@ -55,6 +59,8 @@ def local_sgd(p, block, x, streams, first, clock: Clock, eta: float, mu: float =
         direction = g if correction is None else g + correction
         if mu:
             direction = direction + mu * (y - x)
+        if penalty is not None:
+            direction = direction + penalty(y)
         y = y - eta * direction
     clock.add("forward_backward", t0)
     return y

@@ -1,0 +1,104 @@
+"""DANE: distributed approximate Newton (Shamir, Srebro, Zhang, ICML 2014, arXiv:1312.7853, Algorithm "DANE";
+the paper's text was not read: the rule follows two reference codes, microsoft/DistrOpt ``src/DANE/dane_mpi.cpp`` and
+wangshusen/SparkGiant ``logistic/Dane.scala``, as transcribed in the project's source sheet, section A2).
+
+Round t, two exchanges:
+
+1. w down (d floats); client i sends grad f_i(w) (d floats): grad P(w) = (1/n) sum_i grad f_i(w).
+2. grad P(w) down (d floats); client i solves, inexactly,
+
+       w_i = argmin_z  f_i(z) - <grad f_i(w) - eta grad P(w), z> + (mu/2) ||z - w||^2            (*)
+
+   and sends w_i (d floats); the server averages the models, w+ = (1/n) sum_i w_i.
+
+Local solver: Newton-CG on (*) from z = w, T = ``local_steps`` Newton steps (default 1), each by CG on
+Hessian-vector products of the client's own rows (:mod:`.cg`: at most q = ``cg_iterations`` iterations,
+default 100, or a residual 1e-12 of the right-hand side):
+
+    z <- z - (grad^2 f_i(z) + mu I)^{-1} (grad f_i(z) - grad f_i(w) + eta grad P(w) + mu (z - w)).
+
+The first step's gradient is eta grad P(w) and its Hessian grad^2 f_i(w), both known from exchange 1, so one
+step costs CG iterations only; each further step one more local gradient. With T = 1 the step solves the
+quadratic model of (*) exactly, so on a quadratic f_i DANE solves (*) exactly:
+w+ = w - eta mean_i[(H_i + mu I)^{-1}] grad P(w), GIANT's step with a unit step length (ridge regression).
+On logistic regression more local steps solve (*) more exactly (the paper's DANE).
+
+Unequal m_i: the reference codes scale f_i by c_i = n m_i / N so that the mean of the c_i f_i is the loss over all
+samples; mpifed's objective is already P = (1/n) sum_i f_i (ALGORITHMS.md), so c_i = 1 and the models are averaged
+with weights 1/n.
+
+Defaults eta = 1, mu = 0 (both codes; with mu = 0 and no line search DANE can diverge on heterogeneous data, then
+give ``--mu`` of the order of lam). ``line_search``: GIANT's one-exchange Armijo search along p = w - w+
+(:mod:`.linesearch`; DistrOpt backtracks by 0.8 with c = 1e-4, one trial per exchange), a third exchange
+(d floats down, 10 up). The trace reports ``local_iterations`` (mean CG iterations per client,
+over its T steps).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError
+from ..base import Uplink, bits_for
+from . import cg, linesearch
+from .giant import ClientRound, _or, check_q, step_along
+from .giant import client_init, client_step, server_init, server_step  # noqa: F401  (exchange 1 is GIANT's)
+
+DEFAULT_T, DEFAULT_Q = 1, 100
+
+
+@dataclass(frozen=True)
+class Params:
+    """eta, mu of (*); T local Newton steps of q CG iterations each; the optional line search (c, gamma)."""
+
+    eta: float = 1.0
+    mu: float = 0.0
+    T: int = DEFAULT_T
+    q: int = DEFAULT_Q
+    line_search: bool = False
+    c: float = linesearch.DEFAULT_C
+    gamma: float = linesearch.DEFAULT_GAMMA
+    float_bits: int = 32
+    uses = ("eta", "mu", "local_steps", "cg_iterations", "line_search", "ls_c", "ls_gamma")
+
+    def __post_init__(self):
+        check_q(self.q)
+        if int(self.T) != self.T or self.T < 1:
+            raise ConfigError(f"local_steps T = {self.T!r} is out of range; valid: an integer T >= 1 (Newton steps)")
+
+    @classmethod
+    def from_options(cls, opts, fed) -> "Params":
+        return cls(_or(opts.eta, 1.0), _or(opts.mu, 0.0), _or(opts.local_steps, DEFAULT_T),
+                   _or(opts.cg_iterations, DEFAULT_Q), _or(opts.line_search, False),
+                   _or(opts.ls_c, linesearch.DEFAULT_C), _or(opts.ls_gamma, linesearch.DEFAULT_GAMMA), opts.float_bits)
+
+
+def local_solve(p: Params, block, state: ClientRound, g):
+    """(the clients' w_i (n, d), their CG iterations (n,)): T Newton-CG steps on (*)."""
+    xp = block.bk.xp
+    z, h = xp.broadcast_to(state.x, (block.n, block.d)), state.h
+    rhs = xp.broadcast_to(p.eta * g, (block.n, block.d))
+    iterations = 0
+    for step in range(p.T):
+        if step:
+            _, grad_z, h = block.derivatives_and_coefficients(z)
+            rhs = grad_z - state.grad + p.eta * g + p.mu * (z - state.x)
+        sol = cg.solve(lambda V: block.hvp_from_coefficients(h, V) + p.mu * V, rhs, p.q, xp=xp)
+        z, iterations = z - sol.p, iterations + sol.iterations
+    return z, iterations
+
+
+def client_query(p: Params, block, state: ClientRound, point, streams):
+    if state.searching:  # exchange 3 (line search): the trial values along p
+        return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
+    xp = block.bk.xp
+    z, iterations = local_solve(p, block, state, point)
+    values, index = bits_for(block.n, block.d, p.float_bits)
+    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
+                                                    {"w": z, "cg": xp.asarray(iterations, dtype=float)[:, None]})
+
+
+def server_resume(p: Params, state, x, agg):
+    if isinstance(state, linesearch.Search):
+        return linesearch.finish(state, x, agg, p.c, p.gamma, p.float_bits)
+    w = agg.mean("w")
+    return step_along(p, state, x, agg, x - w, unit=w)

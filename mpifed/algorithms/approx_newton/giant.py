@@ -1,0 +1,130 @@
+"""GIANT: globally improved approximate Newton (Wang, Roosta, Xu, Mahoney, NeurIPS 2018, arXiv:1709.03528,
+Sec. 3, Algorithm "GIANT"; checked against the authors' code, SparkGiant ``logistic/Giant.scala`` and
+``utils/CG.scala``, through the rules transcribed in the project's source sheet, section A3).
+
+Iteration t, three exchanges:
+
+1. x_t down (d floats); client i sends grad f_i(x_t) (d floats): g_t = grad P(x_t). (The code also sends the
+   local loss, for the search; here the search takes changes of f_i, below, so f_i(x_t) is not sent.)
+2. g_t down (d floats); client i runs q CG iterations from 0 on its local Newton system (:mod:`.cg`)
+
+       grad^2 f_i(x_t) p_i = g_t,   grad^2 f_i = (1/m_i) sum_j phi''_ij a_ij a_ij^T + lam I,
+
+   with Hessian-vector products from its own rows, and sends p_i (d floats); the server averages
+   p_t = sum_i w_i p_i.
+3. p_t down (d floats); every client returns f_i(x_t - alpha_j p_t) - f_i(x_t), alpha_j = 4^-j, j = 0..9 (10 floats), and
+   x_{t+1} = x_t - alpha p_t with the largest alpha_j passing Armijo with c = 0.1 (:mod:`.linesearch`).
+
+Weights: the paper's w_i = m_i/N make sum_i w_i f_i the loss over all samples; mpifed's objective is
+P = (1/n) sum_i f_i (every client counts once, ALGORITHMS.md), so w_i = 1/n here (the same for equal m_i).
+
+q (``cg_iterations``) is the one knob; the code's experiments use 30 and 100 (default 30). A client also stops
+once its residual is 1e-12 of its right-hand side (the code's 1e-20 amounts to a fixed q). Without the line
+search (``line_search`` false) the step is alpha = 1 and a round has two exchanges; the search's trial factor and
+Armijo constant are ``ls_gamma`` and ``ls_c``. The trace reports ``local_iterations`` (mean CG iterations per
+client) and ``step_length``.
+
+On a quadratic with exact local solves this is x - mean_i(H_i^{-1}) grad P(x), which DANE with eta = 1, mu = 0
+also takes; with one client it is Newton's step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError
+from ..base import Query, Uplink, bits_for
+from . import cg, linesearch
+
+DEFAULT_Q = 30
+
+
+@dataclass(frozen=True)
+class Params:
+    """q: CG iterations per client; line_search, c, gamma: the one-exchange Armijo search; float bits."""
+
+    q: int = DEFAULT_Q
+    line_search: bool = True
+    c: float = linesearch.DEFAULT_C
+    gamma: float = linesearch.DEFAULT_GAMMA
+    float_bits: int = 32
+    uses = ("cg_iterations", "line_search", "ls_c", "ls_gamma")
+
+    def __post_init__(self):
+        check_q(self.q)
+
+    @classmethod
+    def from_options(cls, opts, fed) -> "Params":
+        return cls(_or(opts.cg_iterations, DEFAULT_Q), _or(opts.line_search, True), _or(opts.ls_c, linesearch.DEFAULT_C),
+                   _or(opts.ls_gamma, linesearch.DEFAULT_GAMMA), opts.float_bits)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def check_q(q) -> None:
+    if int(q) != q or q < 1:
+        raise ConfigError(f"cg_iterations q = {q!r} is out of range; valid: an integer q >= 1")
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """What a block keeps between a round's exchanges: x_t, the clients' gradients and Hessian coefficients there,
+    and whether the next broadcast is the line search's direction (DANE's too)."""
+
+    x: object
+    grad: object
+    h: object
+    searching: bool = False
+
+
+@dataclass
+class ServerState:
+    report: dict
+
+
+def client_init(p: Params, block, x0, streams):
+    return None, None
+
+
+def server_init(p: Params, agg, x0):
+    return ServerState({})
+
+
+def client_step(p: Params, block, state, x, streams):
+    loss, grad, h = block.derivatives_and_coefficients(x)
+    values, index = bits_for(block.n, block.d, p.float_bits)
+    return ClientRound(x, grad, h), Uplink(loss, grad, values, index)
+
+
+def server_step(p: Params, state: ServerState, x, agg):
+    g = agg.grad / agg.n
+    return Query(g, g, len(x) * p.float_bits)
+
+
+def client_query(p: Params, block, state: ClientRound, point, streams):
+    if state.searching:  # exchange 3: the line search's trial values along the direction
+        return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
+    xp = block.bk.xp
+    sol = cg.solve(lambda V: block.hvp_from_coefficients(state.h, V), xp.broadcast_to(point, (block.n, block.d)),
+                   p.q, xp=xp)
+    values, index = bits_for(block.n, block.d, p.float_bits)
+    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
+                                              {"p": sol.p, "cg": sol.iterations[:, None].astype(float)})
+
+
+def server_resume(p: Params, state, x, agg):
+    if isinstance(state, linesearch.Search):
+        return linesearch.finish(state, x, agg, p.c, p.gamma, p.float_bits)
+    return step_along(p, state, x, agg, agg.mean("p"))
+
+
+def step_along(p, pending, x, agg, direction, unit=None):
+    """After the clients' solves: x - direction (``unit`` when given: the same point as the clients' mean), or the
+    line search along the direction; the round reports the mean CG iterations per client."""
+    g = pending
+    report = {"local_iterations": float(agg.fields["cg"][0]) / agg.n}
+    if not p.line_search:
+        report["step_length"] = 1.0
+        return ServerState(report), x - direction if unit is None else unit, len(x) * p.float_bits
+    return linesearch.start(direction, g, report, ServerState(report), p.float_bits)
