@@ -16,6 +16,14 @@ Logistic regression, client i with m_i rows, nnz_i non-zeros and pairs_i = sum_j
   decomposition with vectors 9 d^3 (Golub and Van Loan, Matrix Computations, 4th ed., 8.3) and two products
   4 d^2 (:func:`eigen_solve`); summing the participants' messages costs one add per received float.
 
+PCA on the unit sphere (:mod:`mpifed.problems.pca`), client i with rows Z_i (m_i rows, nnz_i non-zeros):
+
+* :func:`pca_loss_grad`: A_i x = (1/m_i) Z_i^T (Z_i x) (4 nnz + d), f_i = -x^T (A_i x) (2 d), grad_E f_i =
+  -2 A_i x (d): ``4 nnz + 4 d`` (:func:`pca_grad` without the loss: ``4 nnz + 2 d``);
+* the sphere's maps (Absil, Mahony and Sepulchre 2008): the projection P_x v = v - <x, v> x (:func:`tangent_projection`,
+  4 d; it is also the vector transport) and the retraction R_x(v) = (x + v) / ||x + v|| (:func:`retraction`,
+  4 d and one square root).
+
 Neural networks (``shape.layers``: per weighted layer (rows per sample, d_in + 1, d_out); ``shape.batch``):
 a forward pass costs 2 rows (d_in + 1) d_out per layer and sample, the backward pass twice that
 (:func:`network_step`); a FOOF factor a^T a costs 2 rows (d_in + 1)^2 per sample (:func:`foof_factors`) and
@@ -84,6 +92,29 @@ def loss_grad(s: Shape) -> np.ndarray:
 def loss_only(s: Shape) -> np.ndarray:
     """f_i alone (a line search's trial point): margins, phi, the ridge."""
     return 2.0 * s.nnz + ELEMENTARY * s.m + 2.0 * s.d
+
+
+def pca_loss_grad(s: Shape) -> np.ndarray:
+    """f_i(x) = -x^T A_i x and grad_E f_i(x) = -2 A_i x of PCA, per client: Z_i x and Z_i^T t (2 nnz each), 1/m_i
+    (d), the loss's dot product (2 d), the factor -2 (d)."""
+    return 4.0 * s.nnz + 4.0 * s.d
+
+
+def pca_grad(s: Shape) -> np.ndarray:
+    """grad_E f_i(x) = -2 A_i x of PCA alone (a second point's gradient, no loss): 4 nnz + 2 d."""
+    return 4.0 * s.nnz + 2.0 * s.d
+
+
+def tangent_projection(d: int) -> float:
+    """P_x v = v - <x, v> x onto the sphere's tangent space at x (and the transport by projection): the dot product
+    2 d, then <x, v> x and the difference 2 d."""
+    return 4.0 * d
+
+
+def retraction(d: int) -> float:
+    """R_x(v) = (x + v) / ||x + v|| on the sphere: the sum d, the norm 2 d and its square root (ELEMENTARY), the
+    scaling d."""
+    return 4.0 * d + ELEMENTARY
 
 
 def hessian(s: Shape) -> np.ndarray:

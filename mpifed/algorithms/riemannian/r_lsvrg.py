@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..base import Uplink, participation
-from . import r_page, sphere
+from . import r_page, rgd, sphere
+from ...network import flops as fl
 
 COIN_STREAM = "r-lsvrg-coin"
 
@@ -81,3 +82,16 @@ def server_step(p: Params, state: ServerState, x, agg):
     g = full if state.k == 0 else sphere.project(x, state.mu) + agg.fields["delta"] / agg.participants
     w, mu = (x, full) if sphere.coin(p.seed, p.n, COIN_STREAM, state.k, p.p) else (state.w, state.mu)
     return replace(state, w=w, mu=mu, k=state.k + 1), sphere.step(x, g, state.eta), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """A round k > 0 (round 0, w^0 = x^0, skips the correction), the refresh at its expected value (probability p):
+
+    client: f_i and grad f_i(x^k) (sent when w moves: no extra arithmetic; w^{k+1} = x^k is a copy), and the
+    participant's correction grad f_i(x^k) - T_k grad f_i(w^k) (:func:`.rgd.old_gradient_flops`);
+    server: the b = tau corrections (tau d), T_k mu^k (4 d), 1/b and the sum (2 d); with probability p the sum
+    of all n gradients and 1/n for mu^{k+1} (n d + d); then the step."""
+    full = s.n * s.d + s.d
+    corrections = fl.aggregate(s, s.d) + fl.tangent_projection(s.d) + 2.0 * s.d
+    return fl.Work(rgd.gradient_flops(s) + rgd.old_gradient_flops(s),
+                   corrections + p.p * full + rgd.step_flops(s.d))

@@ -37,7 +37,8 @@ from ... import compressors
 from ...errors import ConfigError
 from ...rng import ClientStreams
 from ..base import Uplink
-from . import sphere
+from . import rgd, sphere
+from ...network import flops as fl
 
 COIN_STREAM = "r-marina-coin"
 
@@ -108,3 +109,16 @@ def server_step(p: Params, state: sphere.EstimatorState, x, agg):
     else:
         g = sphere.project(x, state.g + agg.fields["q"] / agg.n)
     return replace(state, g=g, k=state.k + 1), sphere.step(x, g, state.eta), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Expected over the coin (a dense round with probability p; round 0's sure one is not singled out):
+
+    client: f_i and grad f_i(x^k), and with probability 1 - p the difference grad f_i(x^k) - T_k grad f_i(x^{k-1})
+    from the kept gradient (transport 4 d, difference d) and Q on it (:func:`~mpifed.network.flops.compression`);
+    server: with probability p the sum of the n gradients and 1/n (n d + d), else the sum of the n compressed
+    messages (n payload(Q)), 1/n and + g^{k-1} (2 d) and P_{x^k} (4 d); then the step."""
+    dense = s.n * s.d + s.d
+    compressed = fl.aggregate(s, fl.payload(p.Q)) + 2.0 * s.d + fl.tangent_projection(s.d)
+    client = rgd.gradient_flops(s) + (1.0 - p.p) * (fl.tangent_projection(s.d) + s.d + fl.compression(p.Q))
+    return fl.Work(client, p.p * dense + (1.0 - p.p) * compressed + rgd.step_flops(s.d))

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..base import Uplink, participation
-from . import sphere
+from . import rgd, sphere
+from ...network import flops as fl
 
 COIN_STREAM = "r-page-coin"
 
@@ -88,3 +89,16 @@ def server_step(p: Params, state: sphere.EstimatorState, x, agg):
     else:
         g = sphere.project(x, state.g) + agg.fields["delta"] / agg.participants
     return replace(state, g=g, k=state.k + 1), sphere.step(x, g, state.eta), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Expected over the coin (a full round with probability p; round 0's sure full round is not singled out):
+
+    client: f_i and grad f_i(x^k), and with probability 1 - p the participant's correction grad f_i(x^k) -
+    T_k grad f_i(x^{k-1}) (:func:`.rgd.old_gradient_flops`);
+    server: with probability p the sum of all n gradients and 1/n (n d + d), else the b = tau participants'
+    corrections (tau d), T_k g^{k-1} (4 d), 1/b and the sum (2 d); then the step."""
+    full = s.n * s.d + s.d
+    partial = fl.aggregate(s, s.d) + fl.tangent_projection(s.d) + 2.0 * s.d
+    return fl.Work(rgd.gradient_flops(s) + (1.0 - p.p) * rgd.old_gradient_flops(s),
+                   p.p * full + (1.0 - p.p) * partial + rgd.step_flops(s.d))

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import sphere
 from ..base import Uplink
+from ...network import flops as fl
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,25 @@ def client_step(p: Params, block, state, x, streams):
 
 def server_step(p: Params, state: ServerState, x, agg):
     return state, sphere.step(x, agg.grad / agg.n, state.eta), len(x) * p.float_bits
+
+
+def gradient_flops(s) -> np.ndarray:
+    """A client's f_i(x) and Riemannian gradient P_x(-2 A_i x) (every Riemannian round's uplink): 4 nnz + 8 d."""
+    return fl.pca_loss_grad(s) + fl.tangent_projection(s.d)
+
+
+def old_gradient_flops(s) -> np.ndarray:
+    """grad f_i at a kept point y (x^{k-1}, or w^k), transported to x^k, and the difference grad f_i(x^k) -
+    P_{x^k} grad f_i(y) (R-PAGE's and R-LSVRG's correction): P_y(-2 A_i y) (4 nnz + 6 d), P_{x^k} (4 d), d."""
+    return fl.pca_grad(s) + 2.0 * fl.tangent_projection(s.d) + s.d
+
+
+def step_flops(d: int) -> float:
+    """x^{k+1} = R_x(-eta g): the scaling d and the retraction."""
+    return d + fl.retraction(d)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i and grad f_i (:func:`gradient_flops`); server: the sum of the n gradients, 1/n (d) and the
+    step (:func:`step_flops`)."""
+    return fl.Work(gradient_flops(s), fl.aggregate(s, s.d) + s.d + step_flops(s.d))
