@@ -46,12 +46,14 @@ HELP = {
                    "(default 0.1)"),
     "l1": ("L1 weight lam1 >= 0 of the composite P = f + lam1 ||x||_1 (default 0); methods with a prox: proxgd, proxskip, "
            "sppm, fedavg, dcgd, diana; the trace adds prox_grad_norm (||G_{1/L}||, the stopping test), nnz and the support"),
-    "algorithm": ("newton | newton-star | nl1 | nl2 | cnl | fednl | fednl-ls | fednl-pp | fednl-cr | fednl-bc | "
-                  "fedpm | localnewton | newton-cg | disco | lbfgs | gd | dcgd | diana | adiana | fedavg | fedavgm | "
-                  "fedprox | scaffold | fedadam | lcd1 | lcd2 | lcd3 | bpm | bpm-lin | proxgd | proxskip | sppm (default fednl); with --problem pca: "
-                  "dane | giant | fedcurv | fedsophia; "
-                  "rgd | r-lsvrg | r-page | r-marina; with --model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, "
-                  "fedpm, fedrco, fedrco-ori, fedcurv, fedsophia"),
+    "algorithm": ("the method (default fednl). Second order: newton, newton-star, nl1, nl2, cnl, fednl, fednl-ls, "
+                  "fednl-pp, fednl-cr, fednl-bc, fedpm, localnewton; Hessian-free: newton-cg, disco, lbfgs; approximate "
+                  "Newton and diagonal curvature: dane, giant, fedcurv, fedsophia; first order: gd, dcgd, diana, adiana, "
+                  "fedavg, fedavgm, fedprox, scaffold, fedadam; proximal (--l1): proxgd, proxskip, sppm; local curvature "
+                  "and ball-proximal: lcd1, lcd2, lcd3, bpm, bpm-lin; LMO: lmo-momentum, lmo-hcm; with --problem pca: "
+                  "rgd, r-lsvrg, r-page, r-marina; with --problem saddle: sppm-vi, sppm-vi-vr, extragradient; with "
+                  "--model: fedavg (default), fedavgm, fedprox, scaffold, fedadam, localnewton, fedpm, fedrco, "
+                  "fedrco-ori, fedcurv, fedsophia, lmo-momentum, lmo-hcm"),
     "compressor": ("FedNL Hessian compressor: identity, topk:k=8d, randk:k=8d, rankr:r=1, natural, toplek:k=8d, "
                    "randseqk:k=8d (K a count or a multiple of the dimension: k=d, k=8d, k=0.5d); "
                    "Newton-Learn: randk:k=1 (r coefficients per client); DCGD, DIANA, ADIANA, R-MARINA: a vector "
@@ -118,7 +120,7 @@ HELP = {
     "hessian_every": "Fed-Sophia on networks: Hutchinson estimate every tau local steps (default 10, as Sophia)",
     "model": ("train a neural network on an image dataset (--dataset mnist | mnist-synthetic): softmax, "
               "mlp:hidden=200-200, cnn (FedRCO's CNN); algorithms fedavg, fedavgm, fedprox, scaffold, fedadam, "
-              "localnewton, fedpm, fedrco, fedrco-ori"),
+              "localnewton, fedpm, fedrco, fedrco-ori, fedcurv, fedsophia, lmo-momentum, lmo-hcm"),
     "batch_size": "neural networks: mini-batch size b of every local step (default 32)",
     "damping": "FOOF / K-FAC damping eps > 0 (default 0.03, FedRCO App. E.3)",
     "ema_decay": "FedRCO: EMA weight alpha of new K-FAC statistics (eq. 7; default 0.95)",
