@@ -105,14 +105,13 @@ def test_every_flop_model_gives_finite_counts_on_a_federation(network_run):
     registry = NN_MODULES if network_run else METHODS
     base = ({"dataset": "mnist-synthetic", "model": "softmax", "clients": 3, "samples_per_client": 20}
             if network_run else {"clients": 3, "samples_per_client": 20})
-    feds = {}  # one federation per problem: a method that does not solve the GLMs gets its own (rgd: pca)
+    feds = {}  # one federation per problem: each method on the first problem it solves (Params.problems)
     for name in registry:
-        problems = getattr(registry[name].Params, "problems", ("logistic",))
-        problem = {} if network_run or "logistic" in problems else {"problem": problems[0]}
-        plan = resolve(build({**base, **problem, "algorithm": name}))
-        if problem.get("problem") not in feds:
-            feds[problem.get("problem")] = build_federation(plan.data, SerialComm())
-        fed = feds[problem.get("problem")]
+        problem = "logistic" if network_run else getattr(registry[name].Params, "problems", ("logistic",))[0]
+        plan = resolve(build({**base, "algorithm": name, **({} if problem == "logistic" else {"problem": problem})}))
+        if problem not in feds:
+            feds[problem] = build_federation(plan.data, SerialComm())
+        fed = feds[problem]
         params = registry[name].Params.from_options(plan.method, fed)
         shape = network.shape_of(fed.client_shape, fed.d, fed.tau, fed.layers, fed.batch)
         work = network.work_of(registry[name], params, shape)

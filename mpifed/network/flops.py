@@ -122,6 +122,12 @@ def hessian(s: Shape) -> np.ndarray:
     return 3.0 * s.pairs + ELEMENTARY * s.m + s.d
 
 
+def glm_hvp(s: Shape) -> np.ndarray:
+    """H_i(x) v of the logistic GLM without the matrix, given the margins of x (:func:`loss_grad`): phi'' per row
+    (E m), A v (2 nnz), h_ij (a_ij^T v) (m), A^T w (2 nnz), 1/m_i and lam v (3 d): ``4 nnz + (E + 1) m + 3 d``."""
+    return 4.0 * s.nnz + (ELEMENTARY + 1.0) * s.m + 3.0 * s.d
+
+
 def coefficient_hessian(s: Shape) -> np.ndarray:
     """A packed Hessian from given coefficients h_ij (Newton-Learn's learned Hessians): no phi''."""
     return 3.0 * s.pairs + s.d
@@ -130,6 +136,20 @@ def coefficient_hessian(s: Shape) -> np.ndarray:
 def cholesky_solve(d: int) -> float:
     """(M)^{-1} g by Cholesky: d^3/3 for the factor, 2 d^2 for the two triangular solves."""
     return d**3 / 3.0 + 2.0 * d * d
+
+
+def lu_solve(d: int) -> float:
+    """M^{-1} g for a general (non-symmetric) d x d matrix by LU with partial pivoting (LAPACK getrf/getrs, what
+    numpy.linalg.solve calls): 2 d^3 / 3 for the factor, 2 d^2 for the two triangular solves."""
+    return 2.0 * d**3 / 3.0 + 2.0 * d * d
+
+
+def thin_svd(rows: int, cols: int) -> float:
+    """The thin SVD U S V^T of a rows x cols matrix with U and V (numpy's ``svd(full_matrices=False)``), M = max,
+    N = min of the sides: the cheaper of Golub-Reinsch, 14 M N^2 + 8 N^3, and R-SVD (a QR first), 6 M N^2 + 20 N^3
+    (Golub and Van Loan, Matrix Computations, 3rd ed., Fig. 5.4.1: Sigma, U_1, V)."""
+    M, N = max(rows, cols), min(rows, cols)
+    return float(min(14 * M * N * N + 8 * N**3, 6 * M * N * N + 20 * N**3))
 
 
 def eigen_solve(d: int) -> float:
@@ -177,6 +197,13 @@ def network_step(s: Shape) -> float:
     parameter)."""
     params = sum(din * dout for _, din, dout in s.layers)
     return 3.0 * s.batch * forward(s) + 3.0 * params
+
+
+def network_gradient(s: Shape) -> float:
+    """A mini-batch gradient without a step: forward and backward on b samples (3 b forward) and the ridge
+    lam theta added (2 per parameter)."""
+    params = sum(din * dout for _, din, dout in s.layers)
+    return 3.0 * s.batch * forward(s) + 2.0 * params
 
 
 def foof_factors(s: Shape) -> float:

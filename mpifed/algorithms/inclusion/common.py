@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...network import flops as fl
 from ...rng import ClientStreams
 from ..base import Uplink
 
@@ -50,3 +51,15 @@ def default_gamma(block) -> float:
     if mu <= 0:
         return 1.0
     return min(mu / (2.0 * delta * delta), 1.0 / mu) if delta > 0 else 1.0 / mu
+
+
+def operator_flops(s) -> np.ndarray:
+    """A_i(z) = M_i z + q_i, a dense (d x d) matvec: 2 nnz with nnz = d^2 (d^2 multiplies, d^2 - d adds, + q_i d)."""
+    return 2.0 * s.nnz
+
+
+def resolvent_flops(s) -> float:
+    """J_{gamma A_i}(z) as :meth:`~mpifed.problems.saddle.SaddleBlock.resolvent` computes it: I + gamma M_i (d^2 + d),
+    z - gamma q_i (2d), and a general linear solve (I + gamma M_i is not symmetric: LU, 2 d^3/3 + 2 d^2,
+    :func:`~mpifed.network.flops.lu_solve`)."""
+    return s.d * s.d + 3.0 * s.d + fl.lu_solve(s.d)

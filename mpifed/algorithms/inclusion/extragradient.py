@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from ..base import Query
-from .common import metrics_uplink
+from .common import metrics_uplink, operator_flops
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,11 @@ def server_step(p: Params, state, x, agg):
 
 def server_resume(p: Params, state, x, agg):
     return state, x - p.gamma * agg.grad / agg.n, len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Each of the round's two exchanges: every client A_i at the broadcast point (2 d^2,
+    :func:`.common.operator_flops`; the metric L_i(z^k) that rides along is not counted), the server the sum and
+    z^k - (gamma/n) sum (2d)."""
+    server = fl.aggregate(s, s.d) + 2.0 * s.d
+    return fl.Work(fl.per_client(operator_flops(s), s), server, query=operator_flops(s), query_server=server)

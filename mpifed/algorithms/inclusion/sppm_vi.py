@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .common import default_gamma, metrics_uplink, one_client_answer, sampled_client
+from ...network import flops as fl
+from .common import default_gamma, metrics_uplink, one_client_answer, resolvent_flops, sampled_client
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,11 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, state, x, agg):
     """z^{k+1} is the one client's answer (the others' rows are zeros); it goes to the next round's client only."""
     return state, agg.fields["next"], len(x) * p.float_bits / p.n
+
+
+def flops(p: Params, s) -> fl.Work:
+    """The sampled client's resolvent J_{gamma A_xi}(z^k) (:func:`.common.resolvent_flops`: an LU solve). Every
+    client is charged it: any client may be xi, and the round waits for xi's whole solve (the expected share, 1/n of
+    it, would make the round n times too short); the other clients' A_i(z^k), L_i(z^k) are metrics only. The
+    server takes xi's answer as it is (no arithmetic)."""
+    return fl.Work(fl.per_client(resolvent_flops(s), s), 0.0)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from ..base import Query
-from .common import coin, default_gamma, metrics_uplink, one_client_answer, sampled_client
+from .common import (coin, default_gamma, metrics_uplink, one_client_answer, operator_flops, resolvent_flops,
+                     sampled_client)
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,19 @@ def server_resume(p: Params, k: int, x, agg):
     """z^{k+1} = xi's answer; it goes to every client if round k+1 has a new anchor, else to xi_{k+1} only."""
     down = len(x) * p.float_bits * (1.0 if p.new_anchor(k + 1) else 1.0 / p.n)
     return k + 1, agg.fields["next"], down
+
+
+def answer_flops(s):
+    """Client xi's answer (:func:`_answer`): A_xi(w) (2 d^2; the client keeps w, not A_i(w), so it is recomputed),
+    a - A_xi(w) (d), z - gamma shift (2d), and the resolvent (:func:`.common.resolvent_flops`)."""
+    return operator_flops(s) + 3.0 * s.d + resolvent_flops(s)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Expected over the anchor coin (a full exchange with probability p, the first round aside): the main step is
+    every client's A_i(w) (2 d^2) in a full round, xi's answer (:func:`answer_flops`) in a plain one, so
+    2 d^2 p + answer (1 - p); the server forms a = (1/n) sum A_i(w) (the sum and d) with probability p. The full
+    round's query (charged only when it happens) is xi's answer; its server step takes the answer as it is. As in
+    :mod:`.sppm_vi`, every client is charged xi's work (any may be xi); the metrics A_i(z^k), L_i(z^k) are not."""
+    step = p.p * operator_flops(s) + (1.0 - p.p) * answer_flops(s)
+    return fl.Work(fl.per_client(step, s), p.p * (fl.aggregate(s, s.d) + s.d), query=answer_flops(s))

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from . import momentum
 from .momentum import (ServerState, client_init, client_metrics, client_step, next_momentum,  # noqa: F401
                        server_init, server_step)
+from .momentum import flops as momentum_flops
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,9 @@ class Params(momentum.Params):
     """As :class:`.momentum.Params`; the clients add the Hessian correction to their message."""
 
     hessian_corrected = True
+
+
+def flops(p: Params, s) -> fl.Work:
+    """:func:`.momentum.flops` with ``p.hessian_corrected``: the client adds d^k = x^k - x^{k-1} (d), the HVP (the
+    GLM's exact O(nnz) product, or one more network gradient on the same mini-batch) and beta H_i d^k to c_i (2d)."""
+    return momentum_flops(p, s)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import Uplink, bits_for
 from .oracle import layer_slices, lmo
 from .oracles import glm_hvp, network_gradients, network_hvp
@@ -106,3 +107,35 @@ def server_step(p, state: ServerState, x, agg):
     m = next_momentum(p, state, agg)
     t = p.t / (1.0 + p.decay * state.k)
     return ServerState(m, state.k + 1), x + t * lmo(m, p.norm, p.layers), len(x) * p.float_bits
+
+
+def lmo_flops(norm: str, s) -> float:
+    """LMO(m) as :func:`.oracle.lmo` computes it: l2, ||m|| (2d) and -m / ||m|| (d); linf, -sign(m) (d); spectral,
+    per weighted layer's (d_in + 1) x d_out matrix (M, N its longer and shorter side), a thin SVD
+    (:func:`~mpifed.network.flops.thin_svd`), U V^T (2 M N^2) and the sign (M N)."""
+    if norm == "l2":
+        return 3.0 * s.d
+    if norm == "linf":
+        return float(s.d)
+    return float(sum(fl.thin_svd(din, dout) + 2.0 * max(din, dout) * min(din, dout) ** 2 + din * dout
+                     for _, din, dout in s.layers))
+
+
+def hvp_flops(p: Params, s):
+    """H_i(x^k) d^k (:mod:`.oracles`): the GLM's exact product (:func:`~mpifed.network.flops.glm_hvp`, O(nnz)); on a
+    network a forward difference, one more gradient on the same mini-batch
+    (:func:`~mpifed.network.flops.network_gradient`) plus ||v|| and ||x|| (4d), x + eps v (2d) and
+    (moved - g) / eps (2d)."""
+    return fl.network_gradient(s) + 8.0 * s.d if p.network else fl.glm_hvp(s)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client (a round after the first; round 0 sends g_i as it is): g_i (the logistic f_i and grad f_i, or a
+    network's mini-batch gradient), c_i = (1 - beta) g_i (d); with the Hessian correction also d^k = x^k - x^{k-1}
+    (d), H_i d^k (:func:`hvp_flops`) and c_i += beta H_i d^k (2d). Server: the sum of the c_i and the mean (d),
+    m = beta m + mean (2d), LMO(m) (:func:`lmo_flops`) and x + t_k s (2d)."""
+    client = (fl.network_gradient(s) if p.network else fl.loss_grad(s)) + s.d
+    if p.hessian_corrected:
+        client = client + 3.0 * s.d + hvp_flops(p, s)
+    server = fl.aggregate(s, s.d) + 5.0 * s.d + lmo_flops(p.norm, s)
+    return fl.Work(fl.per_client(client, s), server)
