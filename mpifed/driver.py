@@ -202,7 +202,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
         first = agg
         if not done:
             _spend(bits, agg)
-            queries = []  # (down, up) per participant of each extra exchange
+            queries = []  # (down, up, kind index) per participant of each extra exchange
             try:
                 out = method.server_step(params, server, x, agg)
                 while isinstance(out, Query):  # extra exchanges within the round
@@ -218,7 +218,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                     timing["client"] += tc - ts
                     timing["comm"] += time.perf_counter() - tc
                     _spend(bits, answer)
-                    queries.append((out.down_bits * agg.n, answer.value_bits + answer.index_bits))
+                    queries.append((out.down_bits * agg.n, answer.value_bits + answer.index_bits, int(buf[1])))
                     requests += answer.stop_requests
                     out = method.server_resume(params, out.state, x, answer)
                 server, x_next, down = out
@@ -266,13 +266,18 @@ def _spend(bits: dict, agg: Aggregate, counted: bool = True) -> None:
 
 def _charge_round(bits: dict, clock, k: int, agg: Aggregate, queries: list, down: float) -> None:
     """Round k's simulated seconds into the ledger: its main exchange (the x^k broadcast the previous round
-    charged, this round's uplink), then its queries; ``down`` (x^{k+1}, a mean over all n) waits for round k+1."""
+    charged, this round's uplink), then its queries, each charged its kind's FLOPs; ``down`` (x^{k+1}, a mean over
+    all n) waits for round k+1. The round's count of queries of each kind but the first goes to ``net_queries_<j>``
+    (what a replay needs to charge them)."""
     up = (agg.value_bits + agg.index_bits) / max(agg.participants, 1)
-    q_down = sum(d for d, _ in queries) / max(agg.participants, 1)
-    q_up = sum(u for _, u in queries) / max(agg.participants, 1)
+    q_down = sum(q[0] for q in queries) / max(agg.participants, 1)
+    q_up = sum(q[1] for q in queries) / max(agg.participants, 1)
     pending = bits.get("net_pending", 0.0)
-    spent = clock.round(k, pending, up, len(queries), q_down, q_up)
+    kinds = [q[2] for q in queries]
+    spent = clock.round(k, pending, up, kinds, q_down, q_up)
     _simulate(bits, spent, pending, up, q_down, q_up)
+    for j in range(1, clock.flops.shape[1] - network.simulate.QUERY):
+        bits[f"net_queries_{j}"] = float(kinds.count(j))
     bits["net_pending"] = down * agg.n / max(agg.participants, 1)
 
 
@@ -518,6 +523,7 @@ def _run(config, comm, start=None) -> RunResult:
                "participants": agg.participants, "bits_up": bits["up"], "bits_up_index": bits["up_index"], "bits_down": bits["down"],
                "exchanges": bits.get("exchanges", 0),
                **{name: bits.get(name, 0.0) for name in network.SIM_COLUMNS + network.NET_COLUMNS},
+               **{f"net_queries_{j}": bits.get(f"net_queries_{j}", 0.0) for j in range(1, len(query_kinds(method)))},
                "time_client": timing["client"], "time_comm": timing["comm"], "time_server": timing["server"]}
         row["time_s"] = (rows["time_s"][-1] if rows else 0.0) + timing["client"] + timing["comm"] + timing["server"]
         if sphere:
@@ -575,12 +581,16 @@ def _clock(fed: Federation, config, method, params, writer):
     shape = network.shape_of(rows, fed.d, fed.tau, fed.layers, fed.batch)
     work = network.work_of(method, params, shape)
     profile = cfgmod.network_profile(config)
-    server = [work.init_server, work.server, work.query_server]
+    kinds = query_kinds(method) if isinstance(work.query, dict) else None
+    vectors, server = work.vectors(shape.n, kinds), work.servers(kinds)
+    if vectors.shape[1] - 2 not in (1, len(query_kinds(method))):
+        raise MpifedError(f"{method.__name__}.flops gives {vectors.shape[1] - 2} query costs for the "
+                          f"{len(query_kinds(method))} kinds of QUERIES")
     if writer is not None:
-        writer.save_array("netsim/flops", work.vectors(shape.n))
-        writer.save_array("netsim/server_flops", np.asarray(server, dtype=np.float64))
+        writer.save_array("netsim/flops", vectors)
+        writer.save_array("netsim/server_flops", server)
         writer.set_attrs(netsim={"profile": profile.to_dict(), "tau": shape.tau, "seed": fed.seed})
-    return network.Clock(profile, work.vectors(shape.n), server, fed.seed, shape.tau)
+    return network.Clock(profile, vectors, server, fed.seed, shape.tau)
 
 
 EVENT_COLUMNS = ("round", "client", "step", "score", "action")  # action: 1 soft rollback, 2 hard reset

@@ -115,7 +115,7 @@ def test_every_flop_model_gives_finite_counts_on_a_federation(network_run):
         params = registry[name].Params.from_options(plan.method, fed)
         shape = network.shape_of(fed.client_shape, fed.d, fed.tau, fed.layers, fed.batch)
         work = network.work_of(registry[name], params, shape)
-        assert work.vectors(3).shape == (3, 3) and work.step.min() > 0 and work.server >= 0, name
+        assert work.vectors(3).shape == (3, 2 + len(work.kinds())) and work.step.min() > 0 and work.server >= 0, name
 
 
 def test_a_module_without_flops_is_refused():

@@ -25,7 +25,8 @@ Four extensions, all optional:
 The FLOP model (required): ``flops(p, s) -> Work`` (:mod:`mpifed.network.flops`) counts what the method computes
 from the federation's shape ``s`` (d, per-client m_i, nnz_i, row pairs, tau; a network's layers and batch):
 ``Work.step`` (n,) per client in a round's main step, ``Work.server`` for the server step, ``query`` and
-``query_server`` per extra exchange, ``init`` and ``init_server`` for the setup upload. The simulated wall-clock
+``query_server`` per extra exchange (dicts {kind: cost} when the ``QUERIES`` kinds cost differently, as
+Newton-CG's products and trials), ``init`` and ``init_server`` for the setup upload. The simulated wall-clock
 (the trace's ``sim_time_s``) turns it into seconds; a registered method without it fails ``tests/test_netsim.py``.
 
 Participation: ``streams.active`` (bool, one per client of the block) says who takes part

@@ -22,7 +22,7 @@ def work_of(method, params, shape: Shape) -> Work:
         raise MpifedError(f"method module {method.__name__} has no flops(p, shape): every method states its FLOP "
                           f"count (see mpifed.algorithms.base)")
     work = method.flops(params, shape)
-    vectors = work.vectors(shape.n)
+    vectors = np.concatenate([work.vectors(shape.n).ravel(), work.servers()])
     if not (np.all(np.isfinite(vectors)) and np.all(vectors >= 0)):
         raise MpifedError(f"{method.__name__}.flops gave negative or non-finite counts")
     return work

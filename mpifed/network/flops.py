@@ -69,19 +69,40 @@ class Shape:
 class Work:
     """FLOPs of one round: ``step`` (n,) per client in the round's main client step, ``server`` after it;
     ``query`` (n,) and ``query_server`` per extra in-round exchange (a :class:`~mpifed.algorithms.base.Query`);
-    ``init`` (n,) and ``init_server`` at setup (the clients' first upload, e.g. FedNL's H_i^0)."""
+    ``init`` (n,) and ``init_server`` at setup (the clients' first upload, e.g. FedNL's H_i^0).
+
+    A method whose queries are of several kinds (its module's ``QUERIES``: Newton-CG's Hessian-vector products
+    and line-search trials) gives ``query`` and ``query_server`` as dicts {kind: cost}, one entry per kind; each
+    exchange is then charged its kind's cost. The FLOP vectors then have one query column per kind, in
+    ``QUERIES`` order (:meth:`vectors`)."""
 
     step: np.ndarray
     server: float
-    query: np.ndarray | float = 0.0
-    query_server: float = 0.0
+    query: np.ndarray | float | dict = 0.0
+    query_server: float | dict = 0.0
     init: np.ndarray | float = 0.0
     init_server: float = 0.0
 
-    def vectors(self, n: int) -> np.ndarray:
-        """(n, 3): init, step, query FLOPs per client, as the trace stores them."""
+    def kinds(self, kinds=None) -> tuple:
+        """The query kinds in column order: ``kinds`` (the module's ``QUERIES``), else the dict's own order."""
+        if not isinstance(self.query, dict):
+            return ("query",)
+        return tuple(kinds) if kinds is not None else tuple(self.query)
+
+    def vectors(self, n: int, kinds=None) -> np.ndarray:
+        """(n, 2 + K): init, step, then one query column per kind (K = 1 for a single-cost method: (n, 3)),
+        as the trace stores them."""
+        query = [self.query[k] for k in self.kinds(kinds)] if isinstance(self.query, dict) else [self.query]
         return np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in
-                         (self.init, self.step, self.query)], axis=1)
+                         (self.init, self.step, *query)], axis=1)
+
+    def servers(self, kinds=None) -> np.ndarray:
+        """(2 + K,): the server's init, step and per-kind query FLOPs, in the columns of :meth:`vectors`."""
+        if isinstance(self.query_server, dict):
+            query = [float(self.query_server.get(k, 0.0)) for k in self.kinds(kinds)]
+        else:
+            query = [float(self.query_server)] * len(self.kinds(kinds))
+        return np.asarray([self.init_server, self.server, *query], dtype=np.float64)
 
 
 def loss_grad(s: Shape) -> np.ndarray:
@@ -117,6 +138,35 @@ def retraction(d: int) -> float:
     return 4.0 * d + ELEMENTARY
 
 
+def gradient_and_coefficients(s: Shape) -> np.ndarray:
+    """f_i, grad f_i and the rows' h_ij = phi''(a_ij^T x) / m_i kept for later Hessian-vector products."""
+    return loss_grad(s) + (ELEMENTARY + 1.0) * s.m
+
+
+def hvp(s: Shape) -> np.ndarray:
+    """grad^2 f_i(x) v from the kept h_ij: margins A v (2 nnz), times h (m), A^T (h A v) (2 nnz), + lam v (2 d)."""
+    return 4.0 * s.nnz + s.m + 2.0 * s.d
+
+
+def loss_along(s: Shape, trials: int) -> np.ndarray:
+    """f_i(x + a_j p) and <grad f_i(x + a_j p), p> at ``trials`` step lengths a_j in one pass: margins A x and A p
+    (4 nnz) and <x, x>, <x, p>, <p, p> (6 d) once; per trial t = tx + a tp (2 m), phi and its sum (E m + m),
+    phi'(t) tp and its sum (E m + 2 m), the ridge terms from the three scalars (8)."""
+    return 4.0 * s.nnz + 6.0 * s.d + trials * ((5.0 + 2.0 * ELEMENTARY) * s.m + 8.0)
+
+
+def diagonal_hessian(s: Shape) -> np.ndarray:
+    """diag grad^2 f_i = (1/m_i) sum_j h_ij a_ij^2 + lam: h_ij (E m + m for 1/m_i), a square and a
+    multiply-add per non-zero (3 nnz), the ridge (d); no pairs."""
+    return 3.0 * s.nnz + (ELEMENTARY + 1.0) * s.m + s.d
+
+
+def cg(d: int, iterations: float, product: float) -> float:
+    """``iterations`` conjugate-gradient steps, each one ``product`` (M p) plus two dot products, three axpys
+    and the scalars (10 d)."""
+    return float(iterations) * (product + 10.0 * d)
+
+
 def hessian(s: Shape) -> np.ndarray:
     """The packed Hessian (1/m_i) sum_j h_ij a_ij a_ij^T + lam I, given the margins of :func:`loss_grad`."""
     return 3.0 * s.pairs + ELEMENTARY * s.m + s.d
@@ -124,8 +174,8 @@ def hessian(s: Shape) -> np.ndarray:
 
 def glm_hvp(s: Shape) -> np.ndarray:
     """H_i(x) v of the logistic GLM without the matrix, given the margins of x (:func:`loss_grad`): phi'' per row
-    (E m), A v (2 nnz), h_ij (a_ij^T v) (m), A^T w (2 nnz), 1/m_i and lam v (3 d): ``4 nnz + (E + 1) m + 3 d``."""
-    return 4.0 * s.nnz + (ELEMENTARY + 1.0) * s.m + 3.0 * s.d
+    (E m), then :func:`hvp` and the 1/m_i scaling (d): ``4 nnz + (E + 1) m + 3 d``."""
+    return hvp(s) + ELEMENTARY * s.m + s.d
 
 
 def coefficient_hessian(s: Shape) -> np.ndarray:

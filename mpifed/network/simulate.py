@@ -16,8 +16,14 @@ server's is its computation time.
 A round k is its main exchange (D: the broadcast of x^k, the downlink the previous round charged; none for x^0)
 followed by one exchange per :class:`~mpifed.algorithms.base.Query` (each with the round's mean query bits).
 The setup upload (FedNL's H_i^0; only when the ledger counts it as an exchange) is one exchange with the
-method's ``init`` FLOPs. The trace keeps, per row, what a replay needs (``net_*`` columns, the ``exchanges``
-count, the FLOP vectors under ``netsim/``), so :func:`replay` re-simulates a finished run under any profile.
+method's ``init`` FLOPs. A method with several kinds of query (``QUERIES``; its ``flops`` gives a cost per kind)
+has one query column per kind in its FLOP vectors, and each query exchange is charged its own kind's column; the
+trace then also keeps, per row, the number of the round's queries of every kind but the first
+(``net_queries_<j>``, j = 1 .. K - 1; the first kind's are the rest). The trace keeps, per row, what a replay needs (``net_*`` columns, the ``exchanges``
+count, the FLOP vectors under ``netsim/``), so :func:`replay` re-simulates a finished run under any profile. A replay takes a round's queries in ``QUERIES`` order (all of
+the first kind, then the second, ...), the order in which the methods ask them (Newton-CG: its CG products, then
+its line-search trials); the live clock charges them in the order asked, so the two agree wherever dropouts
+(whose draws depend on an exchange's position) do not meet a reordering.
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ SETUP, STEP, QUERY = 0, 1, 2  # columns of the (n, 3) FLOP vectors
 class Clock:
     """Simulated seconds of a run's exchanges on ``profile``.
 
-    ``flops`` (n, 3): per client, setup / step / query FLOPs; ``server`` (3,): the same for the server;
+    ``flops`` (n, 2 + K): per client, setup / step / query FLOPs, one query column per kind (K = 1: (n, 3));
+    ``server`` (2 + K,): the same for the server;
     ``seed`` and ``tau`` draw the participants and the per-round device events as the run draws them.
     """
 
@@ -71,13 +78,15 @@ class Clock:
         server = self.server[kind] / self.server_speed
         return comm[i] + comp[i] + server, comm[i], comp[i] + server
 
-    def round(self, k: int, down: float, up: float, queries: int = 0, query_down: float = 0.0,
+    def round(self, k: int, down: float, up: float, queries=0, query_down: float = 0.0,
               query_up: float = 0.0) -> np.ndarray:
-        """[seconds, communication, computation] of round k: the main exchange, then ``queries`` exchanges
-        sharing ``query_down`` / ``query_up`` (the round's query bits per participant) equally."""
+        """[seconds, communication, computation] of round k: the main exchange, then the query exchanges
+        sharing ``query_down`` / ``query_up`` (the round's query bits per participant) equally. ``queries``: their
+        number (all of the first kind), or the kind index (into ``QUERIES``) of each, in the order asked."""
+        kinds = [0] * queries if np.isscalar(queries) else [int(j) for j in queries]
         total = np.array(self.exchange(k, 0, STEP, down, up))
-        for j in range(queries):
-            total += self.exchange(k, j + 1, QUERY, query_down / queries, query_up / queries)
+        for j, kind in enumerate(kinds):
+            total += self.exchange(k, j + 1, QUERY + kind, query_down / len(kinds), query_up / len(kinds))
         return total
 
     def setup(self, up: float) -> np.ndarray:
@@ -89,11 +98,15 @@ def replay(metrics: dict, flops, server, seed: int, tau: int, profile: Profile) 
     from a trace's ``exchanges`` and ``net_*`` columns (row k holds round k - 1; row 0 the setup)."""
     clock = Clock(profile, flops, server, seed, tau)
     ex = np.asarray(metrics["exchanges"], dtype=float)
+    extra = [np.nan_to_num(np.asarray(metrics.get(f"net_queries_{j}", np.zeros(len(ex))), dtype=float))
+             for j in range(1, clock.flops.shape[1] - QUERY)]  # the rounds' queries of kinds 1 .. K - 1
     down, up, qd, qu = (np.nan_to_num(np.asarray(metrics[c], dtype=float)) for c in NET_COLUMNS)
     out = np.zeros((len(ex), 3))
     if len(ex) and ex[0] >= 1:
         out[0] = clock.setup(up[0])
     for r in range(1, len(ex)):
-        queries = int(round(ex[r] - ex[r - 1])) - 1
-        out[r] = out[r - 1] + clock.round(r - 1, down[r], up[r], max(queries, 0), qd[r], qu[r])
+        queries = max(int(round(ex[r] - ex[r - 1])) - 1, 0)
+        counts = [int(round(c[r])) for c in extra]
+        kinds = [0] * (queries - sum(counts)) + [j for j, c in enumerate(counts, 1) for _ in range(c)]
+        out[r] = out[r - 1] + clock.round(r - 1, down[r], up[r], kinds, qd[r], qu[r])
     return out

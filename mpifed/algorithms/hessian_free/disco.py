@@ -34,6 +34,7 @@ import scipy.sparse
 from ...problems.logistic import phi_second
 from ..base import Aggregate, Query
 from . import common
+from ...network import flops as fl
 
 QUERIES = ("hvp",)
 
@@ -127,3 +128,38 @@ def server_resume(p: Params, s: PCG, x, agg: Aggregate):
     rs = float(r @ z)
     u = z + (rs / s.rs) * s.u
     return Query(u, PCG(s.solve, s.tol, v, Hv, r, u, rs, done), len(x) * p.float_bits, kind="hvp")
+
+
+def preconditioner_flops(s, first: bool) -> float:
+    """The server's work on client 1's rows (m_1, nnz_1, pairs_1): with ``first`` building M at x^k, then one
+    solve M^{-1} r.
+
+    Build: margins A_1 x (2 nnz_1), phi'' (E m_1), sqrt(h / m_1) (E + 1 per row), B = diag(.) A_1 (nnz_1); then
+    when m_1 < d the Woodbury matrix (lam + mu) I + B B^T (m_1 sparse row products per row, 2 nnz_1 each row
+    at most: 2 m_1 nnz_1; m_1 for the shift) and its Cholesky m_1^3 / 3; else B^T B (3 pairs_1, as
+    :func:`~mpifed.network.flops.hessian` counts a packed Gram), the shift (d) and the Cholesky d^3 / 3.
+    Solve: Woodbury B r (2 nnz_1), two triangular solves (2 m_1^2), B^T (2 nnz_1), r - . and / c (2 d); or the
+    two triangular solves of M (2 d^2)."""
+    m1, nnz1, pairs1, d = float(s.m[0]), float(s.nnz[0]), float(s.pairs[0]), s.d
+    woodbury = m1 < d
+    if woodbury:
+        build = 2.0 * m1 * nnz1 + m1 + m1**3 / 3.0
+        solve = 4.0 * nnz1 + 2.0 * m1 * m1 + 2.0 * d
+    else:
+        build = 3.0 * pairs1 + d + d**3 / 3.0
+        solve = 2.0 * d * d
+    rows = 2.0 * nnz1 + (2.0 * fl.ELEMENTARY + 1.0) * m1 + nnz1
+    return (rows + build if first else 0.0) + solve
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Exchange 0: f_i, grad f_i and the rows' h_ij (:func:`~mpifed.network.flops.gradient_and_coefficients`);
+    the server sums d floats, g = grad / n (d), ||g|| (2 d), builds the preconditioner on client 1's rows and
+    applies it to g (:func:`preconditioner_flops`), <g, s> (2 d), and once per round the damped step: v^T H v
+    (2 d), x - v / (1 + delta) (2 d). Each PCG iteration (an ``hvp`` query): grad^2 f_i(x^k) u on every client
+    (:func:`~mpifed.network.flops.hvp`); the server sums d floats, H u / n (d), u^T H u (2 d), v, Hv and r
+    updates (6 d), ||r|| (2 d), the preconditioner solve, <r, s'> (2 d), u = s' + beta u (2 d)."""
+    d = s.d
+    server = fl.aggregate(s, d) + 3.0 * d + preconditioner_flops(s, True) + 2.0 * d + 4.0 * d
+    return fl.Work(fl.gradient_and_coefficients(s), server, query=fl.hvp(s),
+                   query_server=fl.aggregate(s, d) + 15.0 * d + preconditioner_flops(s, False))

@@ -29,6 +29,7 @@ import numpy as np
 from ..base import Aggregate, Query, Uplink, bits_for
 from . import common
 from .common import ClientState
+from ...network import flops as fl
 
 QUERIES = ("trials",)
 STEPS = 4.0 ** -np.arange(10)  # a_j = 4^-j, j < J = 10
@@ -126,3 +127,17 @@ def server_resume(p: Params, search: Search, x, agg: Aggregate):
     report = {"step_length": p.steps[j], "wolfe": float(wolfe.any()), "pairs": float(len(s.pairs)),
               "armijo_tested": 1.0}
     return ServerState(s.pairs, s.x_prev, s.g_prev, report), x + p.steps[j] * search.direction, p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Exchange B: f_i, grad f_i (and the rows' h_ij, :func:`~mpifed.network.flops.gradient_and_coefficients`);
+    the server sums d + 1 floats, g = grad / n (d), the pair s, y (2 d) and its test s^T y, ||s||, ||y|| (6 d),
+    the two-loop recursion with all M pairs stored (its steady state, an upper bound for the first M rounds):
+    per pair two dot products and two axpys, 8 M d FLOPs (Nocedal and Wright's 4 M d multiplications), the
+    scaling H^0 = s^T y / y^T y (5 d), <g, p> (2 d). Exchange A (the ``trials`` query): f_i and its slope at the
+    J trial points in one pass (:func:`~mpifed.network.flops.loss_along`); the server sums 2 J floats, takes
+    the means (2 J), the Wolfe tests (6 J) and x + a p (2 d)."""
+    d, J = s.d, len(p.steps)
+    server = fl.aggregate(s, d + 1) + d + 2.0 * d + 6.0 * d + 8.0 * p.M * d + 5.0 * d + 2.0 * d
+    return fl.Work(fl.gradient_and_coefficients(s), server, query=fl.loss_along(s, J),
+                   query_server=fl.aggregate(s, 2 * J) + 8.0 * J + 2.0 * d)

@@ -30,6 +30,7 @@ import numpy as np
 from ..base import Aggregate, Query
 from . import common
 from .common import Backtracking, ClientState
+from ...network import flops as fl
 
 QUERIES = ("hvp", "loss")
 
@@ -129,3 +130,20 @@ def _line_search(p: Params, s: CG, x):
         return ServerState(report), x + direction, len(x) * p.float_bits
     trial = Backtracking(direction, 1.0, s.f0, slope, 0, report)
     return Query(x + direction, trial, len(x) * p.float_bits, kind="loss")
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Exchange 0: f_i, grad f_i and the rows' h_ij kept for the products
+    (:func:`~mpifed.network.flops.gradient_and_coefficients`); the server sums d + 1 floats, g = grad / n (d),
+    ||g|| and r^T r (4 d), and once per round the direction -z, <g, d_k> and the first trial point (4 d).
+    Two kinds of query:
+
+    * ``hvp``, one per CG iteration: grad^2 f_i(x^k) p on every client (:func:`~mpifed.network.flops.hvp`);
+      the server sums d floats, H p / n (d), p^T H p, z += alpha p, r -= alpha H p, r^T r, p = r + beta p
+      (10 d);
+    * ``loss``, one per Armijo trial: f_i at the trial point (:func:`~mpifed.network.flops.loss_only`); the
+      server sums one float, tests (4) and forms the next trial point (2 d)."""
+    d = s.d
+    return fl.Work(fl.gradient_and_coefficients(s), fl.aggregate(s, d + 1) + d + 4.0 * d + 4.0 * d,
+                   query={"hvp": fl.hvp(s), "loss": fl.loss_only(s)},
+                   query_server={"hvp": fl.aggregate(s, d) + 11.0 * d, "loss": fl.aggregate(s, 1) + 4.0 + 2.0 * d})

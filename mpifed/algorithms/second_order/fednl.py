@@ -40,6 +40,7 @@ Options beyond the paper (defaults: the paper's method):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -229,15 +230,66 @@ def newton_step(p: Params, H, g, agg: Aggregate, report: dict, shift: float = 0.
 
 
 def flops(p: Params, s) -> fl.Work:
-    """Setup: H_i^0 (gradient and Hessian). A round: gradient and Hessian, the difference (T), l_i (2T, Option 2),
-    C (:func:`~mpifed.network.flops.compression`), H_i += alpha S_i (one add per sent entry); the server sums the
-    messages, updates H (T), unpacks it and solves (Cholesky, or the eigendecomposition of Option 1)."""
-    return fl.Work(client_round(p.compressor, p.option, s), server_round(p.compressor, p.option, s),
-                   init=fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T))
+    """Setup: H_i^0 (gradient and Hessian, or its diagonal). A round: gradient and Hessian, the difference (T),
+    l_i (2T, Option 2), C (:func:`~mpifed.network.flops.compression`), H_i += alpha S_i (one add per sent entry);
+    the server sums the messages, updates H (T), unpacks it and solves (Cholesky, or the eigendecomposition of
+    Option 1). The options (:func:`client_work`, :func:`server_work`): ``hessian = "diagonal"`` puts d for T
+    and the O(nnz) diagonal for the Hessian, with an elementwise solve; ``solver = "cg"`` replaces the
+    factorisation by ``cg_iterations`` CG steps; ``adaptive`` adds the model decrease and the trial point on the
+    server and one query per round, f_i at the trial point (charged every round: the untested rounds, below P's
+    resolution, skip it)."""
+    work = fl.Work(client_work(p, s), server_work(p, s), init=init_work(p, s),
+                   init_server=fl.aggregate(s, s.d if p.hessian == "diagonal" else s.T))
+    if not p.adaptive:
+        return work
+    return dataclasses.replace(work, query=fl.loss_only(s), query_server=fl.aggregate(s, 1) + 6.0)
+
+
+def init_work(p: Params, s) -> "np.ndarray":
+    """H_i^0: the gradient and the Hessian (or its diagonal)."""
+    return fl.loss_grad(s) + (fl.diagonal_hessian(s) if p.hessian == "diagonal" else fl.hessian(s))
+
+
+def client_work(p: Params, s) -> "np.ndarray":
+    """The client step under p's options: :func:`client_round`, or with ``hessian = "diagonal"`` the O(nnz)
+    diagonal, the difference (d), l_i (2d, Option 2), C of the d-vector and H_i += alpha S_i."""
+    if p.hessian != "diagonal":
+        return client_round(p.compressor, p.option, s)
+    C = p.compressor
+    return (fl.loss_grad(s) + fl.diagonal_hessian(s) + s.d + (2.0 * s.d if p.option == 2 else 0.0)
+            + fl.compression(C) + fl.payload(C))
+
+
+def server_work(p: Params, s, cg_extra: int = 0) -> float:
+    """The server step under p's options: the sums, the H update, then the solve and x - step (d):
+
+    * full, Cholesky or the eigendecomposition: :func:`server_round`;
+    * full, ``solver = "cg"``: unpack (d^2) and ``cg_iterations`` (+ ``cg_extra``: a warm start's product) CG
+      steps, each a dense product H p (2 d^2) with the shift (2 d) (:func:`~mpifed.network.flops.cg`); the cap
+      is an upper bound (CG stops earlier at ||r|| <= 1e-12 ||g||); Option 1's fallback to the
+      eigendecomposition (when the projection acts) is not counted;
+    * ``hessian = "diagonal"``: the update of the d-vector (d), the elementwise solve (2 d: the shift or the
+      clip, a divide);
+    * ``adaptive``: pred = -(<g, s> + s^T H s / 2) (H s: 2 d^2, or d for a diagonal; two dots 4 d; 3) and the
+      trial point x + s (d)."""
+    C, d = p.compressor, s.d
+    if p.hessian == "diagonal":
+        work = fl.aggregate(s, d + (p.option == 2) + fl.payload(C)) + 2.0 * d + 2.0 * d + d
+        hs = float(d)
+    elif p.solver == "cg":
+        solve = fl.cg(d, p.cg_iterations + cg_extra, 2.0 * d * d + 2.0 * d)
+        work = fl.aggregate(s, d + 1 + fl.payload(C)) + s.T + fl.unpack(d) + solve + d
+        hs = 2.0 * d * d
+    else:
+        work = server_round(C, p.option, s)
+        hs = 2.0 * d * d
+    if p.adaptive:
+        work += hs + 4.0 * d + 3.0 + d
+    return work
 
 
 def client_round(C, option: int, s) -> "np.ndarray":
-    """The FedNL client step's FLOPs (shared by FedNL-LS, -CR, -BC)."""
+    """The FedNL client step's FLOPs with the full Hessian (shared by FedNL-LS, -CR, -BC)."""
     return (fl.loss_grad(s) + fl.hessian(s) + s.T + (2.0 * s.T if option == 2 else 0.0) + fl.compression(C)
             + fl.payload(C))
 

@@ -140,9 +140,11 @@ def server_resume(p: Params, trial: Trial, x, agg: Aggregate):
 
 
 def flops(p: Params, s) -> fl.Work:
-    """FedNL's round (:func:`.fednl.flops`) plus <g, d> (2d) on the server; each trial (a query): f_i at the
-    trial point on every client, the trial point (2d), the sum and the Armijo test on the server."""
+    """FedNL's round under its options (:func:`.fednl.client_work`, :func:`.fednl.server_work`: full or diagonal
+    Hessian, Cholesky / eigendecomposition or CG; never the LM shift) plus <g, d> (2d) on the server; each trial
+    (a query): f_i at the trial point on every client, the trial point (2d), the sum and the Armijo test on the
+    server."""
     f = p.fednl
-    return fl.Work(fednl.client_round(f.compressor, f.option, s), fednl.server_round(f.compressor, f.option, s) + 2.0 * s.d,
+    return fl.Work(fednl.client_work(f, s), fednl.server_work(f, s) + 2.0 * s.d,
                    query=fl.loss_only(s) + 2.0 * s.d, query_server=fl.aggregate(s, 1) + 4.0,
-                   init=fl.loss_grad(s) + fl.hessian(s), init_server=fl.aggregate(s, s.T))
+                   init=fednl.init_work(f, s), init_server=fl.aggregate(s, s.d if f.hessian == "diagonal" else s.T))

@@ -141,10 +141,13 @@ def server_step(p: Params, state: ServerState, x, agg: Aggregate):
 
 def flops(p: Params, s) -> fl.Work:
     """A participant: gradient and Hessian at w_i, C, H_i += alpha S_i, l_i (2T), g_i = (H_i + l_i I) w_i - grad
-    (a packed product, 2 d^2); the server: the sums of the tau messages, updates and a Cholesky solve. Setup:
-    H_i^0 and g_i^0."""
-    C = p.fednl.compressor
+    (a packed product, 2 d^2); the server: the sums of the tau messages, updates and a Cholesky solve, or with
+    ``solver = "cg"`` ``cg_iterations`` CG steps plus the warm start's product, each a dense product with the
+    shift (2 d^2 + 2 d; the cap, an upper bound). Setup: H_i^0 and g_i^0."""
+    C, d = p.fednl.compressor, s.d
     client = fl.loss_grad(s) + fl.hessian(s) + s.T + fl.compression(C) + fl.payload(C) + 2.0 * s.T + 2.0 * s.d * s.d
-    server = fl.aggregate(s, s.d + 1 + fl.payload(C)) + s.T + 2.0 * s.d + fl.unpack(s.d) + fl.cholesky_solve(s.d)
+    solve = (fl.cg(d, p.fednl.cg_iterations + 1, 2.0 * d * d + 2.0 * d) if p.fednl.solver == "cg"
+             else fl.cholesky_solve(d))
+    server = fl.aggregate(s, s.d + 1 + fl.payload(C)) + s.T + 2.0 * s.d + fl.unpack(s.d) + solve
     return fl.Work(client, server, init=fl.loss_grad(s) + fl.hessian(s) + 2.0 * s.d * s.d,
                    init_server=fl.aggregate(s, s.T + s.d))
