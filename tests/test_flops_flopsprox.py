@@ -132,7 +132,8 @@ def _run(tmp_path, name, **extra):
 @pytest.mark.parametrize("name, extra", [
     ("proxgd", {"l1": 0.01}), ("proxskip", {"l1": 0.01, "skip_probability": 0.5}),
     ("sppm", {"l1": 0.01, "sampling": "nice:tau=2", "inner_rounds": 3}), ("bpm", {}), ("bpm", {"ball_norm": "linf"}),
-    ("bpm", {"problem": "least-squares"}), ("bpm-lin", {}), ("lcd1", {}), ("lcd2", {"f_star": 0.3}), ("lcd3", {"f_star": 0.3}),
+    ("bpm", {"problem": "least-squares"}), ("bpm-lin", {}), ("lcd1", {}), ("lcd2", {"f_star": 0.3}),
+    ("lcd3", {"f_star": 0.3}),
     ("lcd1", {"problem": "least-squares"}), ("fedavg", {"l1": 0.01}), ("diana", {"l1": 0.01}),
 ], ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()))
 def test_a_short_run_has_a_finite_increasing_simulated_time(tmp_path, name, extra):
