@@ -217,6 +217,22 @@ def aggregate(s: Shape, floats) -> float:
     return float(s.tau * floats)
 
 
+def soft_threshold(d: int, lam1: float = 1.0) -> float:
+    """prox_{t lam1 ||.||_1}(z) = sign(z) max(|z| - t lam1, 0) on d entries: the subtraction, the max and the
+    sign's product, 3 d (abs and sign are free bit operations); nothing when lam1 = 0 (the prox is the identity)."""
+    return 3.0 * d if lam1 else 0.0
+
+
+ROOT_EVALUATIONS = 20  # nominal evaluations of a scalar root-finder (Brent's method, its bracket included)
+
+
+def secular_root(d: int, per_entry: float) -> float:
+    """A scalar root of a secular equation, a sum over d entries (a trust-region multiplier, LCD2's Polyak mu),
+    by Brent's method: ROOT_EVALUATIONS evaluations at ``per_entry`` FLOPs per entry (the count the data decide,
+    charged at this nominal value)."""
+    return float(ROOT_EVALUATIONS * per_entry * d)
+
+
 def compression(C) -> float:
     """A compressor (:mod:`mpifed.compressors`) on one client's T entries: Top-K one comparison per entry (TopLEK
     two), Rand-K and RandSeqK K draws, natural compression one rounding per entry, Rank-R an eigendecomposition

@@ -144,5 +144,7 @@ def server_step(p: Params, state: ServerState, x, agg):
 
 
 def flops(p: Params, s) -> fl.Work:
-    """Client: the gradient and C on it; server: the sum of the compressed gradients and the step (2d)."""
-    return fl.Work(fl.loss_grad(s) + fl.compression(p.C), fl.aggregate(s, fl.payload(p.C)) + 2.0 * s.d)
+    """Client: the gradient and C on it; server: the sum of the compressed gradients, the step (2d) and the
+    soft-threshold (3d, when lam1 > 0)."""
+    return fl.Work(fl.loss_grad(s) + fl.compression(p.C),
+                   fl.aggregate(s, fl.payload(p.C)) + 2.0 * s.d + fl.soft_threshold(s.d, p.lam1))

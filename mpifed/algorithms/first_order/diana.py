@@ -119,5 +119,6 @@ def server_step(p: Params, state: ServerState, x, agg):
 
 def flops(p: Params, s) -> fl.Work:
     """Client: the gradient, grad - h_i (d), C, h_i += alpha C(...) (2d); server: the sum, g = h + mean (2d),
-    the step (2d), h += alpha mean (2d)."""
-    return fl.Work(fl.loss_grad(s) + 3.0 * s.d + fl.compression(p.C), fl.aggregate(s, fl.payload(p.C)) + 6.0 * s.d)
+    the step (2d) and its soft-threshold (3d, when lam1 > 0), h += alpha mean (2d)."""
+    return fl.Work(fl.loss_grad(s) + 3.0 * s.d + fl.compression(p.C),
+                   fl.aggregate(s, fl.payload(p.C)) + 6.0 * s.d + fl.soft_threshold(s.d, p.lam1))

@@ -206,5 +206,6 @@ def local_flops(K: int, s, per_step: float = 0.0, server: float = 0.0, floats: i
 
 
 def flops(p: Params, s) -> fl.Work:
-    """K local gradient steps and the move Delta_i (d); the server's mean and step."""
-    return local_flops(p.K, s)
+    """K local gradient steps and the move Delta_i (d); the server's mean and step, and its soft-threshold (3d,
+    when lam1 > 0)."""
+    return local_flops(p.K, s, server=fl.soft_threshold(s.d, p.lam1))

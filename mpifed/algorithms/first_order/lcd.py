@@ -48,6 +48,7 @@ import scipy.optimize
 
 from ... import tri
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import SolverError, Uplink, bits_for
 from .gd import smoothness_of_P
 
@@ -159,3 +160,19 @@ def polyak_step(gh, w, gap: float):
         lo, hi = hi, 2.0 * hi
     mu = scipy.optimize.brentq(q, lo, hi, xtol=1e-300, rtol=1e-15, maxiter=500)
     return gh / (1.0 / mu + w)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i and grad f_i. Server: the sum of d (+ 1) floats and the means (d + 1), gh = V^T g (2 d^2),
+    the step in the eigenbasis (LCD1: gh / (w + L), 2d; LCD2: g^2 and its sum (2d), mu by the secular equation
+    (:func:`~mpifed.network.flops.secular_root`, 8 per entry: a = 1/(1/mu + w), 1 - a w / 2, g^2 a (...) and its
+    sum), gh / (1/mu + w) (2d); LCD3: C^{-1} g, <g, C^{-1} g> and the scaling, 4d) and x - V step (2 d^2 + d).
+    Setup, least squares with C only (counted as an exchange): the clients' A_i^T A_i / m_i (2 per row pair and
+    T divisions), the server's sum, mean (T), unpacking (d^2), + lam I (d) and eigendecomposition (9 d^3)."""
+    d, floats = s.d, s.d + (p.variant > 1)
+    step = {1: 2.0 * d, 2: 4.0 * d + fl.secular_root(d, 8.0), 3: 4.0 * d}[p.variant]
+    server = fl.aggregate(s, floats) + floats + 2.0 * d * d + step + 2.0 * d * d + d
+    if p.curvature and p.exact:
+        return fl.Work(fl.loss_grad(s), server, init=2.0 * s.pairs + s.T,
+                       init_server=fl.aggregate(s, s.T) + s.T + fl.unpack(d) + d + 9.0 * d**3)
+    return fl.Work(fl.loss_grad(s), server)

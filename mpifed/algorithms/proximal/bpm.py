@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import tri
+from ...network import flops as fl
 from ..base import Aggregate, BlockSums, Query, Uplink, bits_for, hessians_in_chunks
 from . import balls
 
@@ -150,3 +151,55 @@ def _done(p: Params, inner: Inner, x, x_next, down_bits: float):
     report = {"inner_iterations": float(inner.inner), "halvings": float(inner.halvings),
               "step_length": balls.norm(x_next - x, p.norm)}
     return ServerState(inner.H_const, report), x_next, down_bits
+
+
+APG_ITERATIONS = 100  # nominal iterations of the linf / l1 ball subproblem's accelerated projected gradient
+
+
+def _project(norm: str, d: int) -> float:
+    """The projection onto the ball: l2 the norm and a scaling (3d); linf a clip (2d); l1 the sort (d log2 d
+    comparisons), the cumulative sums and the threshold test (4d), the shrinkage (3d)."""
+    return {"l2": 3.0 * d, "linf": 2.0 * d}.get(norm, d * np.log2(max(d, 2)) + 7.0 * d)
+
+
+def ball_quadratic_flops(norm: str, d: int) -> float:
+    """:func:`.balls.quadratic_over_ball`. l2 (an active ball): eigh and the two products with V (9 d^3 + 4 d^2),
+    the secular equation (:func:`~mpifed.network.flops.secular_root`, 4 per entry: w + nu, the division, the
+    square and its sum), s(0) and s(nu) and the rescaling (8d). linf, l1: eigh (9 d^3), then APG_ITERATIONS
+    (nominal) iterations of H y, H s and H s_next (6 d^2), the gradient step, the test, the values and the
+    momentum (18d) and a projection; then the polish: a dense solve on the face (at most 2 d^3 / 3 + 2 d^2) and
+    the two residuals (2 d^2 + 5d and a projection each)."""
+    if norm == "l2":
+        return fl.eigen_solve(d) + fl.secular_root(d, 4.0) + 8.0 * d
+    proj = _project(norm, d)
+    apg = APG_ITERATIONS * (6.0 * d * d + 18.0 * d + proj)
+    polish = 2.0 * d**3 / 3.0 + 2.0 * d * d + proj + 2.0 * (2.0 * d * d + 5.0 * d + proj)
+    return 9.0 * d**3 + proj + apg + polish
+
+
+def newton_iteration_flops(p: Params, s) -> float:
+    """The server's part of one exchange: the sum of the d + 1 (+ T) floats, the means (d + 1, and T for the
+    Hessian), its unpacking (d^2); the stopping test, z - x, the norms of s and g, the residual
+    ||s - Pi(s - g)|| (9d and a projection); q = g - H s (2 d^2 + d), the ball subproblem
+    (:func:`ball_quadratic_flops`), x + step (d), and off least squares ||c - z|| (3d)."""
+    d = s.d
+    if p.exact:
+        sums = fl.aggregate(s, d + 1) + (d + 1)
+    else:
+        sums = fl.aggregate(s, d + 1 + s.T) + (d + 1) + s.T + fl.unpack(d)
+    test = 9.0 * d + _project(p.norm, d)
+    return sums + test + 2.0 * d * d + d + ball_quadratic_flops(p.norm, d) + d + (0.0 if p.exact else 3.0 * d)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Each exchange (the round's at x^k and every inner query, a Newton candidate or a halving): the clients'
+    f_i, grad f_i and, off least squares, their packed Hessians; the server's :func:`newton_iteration_flops`
+    (a halving, z + (c - z)/2 at 3d, is charged as a Newton iteration: an upper bound). Least squares: the
+    constant Hessians at setup (f_i, grad f_i and the Hessian; the server's sum, mean and unpacking), then one
+    exchange per round."""
+    client = fl.loss_grad(s) if p.exact else fl.loss_grad(s) + fl.hessian(s)
+    server = newton_iteration_flops(p, s)
+    if p.exact:
+        return fl.Work(client, server, init=fl.loss_grad(s) + fl.hessian(s),
+                       init_server=fl.aggregate(s, s.T) + s.T + fl.unpack(s.d))
+    return fl.Work(client, server, query=client, query_server=server)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from ..base import Uplink, bits_for
 from . import balls
 
@@ -47,3 +48,10 @@ def client_step(p: Params, block, state, x, streams):
 def server_step(p: Params, k: int, x, agg):
     t_k = p.t / (1.0 + p.decay * k)
     return k + 1, x + t_k * balls.lmo(agg.grad / agg.n, p.norm), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i and grad f_i; server: the sum and the mean (d), the LMO (l2: the norm and -g/||g||, 3d; linf:
+    -sign(g), d; l1: the argmax of |g|, d comparisons) and x + t_k LMO (2d)."""
+    lmo = {"l2": 3.0, "linf": 1.0, "l1": 1.0}[p.norm] * s.d
+    return fl.Work(fl.loss_grad(s), fl.aggregate(s, s.d) + s.d + lmo + 2.0 * s.d)

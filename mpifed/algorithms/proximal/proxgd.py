@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from ...problems import l1
 from ..first_order import gd
 from ..first_order.gd import client_init, client_step, server_init  # noqa: F401  (GD's setup and client step)
@@ -32,3 +33,10 @@ class Params(gd.Params):
 def server_step(p: Params, state: gd.ServerState, x, agg):
     """x^{k+1} = prox_{gamma R}(x^k - gamma grad f(x^k))."""
     return state, l1.prox(x - state.gamma * agg.grad / agg.n, state.gamma, p.lam1), len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """GD's round (:func:`.gd.flops`: f_i and grad f_i; the sum and x - gamma g) and the server's soft-threshold
+    (3 d, when lam1 > 0)."""
+    w = gd.flops(p, s)
+    return fl.Work(w.step, w.server + fl.soft_threshold(s.d, p.lam1))

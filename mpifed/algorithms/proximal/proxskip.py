@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ...problems import l1
 from ...rng import ClientStreams
 from ..base import Uplink, bits_for
@@ -121,3 +122,13 @@ def server_step(p: Params, state: ServerState, x, agg):
     x_next = l1.prox(x - p.gamma * agg.fields["w"] / agg.n, step, p.lam1)
     report = {"local_steps": float(local_steps(p, state.k))}
     return ServerState(state.k + 1, report), x_next, len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client, at the expected t_k = 1/p local steps (t_k ~ Geometric(p) on {1, 2, ...}; E t_k = 1/p): the
+    h_i update h + (p/gamma)(x - xhat) (3d), then per local step f_i and grad f_i, G += grad (d) and
+    y - gamma (grad - h) (3d), and w = G + (1/p - t) h (2d); server: the sum, x - gamma mean w (2d) and the
+    soft-threshold (3d, when lam1 > 0)."""
+    steps = 1.0 / p.p
+    step = 3.0 * s.d + steps * (fl.loss_grad(s) + 4.0 * s.d) + 2.0 * s.d
+    return fl.Work(step, fl.aggregate(s, s.d) + 2.0 * s.d + fl.soft_threshold(s.d, p.lam1))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ...problems import l1
 from ..base import Query, Uplink
 from ..first_order.fedavg import max_smoothness
@@ -143,3 +144,18 @@ def _inner(p: Params, inner: Inner, x, agg):
         return None, y, down
     v_next = y + p.beta * (y - inner.y)
     return Query(v_next, Inner(inner.x, y, v_next, inner.j + 1), down)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K inner iterations per round, the first on the round's exchange at x_t, the other K - 1 as queries. Each:
+    a cohort member's f_i and grad f_i at v_j and w_i grad (d) (every client is charged a member's work: the
+    clock's slowest participant is a member; this implementation also derives the others, for the metrics at x_t);
+    the server's sum (d floats each), grad phi = g + (v - x_t)/gamma (3d), y = prox(v - eta grad phi) (2d, the
+    soft-threshold 3d when lam1 > 0) and, on every iteration but the last, v = y + beta (y - y_prev) (3d): the
+    round's exchange pays it when K > 1, each query (K - 2)/(K - 1) of it (the K - 2 momenta of the K - 1 queries)."""
+    inner = fl.aggregate(s, s.d) + 5.0 * s.d + fl.soft_threshold(s.d, p.lam1)
+    client = fl.loss_grad(s) + s.d
+    momentum = 3.0 * s.d
+    queries = p.K - 1
+    return fl.Work(client, inner + (momentum if queries else 0.0), query=client,
+                   query_server=inner + (momentum * (queries - 1) / queries if queries else 0.0))
