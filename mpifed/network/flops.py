@@ -127,6 +127,19 @@ def coefficient_hessian(s: Shape) -> np.ndarray:
     return 3.0 * s.pairs + s.d
 
 
+def coefficient_hvp(s: Shape) -> np.ndarray:
+    """grad^2 f_i v = (1/m_i) sum_j h_ij a_ij (a_ij^T v) + lam v from given coefficients h_ij, the Hessian never
+    formed: the margins A v (2 nnz), times h (m), A^T (.) with the 1/m_i weights (2 nnz), lam v and the sum (2 d)."""
+    return 4.0 * s.nnz + s.m + 2.0 * s.d
+
+
+def squared_rows(s: Shape) -> np.ndarray:
+    """(1/m_i) sum_j c_ij a_ij * a_ij (elementwise), the diagonal of (1/m_i) sum_j c_ij a_ij a_ij^T, from given row
+    coefficients c: c_ij / m_i per row (m), then per non-zero the product with a_ij^2 (the data's own squares,
+    fixed) and the sum into its slot (2 nnz)."""
+    return 2.0 * s.nnz + s.m
+
+
 def cholesky_solve(d: int) -> float:
     """(M)^{-1} g by Cholesky: d^3/3 for the factor, 2 d^2 for the two triangular solves."""
     return d**3 / 3.0 + 2.0 * d * d
@@ -177,6 +190,13 @@ def network_step(s: Shape) -> float:
     parameter)."""
     params = sum(din * dout for _, din, dout in s.layers)
     return 3.0 * s.batch * forward(s) + 3.0 * params
+
+
+def network_gradient(s: Shape) -> float:
+    """One mini-batch gradient of a network, no update: the forward pass and the backward pass (twice the forward)
+    on b samples, 3 b forward (a step's gradient without :func:`network_step`'s update; a second gradient on the
+    same batch, e.g. a finite-difference Hessian-vector product or a Fisher's squared gradients)."""
+    return 3.0 * s.batch * forward(s)
 
 
 def foof_factors(s: Shape) -> float:
