@@ -376,7 +376,7 @@ def test_bits_and_exchanges_per_round_are_the_hand_counts():
 
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("values, message", [
-    ({"algorithm": "giant", "cg_iterations": 0}, "--cg-iterations = 0 is out of range; valid: an integer q >= 1"),
+    ({"algorithm": "giant", "cg_iterations": 0}, "--cg-iterations = 0 is out of range; valid: an integer >= 1"),
     ({"algorithm": "dane", "model": "cnn", "dataset": "mnist-synthetic"}, "'dane' has no neural-network version"),
     ({"algorithm": "giant", "model": "cnn", "dataset": "mnist-synthetic"}, "'giant' has no neural-network version"),
     ({"algorithm": "fedcurv", "curv_lambda": -1.0}, "--curv-lambda = -1.0 is out of range"),

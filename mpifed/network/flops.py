@@ -183,6 +183,13 @@ def coefficient_hessian(s: Shape) -> np.ndarray:
     return 3.0 * s.pairs + s.d
 
 
+def squared_rows(s: Shape) -> np.ndarray:
+    """(1/m_i) sum_j c_ij a_ij * a_ij (elementwise), the diagonal of (1/m_i) sum_j c_ij a_ij a_ij^T, from given row
+    coefficients c: c_ij / m_i per row (m), then per non-zero the product with a_ij^2 (the data's own squares,
+    fixed) and the sum into its slot (2 nnz)."""
+    return 2.0 * s.nnz + s.m
+
+
 def cholesky_solve(d: int) -> float:
     """(M)^{-1} g by Cholesky: d^3/3 for the factor, 2 d^2 for the two triangular solves."""
     return d**3 / 3.0 + 2.0 * d * d
@@ -265,11 +272,13 @@ def network_step(s: Shape) -> float:
     return 3.0 * s.batch * forward(s) + 3.0 * params
 
 
-def network_gradient(s: Shape) -> float:
-    """A mini-batch gradient without a step: forward and backward on b samples (3 b forward) and the ridge
-    lam theta added (2 per parameter)."""
+def network_gradient(s: Shape, ridge: bool = True) -> float:
+    """One mini-batch gradient of a network, no update: the forward pass and the backward pass (twice the forward)
+    on b samples, 3 b forward, and with ``ridge`` the term lam theta (2 per parameter); a step's gradient without
+    :func:`network_step`'s update, or a second gradient on the same batch (a finite-difference Hessian-vector
+    product, a Fisher's squared gradients)."""
     params = sum(din * dout for _, din, dout in s.layers)
-    return 3.0 * s.batch * forward(s) + 2.0 * params
+    return 3.0 * s.batch * forward(s) + (2.0 * params if ridge else 0.0)
 
 
 def foof_factors(s: Shape) -> float:

@@ -49,3 +49,11 @@ def solve(hvp, B, q: int, tol: float = DEFAULT_TOL, xp=None) -> Solution:
         rs = xp.where(active, rs_next, rs)
         active = active & (rs_next > stop)
     return Solution(P, iterations)
+
+
+def flops(q: int, product, d: int):
+    """At most ``q`` CG iterations from p = 0 (an upper bound: a client that reaches the residual stops earlier;
+    the trace's ``local_iterations`` holds the mean it took): ||r||^2 once (2 d), then per iteration one product
+    (``product``: a Hessian-vector product's FLOPs, per client) and the vector updates d^T H d, p += alpha d,
+    r -= alpha H d, ||r||^2 and d = r + beta d (2 d each, 10 d)."""
+    return 2.0 * d + q * (product + 10.0 * d)

@@ -38,9 +38,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import Uplink, bits_for
 from . import cg, linesearch
-from .giant import ClientRound, _or, check_q, step_along
+from .giant import ClientRound, _or, check_q, gradient_and_coefficients, step_along, with_search
 from .giant import client_init, client_step, server_init, server_step  # noqa: F401  (exchange 1 is GIANT's)
 
 DEFAULT_T, DEFAULT_Q = 1, 100
@@ -102,3 +103,16 @@ def server_resume(p: Params, state, x, agg):
         return linesearch.finish(state, x, agg, p.c, p.gamma, p.float_bits)
     w = agg.mean("w")
     return step_along(p, state, x, agg, x - w, unit=w)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Exchange 1 (GIANT's): f_i, grad f_i and the coefficients h_ij; the server's g = sum / n. Exchange 2 (a
+    query): eta g (d), then T Newton steps, each q CG iterations (q the cap, an upper bound) of the product
+    (grad^2 f_i + mu I) v (:func:`~mpifed.network.flops.hvp` and mu v + the sum, 2 d) and z - p (d);
+    every step after the first a gradient and coefficients at z and the right-hand side
+    grad f_i(z) - grad f_i(w) + eta g + mu (z - w) (6 d). The server's mean of the w_i (sum, d) and, with the
+    search, the direction x - w (d). Exchange 3 (a query, with ``line_search``): the 10 trial changes."""
+    newton_step = cg.flops(p.q, fl.hvp(s) + 2.0 * s.d, s.d) + s.d
+    solve = s.d + p.T * newton_step + (p.T - 1) * (gradient_and_coefficients(s) + 6.0 * s.d)
+    solve_server = fl.aggregate(s, s.d) + s.d + (s.d if p.line_search else 0.0)
+    return fl.Work(gradient_and_coefficients(s), fl.aggregate(s, s.d) + s.d, **with_search(p, s, solve, solve_server))

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import Uplink, bits_for
 from ..first_order.fedavg import _or
+from .giant import gradient_and_coefficients
 
 EPS = 1e-12
 
@@ -104,3 +106,15 @@ def server_step(p: Params, state: ServerState, x, agg):
     step = np.clip(m / np.maximum(p.gamma * h, EPS), -p.rho, p.rho)
     report = {"clipped": float(np.count_nonzero(np.abs(step) >= p.rho))}
     return ServerState(m, h, report), x - p.eta * step, len(x) * p.float_bits
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Client: f_i, grad f_i and the coefficients h_ij, then D_i: exact, (1/m_i) sum_j h_ij a_ij^2 + lam
+    (:func:`~mpifed.network.flops.squared_rows` and the ridge, d); Hutchinson, one Rademacher draw per entry (d),
+    one Hessian-vector product from the coefficients (:func:`~mpifed.network.flops.hvp`) and u * (H u)
+    (d). Server: the sums of grad f_i and D_i (2d floats each), their means (2 d), the moving averages
+    m and h (3 d each), then gamma h, max(., eps), m / (.), the clip to [-rho, rho] (2 d), eta (.) and x - (.)
+    (7 d)."""
+    diagonal = (fl.squared_rows(s) + s.d if p.diagonal == "exact" else s.d + fl.hvp(s) + s.d)
+    server = fl.aggregate(s, 2 * s.d) + 2.0 * s.d + 6.0 * s.d + 7.0 * s.d
+    return fl.Work(gradient_and_coefficients(s) + diagonal, server)

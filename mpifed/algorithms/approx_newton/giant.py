@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import Query, Uplink, bits_for
 from . import cg, linesearch
 
@@ -128,3 +129,30 @@ def step_along(p, pending, x, agg, direction, unit=None):
         report["step_length"] = 1.0
         return ServerState(report), x - direction if unit is None else unit, len(x) * p.float_bits
     return linesearch.start(direction, g, report, ServerState(report), p.float_bits)
+
+
+def gradient_and_coefficients(s):
+    """f_i, grad f_i and the Hessian coefficients h_ij = phi''(t_ij) from the same margins (E per row)."""
+    return fl.loss_grad(s) + fl.ELEMENTARY * s.m
+
+
+def with_search(p, s, solve, solve_server) -> dict:
+    """The Work's query fields for a round whose extra exchanges are the local solve and, with ``line_search``,
+    the search (:func:`.linesearch.client_flops`, :func:`.linesearch.server_flops`). A Work has one count for
+    every query exchange, so with the search each of the two is charged their mean: the round's total is exact,
+    its split between the two exchanges is not."""
+    if not p.line_search:
+        return {"query": solve, "query_server": solve_server}
+    return {"query": (solve + linesearch.client_flops(s)) / 2.0,
+            "query_server": (solve_server + linesearch.server_flops(s)) / 2.0}
+
+
+def flops(p: Params, s) -> fl.Work:
+    """Exchange 1: f_i, grad f_i and the coefficients h_ij; the server sums the gradients, g = sum / n (d).
+    Exchange 2 (a query): q CG iterations on grad^2 f_i p = g, each one Hessian-vector product from the
+    coefficients (:func:`~mpifed.network.flops.hvp`), q the cap (an upper bound); the server's mean of
+    the p_i (sum, d) and, without the search, x - p (d). Exchange 3 (a query, with ``line_search``): the 10 trial
+    changes from one pass over the rows."""
+    solve = cg.flops(p.q, fl.hvp(s), s.d)
+    solve_server = fl.aggregate(s, s.d) + s.d + (0.0 if p.line_search else s.d)
+    return fl.Work(gradient_and_coefficients(s), fl.aggregate(s, s.d) + s.d, **with_search(p, s, solve, solve_server))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...network import flops as fl
 from ..base import Query, Uplink, bits_for
 
 TRIALS = 10
@@ -58,3 +59,18 @@ def finish(search: Search, x, agg, c: float, gamma: float, float_bits: int):
     j = int(passed[0]) if len(passed) else TRIALS - 1
     search.report.update(step_length=float(alpha[j]))
     return search.state, x - alpha[j] * search.direction, len(x) * float_bits
+
+
+def client_flops(s):
+    """One client's J = 10 trial changes f_i(x - alpha_j p) - f_i(x) from one pass over its rows
+    (:meth:`~mpifed.problems.logistic.LogisticBlock.loss_changes`): the margins of x and of p (4 nnz), <x, p> and
+    ||p||^2 (4 d), b t and phi'(b t) once per row (m + E m); per trial and row -alpha s and b delta (2 m),
+    expm1 and log1p (2 E m), the product (m) and the client's sum (m), and the ridge's change (6)."""
+    per_trial = 2.0 * fl.ELEMENTARY * s.m + 4.0 * s.m + 6.0
+    return 4.0 * s.nnz + 4.0 * s.d + (1.0 + fl.ELEMENTARY) * s.m + TRIALS * per_trial
+
+
+def server_flops(s) -> float:
+    """The server's start, <p, grad P> (2 d), and finish: the sum of the J changes, their mean (J), the Armijo
+    test c alpha_j slope and the comparison (3 J), x - alpha p (2 d)."""
+    return 2.0 * s.d + fl.aggregate(s, TRIALS) + 4.0 * TRIALS + 2.0 * s.d

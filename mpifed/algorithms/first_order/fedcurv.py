@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ...errors import ConfigError
+from ...network import flops as fl
 from ..base import Query, Uplink, participation, to_participants
 from . import fedavg
 from .fedavg import _or, local_fields, local_gd, local_step, mean_over_participants, participants_uplink
@@ -150,3 +151,27 @@ def client_step(p: Params, block, state: ClientState, x, streams):
 def server_step(p: Params, state: ServerState, x, agg):
     """x^{t+1} = x^t + eta_g mean_S Delta_s; U, V updated and broadcast."""
     return down_queries(state, x + p.eta_g * mean_over_participants(agg, "delta"), agg, p.float_bits)
+
+
+def penalty_flops(p, s) -> tuple[float, float]:
+    """(once per round, per local step) of the penalty gradient 2 lambda [(U - u_s) * y - (V - v_s)]: U - u_s and
+    V - v_s once (2 d); per step the product, the difference, the factor 2 lambda and the sum into the step's
+    direction (4 d). None of it when lambda = 0 (FedAvg's loop)."""
+    return (2.0 * s.d, 4.0 * s.d) if p.lam_c else (0.0, 0.0)
+
+
+def server_flops(s) -> float:
+    """The server's sums of Delta_s, du, dv (3d floats each), FedAvg's step (2 d), U += sum du and V += sum dv
+    (2 d). The U and V broadcasts' empty replies cost the clients nothing (storing a vector is no arithmetic)."""
+    return fl.aggregate(s, 3 * s.d) + 2.0 * s.d + 2.0 * s.d
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's K local gradient steps (:func:`.fedavg.local_flops`) with the penalty gradient in each
+    (:func:`penalty_flops`); then the Fisher diagonal at theta_s: the margins (2 nnz), l' per row (E m), its
+    square (m) and the squared rows (:func:`~mpifed.network.flops.squared_rows`); v_s = u_s * theta_s (d) and the
+    changes du, dv (2 d); Delta_s, du, dv go up (``local_flops``' d per sent vector counts Delta_s's move)."""
+    once, per_step = penalty_flops(p, s)
+    fisher = 2.0 * s.nnz + fl.ELEMENTARY * s.m + s.m + fl.squared_rows(s)
+    work = fedavg.local_flops(p.K, s, per_step=per_step)
+    return fl.Work(work.step + once + fisher + 3.0 * s.d, server_flops(s))

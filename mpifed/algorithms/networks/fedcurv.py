@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...network import flops as fl
 from ..first_order import fedcurv
 from ..first_order.fedcurv import ServerState, client_query, server_resume  # noqa: F401  (U, V broadcasts)
 from .fedavg import Params as FedAvgParams
 from .fedprox import local_sgd
-from .local import COMMON_USES, Clock, common_fields, local_step, start, timing_report, uplink
+from .local import COMMON_USES, Clock, common_fields, local_step, sgd_flops, start, timing_report, uplink
 from .local import client_metrics  # noqa: F401
 from ..first_order.fedavg import _or
 
@@ -83,3 +84,15 @@ def server_step(p: Params, state: ServerState, x, agg):
     """x^{t+1} = x^t + eta_g mean_S Delta_s (FedAvg's); U, V updated and broadcast."""
     state.report = timing_report(agg)
     return fedcurv.down_queries(state, x + p.eta_g * agg.fields["delta"] / agg.participants, agg, p.float_bits)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """FedAvg's K local SGD steps (:func:`~mpifed.algorithms.networks.local.sgd_flops`) with the penalty gradient
+    in each (:func:`~mpifed.algorithms.first_order.fedcurv.penalty_flops`); then the Fisher at theta_s, K more
+    mini-batch gradients (:func:`~mpifed.network.flops.network_gradient`), each squared and summed (2 P), the mean
+    (P); v_s = u_s * theta_s (P) and the changes du, dv (2 P). The server as on logistic regression
+    (:func:`~mpifed.algorithms.first_order.fedcurv.server_flops`)."""
+    once, per_step = fedcurv.penalty_flops(p, s)
+    work = sgd_flops(p.K, s, per_step=per_step)
+    fisher = p.K * (fl.network_gradient(s, ridge=False) + 2.0 * s.d) + s.d
+    return fl.Work(work.step + once + fisher + 3.0 * s.d, fedcurv.server_flops(s))

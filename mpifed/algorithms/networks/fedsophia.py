@@ -26,11 +26,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ...network import flops as fl
 from ..approx_newton.fedsophia import EPS, rademacher
 from ..first_order.fedavg import _or
 from .fedavg import Params as FedAvgParams
 from .fedavg import server_step  # noqa: F401  (x + eta_g mean_S Delta_i)
-from .local import COMMON_USES, SOPHIA_STEP, Clock, common_fields, local_step, start, uplink
+from .local import COMMON_USES, SOPHIA_STEP, Clock, common_fields, local_step, sgd_flops, start, uplink
 from .local import ServerState, client_metrics, server_init  # noqa: F401
 
 DELTA = 1e-3  # finite-difference step of the Hessian-vector product
@@ -94,3 +95,15 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     m_all, h_all = state.m.copy(), state.h.copy()
     m_all[idx], h_all[idx] = m, h
     return ClientState(m_all, h_all), uplink(p, block, first, {"delta": y - x}, clock)
+
+
+def flops(p: Params, s) -> fl.Work:
+    """K local steps, each a mini-batch gradient (:func:`~mpifed.network.flops.network_gradient`), m's moving
+    average (3 P) and Sophia's update gamma h, max(., eps), m / (.), the clip (2 P), eta (.) and y - (.) (7 P);
+    every tau-th global step a Hutchinson estimate: the Rademacher draw (P), y + delta u (2 P), a second gradient
+    on the same batch, (g_shift - g) / delta and u * (.) (3 P), h's moving average (3 P). Estimates per round at
+    their mean K / tau (the exact count, the k < K with (t K + k) mod tau = 0, averages K / tau over rounds). Then
+    Delta_i (P) goes up; the server is FedAvg's (the sum and x + eta_g mean, 2 P)."""
+    step = fl.network_gradient(s, ridge=False) + 10.0 * s.d
+    estimate = fl.network_gradient(s, ridge=False) + 9.0 * s.d
+    return fl.Work(fl.per_client(p.K * step + p.K / p.every * estimate + s.d, s), sgd_flops(p.K, s).server)
