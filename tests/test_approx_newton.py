@@ -469,14 +469,7 @@ def test_network_fedcurv_matches_the_plain_loop():
 def test_a_suspended_run_resumes_to_the_uninterrupted_trace(cfg, tmp_path, monkeypatch):
     """Client state kept across rounds (FedCurv's u, v, U, V) and the server's moving averages (Sophia's m, h)
     survive a checkpoint."""
-    from test_checkpoint import same_trace, signal_at_round
+    from test_checkpoint import resume_equals_uninterrupted
 
     config = {**BASE, "rounds": 5, **cfg, "reference_iterations": 0}
-    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
-    signal_at_round(monkeypatch, 2)
-    part = tmp_path / "part.h5"
-    assert run({**config, "out": str(part)}, comm=SerialComm()).status == "suspended"
-    monkeypatch.undo()
-    resumed = run({}, comm=SerialComm(), resume=part)
-    np.testing.assert_array_equal(resumed.x, full.x)
-    same_trace(tmp_path / "full.h5", part)
+    resume_equals_uninterrupted(config, tmp_path, monkeypatch)

@@ -40,6 +40,20 @@ def same_trace(a: Path, b: Path) -> None:
     assert ta.attrs["status"] == tb.attrs["status"]
 
 
+def resume_equals_uninterrupted(config: dict, tmp_path: Path, monkeypatch, at: int = 2):
+    """Run ``config`` whole, then again stopped by a signal at round ``at`` and resumed: the resumed trace and x
+    must equal the uninterrupted ones bitwise. Returns (the full run's result, the resumed trace's path)."""
+    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
+    signal_at_round(monkeypatch, at)
+    part = tmp_path / "part.h5"
+    assert run({**config, "out": str(part)}, comm=SerialComm()).status == "suspended"
+    monkeypatch.undo()
+    resumed = run({}, comm=SerialComm(), resume=part)
+    np.testing.assert_array_equal(resumed.x, full.x)
+    same_trace(tmp_path / "full.h5", part)
+    return full, part
+
+
 def signal_at_round(monkeypatch, k: int, ranks=None):
     """Raise the SIGTERM flag on ``ranks`` (default: all) as round k starts, as a signal would: the run
     finishes round k, every rank learns of the request in its exchange, and round k + 1 checkpoints."""

@@ -229,15 +229,8 @@ def test_proximal_methods_distributed_equal_serial(name, tmp_path):
 def test_a_suspended_run_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
     """ProxSkip's control variates and last local iterates, and SPPM's round-keyed cohorts, survive a checkpoint."""
     from mpifed import checkpoint, trace
-    from test_checkpoint import same_trace, signal_at_round
+    from test_checkpoint import resume_equals_uninterrupted
 
     config = {**BASE, "rounds": 8, "reference_iterations": 5, "l1": LAM1, **EVERY[name]}
-    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
-    signal_at_round(monkeypatch, 2)
-    part = tmp_path / "part.h5"
-    assert run({**config, "out": str(part)}, comm=SerialComm()).status == "suspended"
-    monkeypatch.undo()
-    resumed = run({}, comm=SerialComm(), resume=part)
-    np.testing.assert_array_equal(resumed.x, full.x)
-    same_trace(tmp_path / "full.h5", part)
+    full, part = resume_equals_uninterrupted(config, tmp_path, monkeypatch)
     assert not checkpoint.path_for(part).exists() and trace.load(part).attrs["status"] == full.status

@@ -226,17 +226,10 @@ def test_biased_compressor_is_refused_before_round_0():
 @pytest.mark.parametrize("name", ["r-lsvrg", "r-page", "r-marina"])
 def test_a_suspended_run_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
     """The client states (w, x^{k-1}, the previous gradients) and the coins survive a checkpoint."""
-    from test_checkpoint import same_trace, signal_at_round
+    from test_checkpoint import resume_equals_uninterrupted
 
     config = {**BASE, "rounds": 8, **MPI_RUNS[name]}
-    full = run({**config, "out": str(tmp_path / "full.h5")}, comm=SerialComm())
-    signal_at_round(monkeypatch, 2)
-    part = tmp_path / "part.h5"
-    assert run({**config, "out": str(part)}, comm=SerialComm()).status == "suspended"
-    monkeypatch.undo()
-    resumed = run({}, comm=SerialComm(), resume=part)
-    np.testing.assert_array_equal(resumed.x, full.x)
-    same_trace(tmp_path / "full.h5", part)
+    resume_equals_uninterrupted(config, tmp_path, monkeypatch)
 
 
 MPI_RUNS = {
