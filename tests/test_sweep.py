@@ -90,7 +90,7 @@ def test_replacing_a_sweep_removes_the_traces_its_new_grid_drops(tmp_path, capsy
 
 @pytest.mark.parametrize("text, message", [
     ("[base]\nrounds = 2\nstepsize = 1\n[grid]\nseed = [0, 1]\n",
-     "unknown configuration key(s) stepsize; valid: dataset, features,"),
+     "unknown configuration key(s) stepsize; valid: dataset, problem,"),
     ("[base]\nrounds = 2\n[grid]\nseed = [0, 1]\nlearning_rate = [1, 2]\n",
      "unknown configuration key(s) learning_rate; valid: dataset,"),
     ("[base]\nalgorithm = \"fednl\"\n[grid]\nalpha = [0.5, -1.0]\n",

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtri
 
 from ..errors import ConfigError
 from ..rng import ClientStreams
@@ -95,6 +94,8 @@ class Profile:
                            np.full(n, self.rtt_ms * 1e-3), np.full(n, speed(self.device, "device")))
         if not self.spread:
             return base
+        from scipy.special import ndtri  # here, not at import: scipy.special costs every process some 4 MB
+
         z = ndtri(ClientStreams(seed, ids, FIXED).uniform("netsim-spread", 2) * (1 - 2**-53) + 2**-54)
         link, compute = np.exp(self.spread * z[:, 0]), np.exp(self.spread * z[:, 1])
         return Devices(base.up * link, base.down * link, base.rtt, base.speed * compute)
