@@ -225,7 +225,7 @@ def aggregate(s: Shape, floats) -> float:
 
 
 def soft_threshold(d: int, lam1: float = 1.0) -> float:
-    """prox_{t lam1 ||.||_1}(z) = sign(z) max(|z| - t lam1, 0) on d entries: the subtraction, the max and the
+    """prox_{t lam1 ||.||_1}(z) = sign(z) max(abs(z) - t lam1, 0) on d entries: the subtraction, the max and the
     sign's product, 3 d (abs and sign are free bit operations); nothing when lam1 = 0 (the prox is the identity)."""
     return 3.0 * d if lam1 else 0.0
 

@@ -52,6 +52,6 @@ def server_step(p: Params, k: int, x, agg):
 
 def flops(p: Params, s) -> fl.Work:
     """Client: f_i and grad f_i; server: the sum and the mean (d), the LMO (l2: the norm and -g/||g||, 3d; linf:
-    -sign(g), d; l1: the argmax of |g|, d comparisons) and x + t_k LMO (2d)."""
+    -sign(g), d; l1: the argmax of abs(g), d comparisons) and x + t_k LMO (2d)."""
     lmo = {"l2": 3.0, "linf": 1.0, "l1": 1.0}[p.norm] * s.d
     return fl.Work(fl.loss_grad(s), fl.aggregate(s, s.d) + s.d + lmo + 2.0 * s.d)
