@@ -72,8 +72,9 @@ class LeastSquares:
     def margins(self, v):
         return self.A @ v
 
-    def _weighted_rows(self, coef):
-        return np.einsum("imd,im->id", self.A, coef) / self.m
+    def hvp_from_coefficients(self, h, v):
+        """(A_i^T diag(h_i) A_i / m_i + lam I) v for every client, written out with einsum."""
+        return np.einsum("imd,im->id", self.A, h * (self.A @ v)) / self.m + self.lam * v
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

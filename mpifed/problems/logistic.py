@@ -448,7 +448,7 @@ class LogisticBlock:
         if self.dense:
             return ((self._W * coef)[:, None, :] @ (self._A3 * self._A3))[:, 0, :]
         data, rows = self._A.data, self._row_of_nnz
-        w = (coef * self._row_weight())[rows] * data * data
+        w = (coef * self._row_weight())[rows] * (data * data)
         flat = self._client_of_nnz * self.d + self._A.indices
         return xp.bincount(flat, weights=w, minlength=self.n * self.d).reshape(self.n, self.d)
 
@@ -474,16 +474,7 @@ class LogisticBlock:
         """diag hess f_i = (1/m_i) sum_j h_ij a_ij^2 + lam for each client, shape (n, d), from the coefficients h
         of every row (the layout of :meth:`derivatives_and_coefficients`): O(nnz), no packed matrix (FedNL's
         diagonal option). A client's entries sum its own rows in row order, whatever the block."""
-        xp = self.bk.xp
-        if self.dense:
-            diag = ((self._W * h)[:, None, :] @ (self._A3 * self._A3))[:, 0, :]
-        else:
-            weight = xp.asarray(1.0 / self.sizes[self.row_client]) * h
-            data = self._A.data
-            terms = weight[self._row_of_nnz] * (data * data)
-            at = self._client_of_nnz * self.d + self._A.indices
-            diag = xp.bincount(at, weights=terms, minlength=self.n * self.d).reshape(self.n, self.d)
-        return diag + self.lam
+        return self.squared_rows(h) + self.lam
 
     def hessians_of(self, clients, h):
         """:meth:`hessians_from_coefficients` for the block's clients ``clients`` only (host ints), from the

@@ -15,10 +15,9 @@ import numpy as np
 
 
 def glm_hvp(block, curvature, v):
-    """H_i(x) v (n, d) for every client, from the rows' curvature ``curvature`` = phi''(a_ij^T x) at x."""
-    # (1/m_i) sum_j h_ij (a_ij^T v) a_ij: the block's per-client row sum (the one its gradients use; a private
-    # method of LogisticBlock, the only O(nnz) way in) with h_ij (a_ij^T v) as the per-row weights
-    return block._weighted_rows(curvature * block.margins(v)) + block.lam * v
+    """H_i(x) v (n, d) for every client, from the rows' curvature ``curvature`` = phi''(a_ij^T x) at x
+    (:meth:`LogisticBlock.hvp_from_coefficients`, the same v for every client)."""
+    return block.hvp_from_coefficients(curvature, v)
 
 
 def network_gradients(block, x, streams):
