@@ -2,13 +2,14 @@
 
     mpiexec -n 4 mpifed run [CONFIG.toml] [--option value ...]
     mpifed info TRACE.h5 | FOLDER [--target 1e-10]
-    mpiexec -n 4 mpifed compare PLAN.toml [--only NAME ...] [--overwrite]
+    mpiexec -n 4 mpifed compare PLAN.toml [--only NAME ...] [--overwrite | --resume]
     mpifed sweep GRID.toml [--out DIR] [--submit [--wait]]
     mpiexec -n 2 mpifed bench [--only w8a a9a phishing] [--json FILE] [--rounds N] [--list]
     mpifed datasets list | fetch NAME [NAME ...]
 
 Exit codes: 0 success, 1 the run failed (solver error, divergence), 2 bad input,
-75 suspended by SIGTERM/SIGINT after writing a checkpoint (continue with ``mpifed run --resume TRACE``).
+75 suspended by SIGTERM/SIGINT after writing a checkpoint (continue with ``mpifed run --resume TRACE``, or
+``mpifed compare PLAN.toml --resume`` for a plan).
 """
 from __future__ import annotations
 
@@ -209,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("plan", help="plan TOML: out, target, [common] and [runs.<name>] tables")
     compare.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     compare.add_argument("--overwrite", action="store_true", help="replace the plan's existing traces")
+    compare.add_argument("--resume", action="store_true",
+                         help="after a suspended compare (SIGTERM/SIGINT): keep the finished traces, continue the "
+                              "suspended run from its checkpoint and run the rest")
     compare.add_argument("--baseline", default=None, metavar="METHOD",
                          help="also print rounds, bits, simulated compute and wall-clock to the target against this "
                               "run (a run name or the algorithm of one run), with communication reduction, compute "
@@ -405,9 +409,16 @@ def _compare(args) -> int:
     from .ops.compare import existing, load_plan, run_plan
     from .analysis.report import info
 
-    plan = load_plan(args.plan, args.only, args.overwrite, args.table)
+    from .checkpoint import EXIT_SUSPENDED
+
+    plan = load_plan(args.plan, args.only, args.overwrite, args.table, args.resume)
     existing(plan, args.table)
-    results = [] if args.table else run_plan(plan)
+    results = [] if args.table else run_plan(plan, resume=args.resume)
+    if results and results[-1].status == "suspended":
+        if _launcher_rank() == 0:
+            print(f"mpifed: {results[-1].path} suspended at round {results[-1].rounds}; the plan stopped there; "
+                  f"continue with: mpifed compare {args.plan} --resume", file=sys.stderr, flush=True)
+        return EXIT_SUSPENDED
     if _launcher_rank() == 0:
         print()
         info(plan.folder, target=plan.target)

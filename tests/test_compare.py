@@ -91,3 +91,40 @@ def test_bad_plans_are_refused_before_any_run(tmp_path, edit, message):
 def test_only_with_an_unknown_run_names_the_plan_runs(tmp_path):
     with pytest.raises(ConfigError, match="--only names unknown run"):
         load_plan(write_plan(tmp_path), only=["newton", "nope"])
+
+
+def test_a_signal_stops_the_plan_and_resume_finishes_it_as_if_uninterrupted(tmp_path, monkeypatch, capsys):
+    """SIGTERM in the second run: that run checkpoints, the third never starts; --resume keeps the first
+    trace as it is, continues the second from its checkpoint, runs the third, and every trace equals the
+    trace of the plan run without a signal."""
+    from mpifed import checkpoint, trace
+    from mpifed.checkpoint import EXIT_SUSPENDED
+    from mpifed.cli import main
+    from test_checkpoint import same_trace, signal_at_round
+
+    whole = load_plan(write_plan(tmp_path))
+    assert [r.status for r in run_plan(whole)] == ["completed"] * 3
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    first = run_plan(load_plan(write_plan(cut), only=["newton"]))
+    mtime = (cut / "out" / "newton.h5").stat().st_mtime_ns
+    signal_at_round(monkeypatch, 5)
+    assert main(["compare", str(write_plan(cut)), "--resume"]) == EXIT_SUSPENDED
+    assert "the plan stopped there; continue with: mpifed compare" in capsys.readouterr().err
+    monkeypatch.undo()
+    stopped = [trace.load(cut / "out" / "fednl-identity.h5")]
+    assert [r.status for r in first] == ["completed"]
+    assert stopped[0].attrs["status"] == "suspended"
+    assert checkpoint.path_for(stopped[0].path).is_file() and not (cut / "out" / "gd.h5").exists()
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        load_plan(write_plan(cut))
+    resumed = run_plan(load_plan(write_plan(cut), resume=True), resume=True)
+    assert [r.status for r in resumed] == ["completed", "completed"]  # the newton trace was kept
+    assert (cut / "out" / "newton.h5").stat().st_mtime_ns == mtime
+    for name in ("newton", "fednl-identity", "gd"):
+        same_trace(tmp_path / "out" / f"{name}.h5", cut / "out" / f"{name}.h5")
+
+
+def test_resume_cannot_be_combined_with_overwrite(tmp_path):
+    with pytest.raises(ConfigError, match="--resume keeps the plan's traces"):
+        load_plan(write_plan(tmp_path), overwrite=True, resume=True)

@@ -20,6 +20,10 @@ A plan is a TOML file::
 then runs them in order on all ranks (``mpiexec -n 4 mpifed compare ...``) and prints the
 table that ``mpifed info FOLDER --target T`` prints again later.
 
+A SIGTERM or SIGINT (SLURM's warning before the time limit) suspends the current run with a
+checkpoint and stops the plan there; ``mpifed compare PLAN.toml --resume`` then keeps the finished
+traces, continues the suspended run from its checkpoint and runs the rest.
+
 Against a baseline (:mod:`mpifed.analysis.baseline`), three more optional keys (``--baseline``, ``--network``
 and ``--metric`` override them)::
 
@@ -30,7 +34,7 @@ and ``--metric`` override them)::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import config as cfgmod
@@ -49,9 +53,12 @@ class Plan:
     metric: str = "grad_norm"
 
 
-def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool = False, table: bool = False) -> Plan:
+def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool = False, table: bool = False,
+              resume: bool = False) -> Plan:
     """Read and check a plan; every run's RunConfig is built (and validated) here (``table``: the traces are only
-    read, so existing ones are expected)."""
+    read, so existing ones are expected; ``resume``: existing traces are kept or continued, see :func:`run_plan`)."""
+    if resume and (overwrite or table):
+        raise ConfigError("--resume keeps the plan's traces; it cannot be combined with --overwrite or --table")
     path = Path(path)
     raw = cfgmod.read_toml(path, "plan")
     keys = ("out", "target", "common", "runs", "baseline", "networks", "metric")
@@ -81,7 +88,7 @@ def load_plan(path: str | Path, only: list[str] | None = None, overwrite: bool =
             built.append((name, cfgmod.build(values)))
         except ConfigError as err:
             raise ConfigError(f"{path}: run {name!r}: {err}") from None
-    if not overwrite and not table:
+    if not (overwrite or table or resume):
         present = [str(c.out) for _, c in built if Path(c.out).exists()]
         if present:
             raise ConfigError(f"output {present[0]} exists; pass --overwrite to replace the plan's traces")
@@ -101,8 +108,48 @@ def existing(plan: Plan, table: bool) -> None:
         raise ConfigError(f"--table reads the plan's traces, but {missing[0]} does not exist; run the plan first")
 
 
-def run_plan(plan: Plan, comm=None) -> list:
-    """Run every configuration of the plan in order on all ranks; returns the RunResults."""
+FINISHED = ("completed", "converged", "failed")  # a trace with one of these statuses is a result
+
+
+def run_plan(plan: Plan, comm=None, resume: bool = False) -> list:
+    """Run the plan's configurations in order on all ranks; returns the RunResults of the runs made.
+
+    A run that ends ``suspended`` (a signal) stops the plan: its result is the last one returned. With
+    ``resume``, a trace that is already a result is kept, one with a checkpoint beside it is continued from
+    the checkpoint (the plan's ``rounds`` and ``tol`` apply), and any other is run afresh.
+    """
+    from ..comm import world
     from ..driver import run
 
-    return [run(config, comm=comm) for _, config in plan.runs]
+    comm = comm or world()
+    results = []
+    for _, config in plan.runs:
+        # rank 0 reads the trace (only it loads h5py); every rank takes its answer
+        action = comm.allgather(_resume_action(Path(config.out)) if resume and comm.is_root else None)[0] or "run"
+        if action == "keep":
+            continue
+        if action == "continue":
+            result = run({"rounds": config.rounds, "tol": config.tol, "quiet": config.quiet}, comm=comm,
+                         resume=config.out)
+        else:
+            result = run(config if action == "run" else replace(config, overwrite=True), comm=comm)
+        results.append(result)
+        if result.status == "suspended":
+            break
+    return results
+
+
+def _resume_action(trace: Path) -> str:
+    """keep (a finished trace), continue (a checkpoint is there), rerun (a trace cut short without one) or run."""
+    from ..checkpoint import path_for
+    from ..trace import load
+
+    if path_for(trace).is_file():
+        return "continue"
+    if not trace.exists():
+        return "run"
+    try:
+        status = load(trace).attrs.get("status")
+    except Exception:  # a damaged trace is run again
+        return "rerun"
+    return "keep" if status in FINISHED else "rerun"
