@@ -112,6 +112,9 @@ HELP = {
     "forcing": ("newton-cg: c in the CG stop ||r|| <= min(0.5, c sqrt(||g||)) ||g|| (default 1); disco: beta in "
                 "||r|| <= beta ||g|| (default 0.1)"),
     "memory": "lbfgs: pairs (s, y) the server keeps (default 10; 0 = steepest descent with the same line search)",
+    "lbfgs_exchanges": ("lbfgs: exchanges per round, 2 (default: the gradient, then J trial values along p_k) or 1 "
+                        "(x^k + p_k down, its loss and gradient up; Armijo backtracking adds one exchange per "
+                        "shorter trial)"),
     "line_search": ("GIANT (default on) / DANE (default off): Armijo search over 10 step sizes ls_gamma^j in one exchange "
                     "(defaults c = 0.1, gamma = 1/4)"),
     "curv_lambda": ("FedCurv: importance lambda >= 0 of the Fisher penalty (default 0.01 on tabular problems, 1 on "

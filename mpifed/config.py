@@ -47,8 +47,8 @@ METHOD_FIELDS = ("compressor", "alpha", "option", "step_hessian", "mu", "step_si
                  "down_compressor", "grad_probability", "server_lr", "momentum", "prox_mu", "scaffold_option",
                  "beta1", "beta2", "adam_eps", "step_decay", "f_star", "local_curvature", "radius", "ball_norm",
                  "hessian", "solver", "cg_iterations", "adaptive_regularization",
-                 # Hessian-free methods: the forcing constant, L-BFGS's memory
-                 "forcing", "memory",
+                 # Hessian-free methods: the forcing constant, L-BFGS's memory and exchanges per round
+                 "forcing", "memory", "lbfgs_exchanges",
                  # LMO methods: the ball of the LMO (--radius is their step)
                  "lmo_norm",
                  "skip_probability", "sampling", "inner_rounds",
@@ -115,6 +115,7 @@ class RunConfig:
     adaptive_regularization: bool | None = None
     forcing: float | None = None
     memory: int | None = None
+    lbfgs_exchanges: int | None = None
     lmo_norm: str | None = None
     line_search: bool | None = None
     curv_lambda: float | None = None
@@ -254,6 +255,8 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.validation is None or 0 < c.validation < 1, "validation", "a fraction 0 < f < 1 of the training images")
     need(c.forcing is None or c.forcing > 0, "forcing", "a forcing constant > 0")
     need(c.memory is None or c.memory >= 0, "memory", "an integer M >= 0 (0: steepest descent)")
+    need(c.lbfgs_exchanges in (None, 1, 2), "lbfgs_exchanges",
+         "1 (the trial point's gradient is the next round's) or 2 (gradient, then the trials along p_k)")
     need(c.step_decay is None or c.step_decay >= 0, "step_decay", "decay >= 0 (0 keeps the step constant)")
     need(c.skip_probability is None or 0 < c.skip_probability <= 1, "skip_probability", "0 < p <= 1")
     need(c.inner_rounds is None or c.inner_rounds >= 1, "inner_rounds", "an integer K >= 1")

@@ -71,6 +71,17 @@ def test_lbfgs_counts_the_two_loop_and_the_trials():
     assert lbfgs.flops(lbfgs.Params(M=0), s).server == w.server - 160
 
 
+def test_one_exchange_lbfgs_counts_a_gradient_per_trial():
+    s = small_shape()
+    w = lbfgs.flops(lbfgs.Params(M=10, exchanges=1), s)
+    assert w.step[0] == GRAD + 3 * E + 3
+    # sums, g, pair, test, two-loop, H^0, <g, p>; then the Armijo test (4), <grad P(z), p_a> (2 d), z + p (d)
+    assert w.server == 3 + 2 + 4 + 12 + 8 * 10 * 2 + 10 + 4 + 4 + 4 + 2
+    assert w.query[0] == GRAD + 3 * E + 3                    # a backtrack: the gradient at x_a + t p_a
+    assert w.query_server == 3 + 2 + 4 + 4 + 1 + 4           # sums, g, test, <g, p_a>, t gamma, x_a + t p_a
+    np.testing.assert_array_equal(w.vectors(1, lbfgs.QUERIES), [[0, GRAD + 3 * E + 3, GRAD + 3 * E + 3]])
+
+
 def test_fednl_options_follow_the_params():
     s, T, d = small_shape(), 3, 2
     hess = 3 * E + 15 + 2
@@ -147,6 +158,7 @@ def test_newton_cg_run_charges_hvps_and_trials_and_replays(tmp_path):
 
 @pytest.mark.parametrize("extra", [
     {"algorithm": "newton-cg"}, {"algorithm": "disco"}, {"algorithm": "lbfgs"},
+    {"algorithm": "lbfgs", "lbfgs_exchanges": 1},
     {"algorithm": "fednl", "hessian": "diagonal"}, {"algorithm": "fednl", "solver": "cg"},
     {"algorithm": "fednl", "adaptive_regularization": True},
     {"algorithm": "fednl-ls", "hessian": "diagonal"}, {"algorithm": "fednl-pp", "solver": "cg"}],

@@ -146,6 +146,94 @@ def test_lbfgs_with_memory_reaches_the_optimum_faster_than_without(tmp_path):
     assert with_memory.status == "converged" and with_memory.rounds < without.rounds
 
 
+def plain_lbfgs(A, b, lam, rounds, M=10, c1=1e-4, gamma=0.5):
+    """Plain numpy L-BFGS with Armijo backtracking from 1 by gamma, f and grad P evaluated together at each trial
+    (P the mean logistic loss over all rows, equal client sizes). Returns each round's first trial point
+    x_a + p (x^0 first), P there, and the backtracks each accepted step needed."""
+    def P(x):
+        t = b * (A @ x)
+        return np.mean(np.logaddexp(0.0, -t)) + 0.5 * lam * x @ x, A.T @ (-b / (1 + np.exp(t))) / len(b) + lam * x
+    x = np.zeros(A.shape[1])
+    f, g = P(x)
+    pairs, points, losses, backtracks = [], [x], [f], []
+    while len(points) <= rounds:
+        q, alphas = g.copy(), []
+        for s, y in reversed(pairs):
+            alphas.append(s @ q / (y @ s))
+            q -= alphas[-1] * y
+        if pairs:
+            q *= pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])
+        for (s, y), a in zip(pairs, reversed(alphas)):
+            q += (a - y @ q / (y @ s)) * s
+        t, tries = 1.0, 0
+        while True:
+            z = x - t * q
+            fz, gz = P(z)
+            if t == 1.0:
+                points.append(z), losses.append(fz)
+            if fz <= f + c1 * t * (g @ -q):
+                break
+            t, tries = t * gamma, tries + 1
+        backtracks.append(tries)
+        s, y = z - x, gz - g
+        if s @ y > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
+            pairs = (pairs + [(s, y)])[-M:]
+        x, f, g = z, fz, gz
+    return points, np.array(losses), np.array(backtracks)
+
+
+@pytest.mark.data("a9a")
+def test_one_exchange_lbfgs_on_a9a_is_plain_lbfgs_with_armijo_backtracking(tmp_path):
+    """Row k is the trial x^k = x_a + p_a; 18 rounds include a step of 1/4 (two backtracks, two more exchanges)."""
+    from mpifed.data import load, paper_split
+    ds = load("a9a")
+    rows = paper_split(ds.A.shape[0], 80, 407).rows
+    points, losses, backtracks = plain_lbfgs(ds.A[rows], ds.b[rows], 1e-3, 18)
+    out = run(quiet(dataset="a9a", algorithm="lbfgs", lbfgs_exchanges=1, rounds=18, reference_iterations=0),
+              comm=SerialComm())
+    m = out.metrics
+    np.testing.assert_allclose(m["loss"], losses[:19], rtol=1e-12)
+    np.testing.assert_allclose(out.x, points[18], rtol=0, atol=1e-12)
+    # row k reports round k's acceptance: x^0 untested, then the step that was accepted after the trial x^k
+    np.testing.assert_array_equal(m["backtracks"][1:-1], backtracks[:17])
+    assert backtracks[:17].max() == 2
+    np.testing.assert_array_equal(np.diff(m["exchanges"]), 1 + m["backtracks"][:-1])
+    d, fb = 123, 32
+    np.testing.assert_allclose(np.diff(m["bits_up"]), fb * (d + 1) * (1 + m["backtracks"][:-1]))
+    np.testing.assert_allclose(np.diff(m["bits_down"]), fb * d * (1 + m["backtracks"][:-1]))
+
+
+@pytest.mark.data("a9a")
+def test_one_exchange_lbfgs_reaches_the_same_solution_on_a9a_with_fewer_exchanges(tmp_path):
+    config = quiet(dataset="a9a", algorithm="lbfgs", rounds=400, tol=1e-10, reference_iterations=0)
+    two = run(config, comm=SerialComm())
+    one = run({**config, "lbfgs_exchanges": 1}, comm=SerialComm())
+    assert two.status == one.status == "converged"
+    # lam-strong convexity: ||x - x*|| <= ||grad P(x)|| / lam = 1e-7 for each
+    assert np.linalg.norm(one.x - two.x) <= 2e-10 / 1e-3
+    m, m2 = one.metrics, two.metrics
+    per_round, accepted_at_once = np.diff(m["exchanges"]), m["backtracks"][:-1] == 0
+    assert np.all(per_round[accepted_at_once] == 1) and accepted_at_once.mean() > 0.9
+    np.testing.assert_array_equal(per_round, 1 + m["backtracks"][:-1])
+    # two exchanges in every round that ran exchange A, one once its decrease is below P's resolution
+    np.testing.assert_array_equal(np.diff(m2["exchanges"]), 1 + m2["armijo_tested"][:-1])
+    assert m["exchanges"][-1] < 0.75 * m2["exchanges"][-1]
+    # while every round of the two-exchange mode tests (||grad P|| > 1e-4 on a9a), about half its exchanges
+    early = m2["armijo_tested"][:-1].astype(bool)
+    reach = lambda mm, tol: mm["exchanges"][np.argmax(mm["grad_norm"] <= tol)]
+    assert early[:np.argmax(m2["grad_norm"] <= 1e-4)].all()
+    assert reach(m, 1e-4) <= 0.6 * reach(m2, 1e-4)
+
+
+def test_one_exchange_lbfgs_resumes_with_its_trial_in_flight(tmp_path, monkeypatch):
+    """The server state carries the trial x_a + p_a and P(x_a) across the checkpoint; round 5 backtracks."""
+    from test_checkpoint import resume_equals_uninterrupted
+    config = quiet(**SYNTH, condition=100.0, algorithm="lbfgs", memory=3, lbfgs_exchanges=1, rounds=8,
+                   reference_iterations=0)
+    full, _ = resume_equals_uninterrupted(config, tmp_path, monkeypatch, at=3)
+    assert np.nansum(full.metrics["backtracks"]) >= 1
+
+
 def test_sparse_synthetic_clients_are_the_same_in_any_layout_and_heavy_tailed():
     A, b = sparse_synthetic.sparse_clients(range(5), 40, 1000, 12, seed=3)
     assert A.shape == (200, 1000) and np.all(np.diff(A.indptr) == 12)  # K distinct columns a row
@@ -172,6 +260,8 @@ def test_bad_input_is_refused_before_round_0():
                             ({"algorithm": "lbfgs", "memory": -1}, "--memory = -1 is out of range"),
                             ({"algorithm": "disco", "forcing": 0.0}, "--forcing = 0.0 is out of range"),
                             ({"algorithm": "lbfgs", "cg_iterations": 5}, "--cg-iterations does not apply"),
+                            ({"algorithm": "lbfgs", "lbfgs_exchanges": 3}, "--lbfgs-exchanges = 3 is out of range"),
+                            ({"algorithm": "newton-cg", "lbfgs_exchanges": 1}, "--lbfgs-exchanges does not apply"),
                             ({"algorithm": "fednl", "memory": 3}, "--memory does not apply")]:
         with pytest.raises(ConfigError, match=message):
             build(config)
@@ -197,6 +287,9 @@ HESSIAN_FREE = {
     "lbfgs": {**SPARSE, "algorithm": "lbfgs", "memory": 3},
     "newton-cg-large-d": {**BIG, "algorithm": "newton-cg"},
     "lbfgs-large-d": {**BIG, "algorithm": "lbfgs"},
+    # one exchange a round; kappa = 100 makes round 5 backtrack (an in-round query)
+    "lbfgs-one-exchange": {**SYNTH, "condition": 100.0, "algorithm": "lbfgs", "memory": 3, "lbfgs_exchanges": 1},
+    "lbfgs-one-exchange-large-d": {**BIG, "algorithm": "lbfgs", "lbfgs_exchanges": 1},
 }
 
 
