@@ -67,17 +67,19 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     taking_part = np.ones(n) if active is None else np.asarray(active, dtype=np.float64)
     small = [uplink.loss[:, None], xp.asarray(uplink.value_bits)[:, None],
              xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
-    # the few small columns together, each (clients x d) or (clients x T) field on its own: no copy of the
-    # whole uplink (every column is summed on its own, so the grouping does not change a bit)
-    hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + [uplink.fields[k].reshape(n, -1) for k in names], xp)
-    if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array
-        g_hi = g_lo = xp.zeros(fed.d)
-    elif isinstance(uplink.grad, tuple):  # already summed over the block (a double-double pair)
-        g_hi, g_lo = uplink.grad
-    else:
-        g_hi, g_lo = dd_sum_blocks([uplink.grad], xp)
-    hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
-    lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
+    # the small columns, the gradient and the narrow fields in one pass, each (clients x T) field on its own: no
+    # copy of the whole uplink (every column is summed on its own, so the grouping does not change a bit)
+    dense_grad = uplink.grad is not None and not isinstance(uplink.grad, tuple)
+    grad = [uplink.grad] if dense_grad else []
+    hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + grad + [uplink.fields[k].reshape(n, -1) for k in names], xp)
+    if dense_grad:
+        d = fed.d
+        hi = xp.concatenate([hi[:1], hi[4:4 + d], hi[1:4], hi[4 + d:]])
+        lo = xp.concatenate([lo[:1], lo[4:4 + d], lo[1:4], lo[4 + d:]])
+    else:  # no gradient sent (zeros, without an (n, d) array), or already summed over the block (a dd pair)
+        g_hi, g_lo = (xp.zeros(fed.d), xp.zeros(fed.d)) if uplink.grad is None else uplink.grad
+        hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
+        lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
     summed = sorted(uplink.sums)
     if summed:
         hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
