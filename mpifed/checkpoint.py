@@ -107,7 +107,7 @@ class Checkpointer:
         self.saved_at = k
 
     def _write(self, k, x, server, bits, blobs) -> None:
-        self.writer.file.flush()
+        self.writer.flush()  # the buffered rows too: the copy below holds rows 0..k-1
         payload = {"magic": MAGIC, "version": VERSION, "round": k, "mpi_size": self.comm.size,
                    "config": self.config.to_json(), "x": np.asarray(x), "server": _to_host(server),
                    "bits": dict(bits), "clients": blobs, "x_star": self.x_star, "f_star": self.f_star,

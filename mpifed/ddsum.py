@@ -125,7 +125,19 @@ def dd_sum_blocks(blocks, xp=np, chunks: int = 32):
     """:func:`dd_sum_rows` of the column-wise concatenation of ``blocks`` (each (n, k_i)), without building it.
 
     Every column is summed on its own, so the result equals ``dd_sum_rows(concatenate(blocks, axis=1))``
-    bit for bit, while no copy of all the blocks is made (the uplink's (clients x T) Hessian fields, for FedNL).
+    bit for bit. Narrow neighbours of one dtype (together at most PIECE_BYTES) are concatenated and summed in
+    one pass, which saves the per-pass overhead that dominates on a few columns (the uplink's loss, bits,
+    l_i and gradient); a wider block is summed on its own, so no copy of the uplink's (clients x T)
+    Hessian fields is made.
     """
-    his, los = zip(*(dd_sum_rows(b, xp, chunks) for b in blocks))
+    groups, size = [], 0
+    for b in blocks:
+        nbytes = b.shape[0] * b.shape[1] * b.itemsize
+        if groups and groups[-1][0].dtype == b.dtype and size + nbytes <= PIECE_BYTES:
+            groups[-1].append(b)
+            size += nbytes
+        else:
+            groups.append([b])
+            size = nbytes
+    his, los = zip(*(dd_sum_rows(g[0] if len(g) == 1 else xp.concatenate(g, axis=1), xp, chunks) for g in groups))
     return xp.concatenate(his), xp.concatenate(los)

@@ -2,8 +2,9 @@
 
 Round k: rank 0 broadcasts [flag, x^k] -> every rank runs the method's client step for
 its whole block -> the uplinks are packed into one (clients x fields) array, summed over
-all clients in double-double and reduced to rank 0 -> rank 0 records the metrics at x^k
-and, unless the run stops here, takes the server step to x^{k+1}. With a held-out set, test accuracy and loss
+all clients in double-double and reduced to rank 0 -> rank 0 takes the server step to x^{k+1} (unless the run
+stops here) and records the metrics at x^k once the next broadcast is out, so the other ranks' clients start
+while it writes the trace row. With a held-out set, test accuracy and loss
 at x^k are evaluated every ``eval_every`` rounds (a LIBSVM set on rank 0: one sparse mat-vec; an image set by all
 ranks, each on its share of the images), outside ``time_s``; its seconds are the trace's ``time_eval``.
 
@@ -67,17 +68,19 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     taking_part = np.ones(n) if active is None else np.asarray(active, dtype=np.float64)
     small = [uplink.loss[:, None], xp.asarray(uplink.value_bits)[:, None],
              xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
-    # the few small columns together, each (clients x d) or (clients x T) field on its own: no copy of the
-    # whole uplink (every column is summed on its own, so the grouping does not change a bit)
-    hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + [uplink.fields[k].reshape(n, -1) for k in names], xp)
-    if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array
-        g_hi = g_lo = xp.zeros(fed.d)
-    elif isinstance(uplink.grad, tuple):  # already summed over the block (a double-double pair)
-        g_hi, g_lo = uplink.grad
-    else:
-        g_hi, g_lo = dd_sum_blocks([uplink.grad], xp)
-    hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
-    lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
+    # the small columns, the gradient and the narrow fields in one pass, each (clients x T) field on its own: no
+    # copy of the whole uplink (every column is summed on its own, so the grouping does not change a bit)
+    dense_grad = uplink.grad is not None and not isinstance(uplink.grad, tuple)
+    grad = [uplink.grad] if dense_grad else []
+    hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + grad + [uplink.fields[k].reshape(n, -1) for k in names], xp)
+    if dense_grad:
+        d = fed.d
+        hi = xp.concatenate([hi[:1], hi[4:4 + d], hi[1:4], hi[4 + d:]])
+        lo = xp.concatenate([lo[:1], lo[4:4 + d], lo[1:4], lo[4 + d:]])
+    else:  # no gradient sent (zeros, without an (n, d) array), or already summed over the block (a dd pair)
+        g_hi, g_lo = (xp.zeros(fed.d), xp.zeros(fed.d)) if uplink.grad is None else uplink.grad
+        hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
+        lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
     summed = sorted(uplink.sums)
     if summed:
         hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
@@ -123,7 +126,8 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
     The run stops once ``optimality(agg, x)`` <= tol (default ||grad P(x^k)||; the composite problem's
     prox-gradient mapping norm, :class:`Composite`).
 
-    ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k; ``evaluate(k, x)``, on every
+    ``record(k, agg, x, timing, bits)`` is called on rank 0 with the metrics of x^k, right after the broadcast that
+    follows round k (x^{k+1}, SUSPEND or STOP; before a checkpoint is taken); ``evaluate(k, x)``, on every
     rank after each round's exchange, gives rank 0 ``timing["test"]``.
     The broadcast buffer is [flag, kind, vector]: CONTINUE with x^k starts round k, QUERY with a
     point asks the clients for an extra exchange (:class:`~mpifed.algorithms.base.Query`; ``kind`` says which
@@ -156,13 +160,16 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                 if clock is not None and bits["exchanges"]:
                     up = (agg.value_bits + agg.index_bits) / max(agg.participants, 1)
                     _simulate(bits, clock.setup(up), up=up)
-    flag, received = (STOP if status == "failed" else CONTINUE), False
+    flag, received, row = (STOP if status == "failed" else CONTINUE), False, None
     while True:
         if not received:  # a non-root rank may already hold this broadcast (see _answer_queries)
             if flag == CONTINUE and checkpoint is not None and (requests or SIGNALS.requested):
                 flag = SUSPEND
             buf[0], buf[1], buf[2:] = flag, 0.0, x
             comm.bcast_array(buf)
+        if row is not None:  # rank 0 records round k - 1 once x^k is out: the clients start meanwhile
+            record(*row)
+            row = None
         if buf[0] == STOP:
             break
         x = buf[2:].copy()
@@ -234,7 +241,7 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
             # a server state may report what its safeguards did this round (clipped eigenvalues, ...)
             timing["report"] = dict(getattr(server, "report", None) or {}) if not done else {}
         if record:
-            record(k, first, x, timing, spent)
+            row = (k, first, x, timing, spent)
         if done:
             flag = STOP
         else:

@@ -14,13 +14,18 @@ Layout (schema version 1)::
                       (root attr ``partition``: JSON of the spec, seed, redraws, moved rows;
                        root attr ``test_set``: the held-out set and how test_* are defined)
 
-Rows are appended and the file is flushed after each, so a run that dies keeps every
-completed round; a reader accepts a file whose status is still ``running``.
+Rows are buffered in memory and appended in blocks: the first row at once, then whenever
+:data:`FLUSH_SECONDS` have passed since the last block, and always before a checkpoint copies the file,
+at ``close`` (a finished, failed or SIGTERM/SIGINT-suspended run) and on an error. So a run that stops
+through any of those keeps every completed round, and one killed outright (SIGKILL, an MPI abort from
+another rank) keeps every round up to its last block, at most about a second back. A reader accepts a
+file whose status is still ``running``.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,9 @@ from .version import __version__
 from .errors import MpifedError
 
 SCHEMA_VERSION = 1
+# Buffered trace rows go to the file at least this often (seconds). Writing and flushing every column
+# each round cost some 5-9 ms a round on rank 0; in blocks it is a few hundredths of that.
+FLUSH_SECONDS = 1.0
 
 
 def _h5py():
@@ -40,7 +48,7 @@ def _h5py():
 
 
 class TraceWriter:
-    """Append-only writer: ``write(fields)`` adds one row to every metric."""
+    """Append-only writer: ``write(fields)`` adds one row to every metric (buffered, see :meth:`flush`)."""
 
     def __init__(self, path: str | Path, attrs: dict, overwrite: bool = False):
         self.path = Path(path)
@@ -52,7 +60,17 @@ class TraceWriter:
                                 "status": "running", "message": ""})
         self.set_attrs(**attrs)
         self.metrics = self.file.create_group("metrics")
-        self.rows = 0
+        self._start(0)
+
+    def _start(self, stored: int) -> None:
+        self._stored = stored  # rows in the file
+        self._pending = []     # rows written since, not yet in the file
+        self._flushed_at = time.monotonic()
+
+    @property
+    def rows(self) -> int:
+        """Rows written so far, buffered ones included."""
+        return self._stored + len(self._pending)
 
     @classmethod
     def reopen(cls, path: str | Path, resume: dict) -> "TraceWriter":
@@ -62,16 +80,18 @@ class TraceWriter:
         self.path = Path(path)
         self.file = _h5py().File(self.path, "r+")
         self.metrics = self.file["metrics"]
-        self.rows = len(self.metrics["round"]) if "round" in self.metrics else 0
-        if any(len(ds) != self.rows for ds in self.metrics.values()):
+        rows = len(self.metrics["round"]) if "round" in self.metrics else 0
+        if any(len(ds) != rows for ds in self.metrics.values()):
             raise MpifedError(f"{self.path}: metric columns of unequal length; the trace is damaged")
+        self._start(rows)
         resumes = json.loads(self.file.attrs.get("resumes", "[]"))
         self.set_attrs(status="running", message="", resumes=resumes + [resume])
         self.file.flush()
         return self
 
     def metrics_so_far(self) -> dict:
-        """The rows written so far, one array per metric."""
+        """The rows written so far (buffered ones included: they are flushed first), one array per metric."""
+        self.flush()
         return {name: ds[()] for name, ds in self.metrics.items()}
 
     def set_attrs(self, **attrs) -> None:
@@ -79,17 +99,27 @@ class TraceWriter:
             self.file.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
 
     def write(self, fields: dict) -> None:
-        """Append one row; a field missing in this row is NaN."""
-        for name in fields:
-            if name not in self.metrics:
-                ds = self.metrics.create_dataset(name, shape=(self.rows,), maxshape=(None,), dtype="f8",
+        """Append one row; a field missing in this row is NaN. The row reaches the file with the next
+        :meth:`flush`: at once for the first row, else once :data:`FLUSH_SECONDS` have passed."""
+        self._pending.append(dict(fields))
+        if not self._stored or time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the buffered rows to every column (a new column is NaN in the rows before it) and flush
+        the file."""
+        pending, rows = self._pending, self._stored
+        if pending:
+            for name in sorted(set().union(*pending) - set(self.metrics)):
+                ds = self.metrics.create_dataset(name, shape=(rows,), maxshape=(None,), dtype="f8",
                                                  chunks=(1024,), fillvalue=np.nan)
                 ds[:] = np.nan
-        for name, ds in self.metrics.items():
-            ds.resize((self.rows + 1,))
-            ds[self.rows] = fields.get(name, np.nan)
-        self.rows += 1
+            for name, ds in self.metrics.items():
+                ds.resize((rows + len(pending),))
+                ds[rows:] = np.array([row.get(name, np.nan) for row in pending], dtype=np.float64)
+            self._stored, self._pending = rows + len(pending), []
         self.file.flush()
+        self._flushed_at = time.monotonic()
 
     def save_array(self, name: str, value) -> None:
         if name in self.file:
@@ -97,11 +127,15 @@ class TraceWriter:
         self.file.create_dataset(name, data=np.asarray(value))
 
     def close(self, status: str, message: str = "") -> None:
+        """Flush the buffered rows, set the final status and close the file."""
         if self.file:
-            self.file.attrs["status"] = status
-            self.file.attrs["message"] = message
-            self.file.close()
-            self.file = None
+            try:
+                self.flush()
+            finally:
+                self.file.attrs["status"] = status
+                self.file.attrs["message"] = message
+                self.file.close()
+                self.file = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,27 @@ def test_select_is_the_first_k_of_a_stable_descending_sort(kind):
         np.testing.assert_array_equal(compressors.top_indices(scores, K), np.nonzero(expected)[1].reshape(6, K))
 
 
+@pytest.mark.parametrize("kind", ["random", "mostly zero", "few values", "all equal", "all zero", "descending", "sparse"])
+def test_top_entries_are_the_first_k_of_a_stable_descending_sort_of_magnitudes(kind):
+    """Signed rows, -0.0 among the zeros, rows below and above K nonzeros and with ties at the threshold: the
+    positions of the K largest |x| (a stable argsort's first K, ascending), on the packed-nonzero path (rows at
+    most half nonzero) and the dense one."""
+    rng = np.random.default_rng(12)
+    for width, K in [(7, 1), (50, 3), (50, 25), (300, 26), (300, 200), (2000, 90), (2000, 700)]:
+        n = 9
+        if kind == "sparse":  # between 0 and 2K nonzeros per row, few distinct magnitudes
+            scores = np.zeros((n, width))
+            for i in range(n):
+                cols = rng.choice(width, size=min(width // 2, int(rng.integers(0, 2 * K + 1))), replace=False)
+                scores[i, cols] = rng.integers(1, 4, cols.size) * 0.25
+        else:
+            scores = _score_rows(kind, rng, n, width)
+        X = scores * rng.choice([-1.0, 1.0], scores.shape)  # zeros become -0.0 where the sign is negative
+        order = np.sort(np.argsort(-np.abs(X), axis=1, kind="stable")[:, :K], axis=1)
+        expected = (order + (np.arange(n) * width)[:, None]).ravel()
+        np.testing.assert_array_equal(compressors.top_entries(X, K), expected, err_msg=f"{kind} {width=} {K=}")
+
+
 def test_full_k_is_the_identity_bit_for_bit():
     X = sym_batch()
     streams = ClientStreams(0, np.arange(5), 1)

@@ -287,6 +287,12 @@ def test_empty_missing_and_duplicate(tmp_path):
     path = write(tmp_path, "1 1:1\n-1 2:1 2:3\n")
     with pytest.raises(DataError, match=rf"^{path}:2: feature index 2 appears twice"):
         read_libsvm(path)
+    # one index ending a row and starting the next (past an empty row) is no repeat; a repeat after them is
+    path = write(tmp_path, "1 3:1\n-1\n1 3:2 4:1\n# note\n-1 1:1 5:2 5:1\n")
+    with pytest.raises(DataError, match=rf"^{path}:5: feature index 5 appears twice"):
+        read_libsvm(path)
+    ds = read_libsvm(write(tmp_path, "1 3:1\n-1\n1 3:2 4:1\n"))
+    np.testing.assert_array_equal(ds.A.toarray(), [[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 2, 1]])
 
 
 def test_add_intercept():

@@ -41,6 +41,25 @@ def test_blocks_sum_equals_the_sum_of_their_concatenation():
         assert hi.tobytes() == whole_hi.tobytes() and lo.tobytes() == whole_lo.tobytes()
 
 
+@pytest.mark.parametrize("piece_bytes", [8 * 33 * 3, 1 << 22])
+def test_blocks_summed_together_or_alone_give_the_same_bits(monkeypatch, piece_bytes):
+    """Narrow blocks are summed in one pass, wide ones and blocks of another dtype alone: each column's bits are
+    those of summing its own block alone (a float32 block stays a float32 sum)."""
+    from mpifed import ddsum
+
+    monkeypatch.setattr(ddsum, "PIECE_BYTES", piece_bytes)
+    rng = np.random.default_rng(9)
+    n = 33
+    blocks = [rng.standard_normal((n, 4)) * 1e12, rng.standard_normal((n, 1)), rng.standard_normal((n, 5)).astype(np.float32),
+              np.asfortranarray(rng.standard_normal((n, 9)) * np.exp(20 * rng.standard_normal((n, 9)))),
+              rng.standard_normal((n, 2))]
+    hi, lo = ddsum.dd_sum_blocks(blocks)
+    alone = [ddsum.dd_sum_rows(b) for b in blocks]
+    want_hi, want_lo = np.concatenate([h for h, _ in alone]), np.concatenate([l for _, l in alone])
+    assert hi.dtype == np.float64 and hi.tobytes() == want_hi.tobytes() and lo.tobytes() == want_lo.tobytes()
+    np.testing.assert_array_equal(hi[5:10], alone[2][0])  # summed in float32, then widened
+
+
 def test_large_arrays_summed_in_column_pieces_keep_every_bit(monkeypatch):
     """Pieces of a few columns (either memory layout) give the bits of the whole-array sum."""
     from mpifed import ddsum

@@ -247,11 +247,15 @@ CRASH = textwrap.dedent("""
     w = TraceWriter(sys.argv[1], {"config": {"algorithm": "fednl"}, "mpi_size": 1})
     for k in range(3):
         w.write({"round": k, "loss": 1.0 / (k + 1)})
+    w.flush()  # what a checkpoint, or FLUSH_SECONDS passing, does
+    for k in range(3, 5):
+        w.write({"round": k, "loss": 1.0 / (k + 1)})
     os._exit(1)  # no close(): what a killed rank leaves behind
 """)
 
 
 def test_trace_of_a_crashed_writer_is_readable(tmp_path):
+    """A writer killed outright keeps every row up to its last flush (the rows buffered since are lost)."""
     path = tmp_path / "crash.h5"
     proc = subprocess.run([sys.executable, "-c", CRASH, str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
@@ -263,20 +267,82 @@ def test_trace_of_a_crashed_writer_is_readable(tmp_path):
     assert t.attrs["status"] == "running" and t.rounds == 3
 
 
-def test_rows_are_visible_while_the_writer_is_open(tmp_path):
+def test_rows_reach_the_file_in_blocks(tmp_path, monkeypatch):
+    """The first row at once; later rows once FLUSH_SECONDS have passed since the last block, or at flush();
+    ``rows`` and ``metrics_so_far`` count the buffered ones."""
+    from mpifed import trace
+
+    now = [100.0]
+    monkeypatch.setattr(trace.time, "monotonic", lambda: now[0])
+
+    def stored():
+        with h5py.File(path, "r") as f:
+            return f["metrics/round"][()].tolist()
+
     path = tmp_path / "live.h5"
     w = TraceWriter(path, {"config": {}})
     try:
-        for k in range(3):
+        w.write({"round": 0, "grad_norm": 1.0})
+        assert stored() == [0]
+        for k in (1, 2):
+            now[0] += 0.4 * trace.FLUSH_SECONDS
             w.write({"round": k, "grad_norm": 10.0 ** -k})
-            with h5py.File(path, "r") as f:
-                np.testing.assert_array_equal(f["metrics/round"][()], np.arange(k + 1))
-                assert text(f.attrs["status"]) == "running"
+        assert stored() == [0] and w.rows == 3
+        now[0] += 0.2 * trace.FLUSH_SECONDS  # FLUSH_SECONDS after the first block
+        w.write({"round": 3, "grad_norm": 1e-3})
+        assert stored() == [0, 1, 2, 3]
+        w.write({"round": 4, "grad_norm": 1e-4})
+        assert stored() == [0, 1, 2, 3]
+        np.testing.assert_array_equal(w.metrics_so_far()["round"], np.arange(5))
+        assert stored() == [0, 1, 2, 3, 4]
+        w.write({"round": 5, "grad_norm": 1e-5})
+        with h5py.File(path, "r") as f:
+            assert text(f.attrs["status"]) == "running"
     finally:
-        w.close("completed")
+        w.close("completed")  # flushes the last row
     with h5py.File(path, "r") as f:
         assert text(f.attrs["status"]) == "completed"
-        np.testing.assert_array_equal(f["metrics/grad_norm"][()], [1.0, 0.1, 0.01])
+        np.testing.assert_array_equal(f["metrics/grad_norm"][()], 10.0 ** -np.arange(6))
+
+
+def _write_rows(path, rows, flush_after=()):
+    """A trace of ``rows`` written through ``write``, flushed after the rows in ``flush_after`` (and at close)."""
+    w = TraceWriter(path, {"config": {}})
+    for k, row in enumerate(rows):
+        w.write(row)
+        if k in flush_after:
+            w.flush()
+    w.close("completed")
+    with h5py.File(path, "r") as f:
+        return {name: (ds[()], ds.dtype, ds.chunks, ds.maxshape, ds.fillvalue) for name, ds in f["metrics"].items()}
+
+
+def test_rows_written_in_blocks_equal_rows_written_one_by_one(tmp_path, monkeypatch):
+    """Blocks of any length give the file that a flush after every row gives: the same columns, values, dtype,
+    chunking, and NaN where a row lacks a field (columns that appear, disappear and reappear across blocks)."""
+    from mpifed import trace
+
+    rng = np.random.default_rng(0)
+    names = ["round", "loss", "grad_norm", "bits_up", "clipped", "test_accuracy"]
+    rows = []
+    for k in range(300):
+        row = {"round": k, "loss": float(rng.standard_normal()), "grad_norm": np.float64(rng.random()) * 1e-300,
+               "bits_up": int(rng.integers(0, 2**40))}  # a Python int, a numpy float, a subnormal
+        row.update({name: float(rng.standard_normal()) for name in names[4:] if rng.random() < 0.3})
+        rows.append(row)
+    expected = {name: np.array([row.get(name, np.nan) for row in rows]) for name in names}  # the oracle
+    monkeypatch.setattr(trace, "FLUSH_SECONDS", 0.0)
+    one_by_one = _write_rows(tmp_path / "one.h5", rows)
+    monkeypatch.setattr(trace, "FLUSH_SECONDS", float("inf"))
+    flushes = set(rng.choice(300, size=12, replace=False).tolist())
+    for label, flush_after in (("end", ()), ("blocks", flushes)):
+        blocks = _write_rows(tmp_path / f"{label}.h5", rows, flush_after)
+        assert sorted(blocks) == sorted(one_by_one) == sorted(names)
+        for name in names:
+            np.testing.assert_array_equal(blocks[name][0], expected[name], err_msg=name)
+            assert blocks[name][0].tobytes() == one_by_one[name][0].tobytes(), name
+            assert blocks[name][1:4] == one_by_one[name][1:4] == (np.float64, (1024,), (None,)), name
+            assert np.isnan(blocks[name][4]), name
 
 
 def test_field_missing_in_a_row_is_nan(tmp_path):

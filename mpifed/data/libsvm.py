@@ -69,7 +69,7 @@ def _check_line(where: str, lineno: int, line: str) -> None:
 
 def _entries(rests: list, n_entries: int) -> np.ndarray | None:
     """All entries of the file as an (n_entries, 2) float64 array of (index, value), or None if a token
-    is not a number.
+    is not a number. ``rests`` (the rows' entry texts) is emptied once they are joined into one text.
 
     The whole "idx val idx val ..." text goes through one ``numpy.fromstring`` call: no Python object per
     token (a list of token strings took about 50 bytes per token, some 60 MB for w8a). ``fromstring``
@@ -78,6 +78,7 @@ def _entries(rests: list, n_entries: int) -> np.ndarray | None:
     (both round correctly).
     """
     joined = " ".join(rests).replace(":", " ")
+    rests.clear()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)  # numpy < 2.x warns where later ones raise
@@ -140,8 +141,10 @@ def read_libsvm(path, n_features: int | None = None) -> Dataset:
     except UnicodeDecodeError as err:
         raise DataError(f"{where}: not a text file (byte {err.start} is not UTF-8)") from None
 
+    lines = text.split("\n")
+    del text  # the file's text is not held while its lines are parsed (an error re-reads it)
     labels, rests, counts, linenos = [], [], [], []
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(lines, 1):
         if "#" in line:
             line = line[:line.index("#")]
         line = line.strip()
@@ -171,8 +174,8 @@ def read_libsvm(path, n_features: int | None = None) -> Dataset:
             _check_line(where, int(ln), lab)
         raise DataError(f"{where}: malformed labels (expected numbers)")
 
+    del lines
     pairs = _entries(rests, int(sum(counts)))
-    del rests
     if pairs is None:
         bad = np.ones(int(sum(counts)), dtype=bool)  # which one is unknown: scan from the first entry
     else:
@@ -180,13 +183,14 @@ def read_libsvm(path, n_features: int | None = None) -> Dataset:
     if bad.any():
         # Rare path: re-scan from the first suspect line to name the exact token.
         start = int(np.repeat(linenos, counts)[np.argmax(bad)])
-        for lineno, line in enumerate(text.split("\n"), 1):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
             if lineno >= start:
                 _check_line(where, lineno, line.split("#", 1)[0])
         raise DataError(f"{where}: malformed entries ({_ENTRY_HINT})")
 
     indices = pairs[:, 0].astype(np.int64) - 1
-    values = pairs[:, 1]
+    values = np.ascontiguousarray(pairs[:, 1])
+    del pairs
     max_index = int(indices.max()) + 1 if indices.size else 0
     if n_features is None:
         n_features = max(max_index, 1)
@@ -199,12 +203,15 @@ def read_libsvm(path, n_features: int | None = None) -> Dataset:
     indptr = np.zeros(len(labels) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     A = sp.csr_matrix((values, indices, indptr), shape=(len(labels), int(n_features)))
+    del values, indices
     A.sort_indices()  # LIBSVM files are sorted already; this is a no-op check for them
-    row_of = np.repeat(np.arange(len(labels)), counts)
-    same = (np.diff(A.indices) == 0) & (np.diff(row_of) == 0)
+    same = np.diff(A.indices) == 0  # neighbours with one index, unless the second starts a row
+    starts = A.indptr[1:-1]
+    same[starts[(starts > 0) & (starts < A.nnz)] - 1] = False
     if same.any():
         pos = int(np.argmax(same))
-        raise DataError(f"{where}:{linenos[row_of[pos]]}: feature index {A.indices[pos] + 1} "
+        row = int(np.searchsorted(A.indptr, pos, side="right")) - 1
+        raise DataError(f"{where}:{linenos[row]}: feature index {A.indices[pos] + 1} "
                         f"appears twice in one row")
     A.eliminate_zeros()
     return Dataset(A=A, b=_binary_labels(where, raw_labels), name=path.name, source=str(path.resolve()))

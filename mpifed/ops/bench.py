@@ -47,7 +47,7 @@ while the row runs (the shared modules are not changed; on cupy the timers wait 
 * ``peak_rss_mb`` = the peak resident set of every rank during the row (VmHWM, reset before each row
   through /proc/self/clear_refs after handing freed heap back to the OS; else ru_maxrss, the process's
   peak so far), summed over ranks; ``rss_at_start_mb_per_rank`` = the resident set before the row (the
-  interpreter, numpy, scipy, mpi4py and mpifed);
+  interpreter, numpy, scipy, mpi4py, mpifed and, on rank 0, h5py for the trace);
 * ratios to u-FedNL: seconds_to_tol, s/round and peak RSS; ``gpu-w8a`` also against mpifed's own
   2-rank CPU figure (``ratio_s_per_round_vs_mpifed_cpu``; the GPU target: at most 0.1, a tenth of the CPU's s/round);
 * GPU rows: per rank, the device, the peak bytes in use in cupy's memory pool (a cupy MemoryHook) and
@@ -459,6 +459,7 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     """Run one row on every rank of ``comm``; rank 0 returns its result, the others None."""
     from ..algorithms import METHODS
     from ..driver import run
+    from ..trace import _h5py
 
     bk = _backend_for(row, comm)
     cfg = row.config(rounds, comm.size, clients, per_rank, algorithm)
@@ -466,6 +467,8 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
     sync = (lambda: bk.xp.cuda.get_current_stream().synchronize()) if bk.name == "cupy" else None
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         cfg["out"] = str(Path(tmp) / f"bench-{row.name}.h5")
+        if comm.is_root:  # the trace writer's library is part of the start, as for every row after the first
+            _h5py()
         how = _reset_peak()
         floor = _status_mb("VmRSS") or 0.0
         comm.allgather(None)  # start together

@@ -6,7 +6,6 @@ The ball is B = {y : ||y - c|| <= t}; everything works on the offset s = y - c.
 from __future__ import annotations
 
 import numpy as np
-import scipy.optimize
 
 from ..base import SolverError
 
@@ -65,6 +64,8 @@ def quadratic_over_ball(q, H, t: float, kind: str, s0=None, tol: float = 1e-12, 
         if size(0.0) <= t:
             return V @ (-qh / w)
         hi = float(np.linalg.norm(q)) / t
+        import scipy.optimize  # here, not at the top: the run configuration imports BALL_NORMS (16 MB of scipy)
+
         nu = scipy.optimize.brentq(lambda nu: size(nu) - t, 0.0, hi, xtol=1e-300, rtol=1e-15, maxiter=500)
         s = V @ (-qh / (w + nu))
         return s * (t / np.linalg.norm(s))
