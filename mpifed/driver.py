@@ -498,6 +498,11 @@ def _run(config, comm, start=None) -> RunResult:
         params = dataclasses.replace(params, x_star=x_star)
     if getattr(params, "f_star", 0.0) is None:  # Polyak-type methods (LCD2, LCD3) without --f-star: P(x*)
         params = dataclasses.replace(params, f_star=f_star)
+    if hasattr(method, "client_reference"):  # hyper-parameters from x* (SPPM's --step-size auto), before round 0
+        params = collective(comm, lambda: _from_reference(fed, method, params, x_star))
+        note = method.describe(params) if comm.is_root and not config.quiet else None
+        if note:
+            print(f"{config.algorithm}: {note}", flush=True)
     x0 = fed.x0 if fed.x0 is not None else start_point(config, fed.d, x_star)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
@@ -570,6 +575,18 @@ def _run(config, comm, start=None) -> RunResult:
                        writer.path if writer else None)
     report.summary(result)
     return result
+
+
+def _from_reference(fed: Federation, method, params, x_star):
+    """The method's ``params`` after one setup exchange at x* (``client_reference``, None: no exchange) and the
+    server's ``server_reference`` on rank 0, the same on every rank. The exchange is outside the bit ledger."""
+    point = None if x_star is None else fed.point(x_star)
+    uplink = _client(fed, lambda: method.client_reference(params, fed.block, point))
+    if uplink is None:  # the same on every rank (it depends on params alone)
+        return params
+    agg = exchange(fed, uplink)
+    new = collective(fed.comm, lambda: method.server_reference(params, agg) if agg is not None else None)
+    return fed.comm.allgather(new)[0]
 
 
 def _clock(fed: Federation, config, method, params, writer):
