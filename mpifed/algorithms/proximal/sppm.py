@@ -76,6 +76,7 @@ from . import sampling
 
 DEFAULT_K = 10
 AUTO = "auto"  # --step-size auto
+MU_FLOOR = 1e-12  # auto refuses mu_AS <= MU_FLOOR L (a singular client Gram matrix with lam = 0 gives about 1e-16 L)
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,10 @@ def server_reference(p: Params, agg) -> Params:
     eps = (p.auto.tol / (2.0 * L if p.lam1 else L)) ** 2
     mu_AS = sampling.strong_convexity(p.kind, p.count, agg.gathered["mu"][:, 0])
     sigma2 = sampling.variance(p.kind, p.count, agg.gathered["grad"])
-    if not mu_AS > 0:
-        raise ConfigError(f"--step-size auto needs mu_AS > 0: mu_AS = {mu_AS:.3e} on this sampling (mu_i = lam + "
-                          f"lambda_min of each client's Gram matrix); give --lam > 0 or a number for --step-size")
+    if not mu_AS > MU_FLOOR * L:  # zero to the rounding of the Gram matrices' eigenvalues
+        raise ConfigError(f"--step-size auto needs mu_AS > 0: mu_AS = {mu_AS:.3e} on this sampling (<= {MU_FLOOR:g} L, "
+                          f"zero to rounding; mu_i = lam + lambda_min of each client's Gram matrix); give --lam > 0 or "
+                          f"a number for --step-size")
     gamma, capped = auto_step(eps, mu_AS, sigma2)
     return replace(p, gamma=gamma, auto=replace(p.auto, eps=eps, mu_AS=mu_AS, sigma2=sigma2, capped=capped))
 
