@@ -182,6 +182,11 @@ def test_l1_runs_report_the_prox_gradient_norm_and_the_support(tmp_path):
     ({"algorithm": "sppm", "sampling": "cohort:tau=3"}, "--sampling"),
     ({"algorithm": "sppm", "inner_rounds": 0}, "--inner-rounds"),
     ({"algorithm": "proxgd", "sampling": "full"}, "does not apply"),
+    ({"algorithm": "proxgd", "step_size": "auto"}, "applies to sppm only"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 0.0}, "--tol = 0.0 is out of range; valid: tol > 0"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "reference_iterations": 0}, "needs x*"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "lam": 0.0}, "mu_i = lam = 0.0"),
+    ({"algorithm": "sppm", "step_size": "fast"}, "--step-size must be a finite number"),
 ])
 def test_bad_input_is_a_one_line_error(values, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")) as err:

@@ -1,7 +1,8 @@
 """SPPM's ``--step-size auto`` (the SPPM-AS theorem's step for the run's target): mu_AS and sigma^2 against a brute-force
 enumeration of every cohort of a small federation, gamma against a root of the neighbourhood equation (scipy's
 brentq), full sampling as the exact proximal point method at the auto step, and a nice-sampling run that settles in
-the neighbourhood the theorem predicts. The same trace at 1, 2 and 4 ranks: ``sppm-auto`` in test_proximal.py."""
+the neighbourhood the theorem predicts, a zero mu_AS refused before round 0. In test_proximal.py: the one-line errors
+of bad ``auto`` input, and the same trace at 1, 2 and 4 ranks (``sppm-auto``, ``sppm-auto-ridge``)."""
 import dataclasses
 import itertools
 import math
@@ -14,7 +15,7 @@ from mpifed import config as cfgmod
 from mpifed import driver, tri
 from mpifed.algorithms.proximal import sppm
 from mpifed.comm import SerialComm
-from mpifed.errors import ConfigError, MpifedError
+from mpifed.errors import MpifedError
 from mpifed.federation import build_federation
 from mpifed.plan import resolve
 
@@ -143,19 +144,6 @@ def test_nice_sampling_at_the_auto_step_settles_in_the_predicted_neighbourhood()
     assert 0.6 <= np.mean(settled) / bound <= 1.2, np.array(settled) / bound
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"algorithm": "proxgd", "step_size": "auto"}, "applies to sppm only"),
-    ({"algorithm": "sppm", "step_size": "auto", "tol": 0.0}, "--tol = 0.0 is out of range; valid: tol > 0"),
-    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "reference_iterations": 0}, "needs x*"),
-    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "lam": 0.0}, "mu_i = lam = 0.0"),
-    ({"algorithm": "sppm", "step_size": "fast"}, "--step-size must be a finite number"),
-])
-def test_bad_auto_input_is_a_one_line_error(values, words):
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(")) as err:
-        cfgmod.build(values)
-    assert "\n" not in str(err.value)
-
-
 def test_auto_refuses_a_zero_mu_AS_before_round_0(tmp_path):
     """Ridge with lam = 0 and clients of 10 rows in d = 20: every client's Gram matrix is singular, mu_AS = 0."""
     out = tmp_path / "zero.h5"
@@ -164,3 +152,19 @@ def test_auto_refuses_a_zero_mu_AS_before_round_0(tmp_path):
                     "lam": 0.0, "samples_per_client": 10, "clients": 8, "sampling": "nice:tau=2",
                     "out": str(out)}, comm=SerialComm())
     assert "\n" not in str(err.value) and not out.exists()
+
+
+def test_the_command_line_takes_auto_and_info_prints_the_step(tmp_path, capsys):
+    """``mpifed run --step-size auto``: the console's first line and ``mpifed info``'s method line give gamma, mu_AS
+    and sigma^2, the numbers of the setup (the trace's method attribute)."""
+    from mpifed import cli, load_trace
+
+    out = tmp_path / "auto.h5"
+    assert cli.main(["run", "--algorithm", "sppm", "--step-size", "auto", "--tol", "1e-3", "--sampling", "nice:tau=4",
+                     "--rounds", "2", "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("sppm: --step-size auto: gamma = ") and "mu_AS = 1.000000e-03" in first
+    method = load_trace(out).attrs["method"]
+    assert "auto=Auto(tol=0.001" in method and "sigma2=" in method
+    assert cli.main(["info", str(out)]) == 0
+    assert f"method     {method}" in capsys.readouterr().out
