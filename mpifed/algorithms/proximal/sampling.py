@@ -12,7 +12,7 @@ Every draw comes from (seed, round) only, the same on every rank. For every samp
 
 The constants of the SPPM-AS theorem (Richtarik, Sadiev, Demidovich 2024) in closed form per sampling, from
 the clients' strong-convexity constants mu_i and their gradients g_i at x* (gbar = (1/n) sum_i g_i, C_j the
-blocks, s_j = |C_j|, gbar_j the mean of g_i over C_j):
+blocks, s_j the size of C_j, gbar_j the mean of g_i over C_j)::
 
     mu_AS = min over the support of sum_{i in S} w_i mu_i      sigma^2 = E||sum_{i in S} w_i g_i - gbar||^2
     full             (1/n) sum_i mu_i                           0
