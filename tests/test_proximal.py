@@ -233,9 +233,10 @@ def test_proximal_methods_distributed_equal_serial(name, tmp_path):
         np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("name", ["proxskip", "sppm-nice"])
+@pytest.mark.parametrize("name", ["proxskip", "sppm-nice", "sppm-auto"])
 def test_a_suspended_run_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
-    """ProxSkip's control variates and last local iterates, and SPPM's round-keyed cohorts, survive a checkpoint."""
+    """ProxSkip's control variates and last local iterates, SPPM's round-keyed cohorts and its auto step (set again
+    from the checkpoint's x*) survive a checkpoint."""
     from mpifed import checkpoint, trace
     from test_checkpoint import resume_equals_uninterrupted
 
