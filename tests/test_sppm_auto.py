@@ -22,12 +22,12 @@ from mpifed.plan import resolve
 
 def _setup(**values):
     """(federation, x*, the auto Params after the setup exchange) of a serial run."""
-    c = cfgmod.build({"quiet": True, "algorithm": "sppm", "step_size": "auto", **values})
+    c = cfgmod.build({"quiet": True, "algorithm": "sppm", "step_size": "auto", "rounds": 10 ** 18, **values})
     fed = build_federation(resolve(c).data, SerialComm())
     prox = driver.composite(fed, c.l1)
     x_star, _ = driver.reference_solution(fed, 20, prox)
     params = sppm.Params.from_options(resolve(c).method, fed)
-    return fed, x_star, driver._from_reference(fed, sppm, params, x_star)
+    return fed, x_star, driver._from_reference(fed, sppm, params, x_star, np.zeros(fed.d))
 
 
 def _cohorts(spec: str, n: int):
@@ -161,10 +161,58 @@ def test_the_command_line_takes_auto_and_info_prints_the_step(tmp_path, capsys):
 
     out = tmp_path / "auto.h5"
     assert cli.main(["run", "--algorithm", "sppm", "--step-size", "auto", "--tol", "1e-3", "--sampling", "nice:tau=4",
-                     "--rounds", "2", "--out", str(out)]) == 0
+                     "--lam", "1", "--rounds", "2", "--out", str(out)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("sppm: --step-size auto: gamma = ") and "mu_AS = 1.000000e-03" in first
+    assert first.startswith("sppm: --step-size auto: gamma = ") and "mu_AS = 1.000000e+00" in first
     method = load_trace(out).attrs["method"]
     assert "auto=Auto(tol=0.001" in method and "sigma2=" in method
     assert cli.main(["info", str(out)]) == 0
     assert f"method     {method}" in capsys.readouterr().out
+
+
+def test_a_budget_too_short_for_the_target_takes_the_step_with_the_least_bound_after_the_budget(tmp_path):
+    """nice:tau=2 of 8 at tol 1e-2: --tol's step needs 2385 rounds, more than 50 (the count checked against the
+    contraction term directly), so auto takes the step whose theorem bound after 50 rounds is least (checked against a
+    grid of 20,001 log-spaced steps up to 1/mu_AS); a resume with another --rounds is refused in one line."""
+    values = {"problem": "least-squares", "clients": 8, "samples_per_client": 30, "lam": 0.1, "sampling": "nice:tau=2"}
+    fed, x_star, p = _setup(**values, tol=1e-2)
+    a, dist0 = p.auto, float(np.sum(x_star ** 2))
+    t = sppm.rounds_to_target(p.gamma, a.mu_AS, dist0, a.eps)
+    term = lambda k: (1 + p.gamma * a.mu_AS) ** (-2 * k) * dist0  # noqa: E731
+    assert a.rule == "target" and t > 50 and term(t) <= a.eps / 2 < term(t - 1)
+    _, _, short = _setup(**values, tol=1e-2, rounds=50)
+    assert short.auto.rule == "budget" and short.gamma > p.gamma
+    grid = np.exp(np.linspace(math.log(1 / a.mu_AS) - 40, math.log(1 / a.mu_AS), 20001))
+    bounds = [sppm.theorem_bound(g, 50, a.mu_AS, a.sigma2, dist0) for g in grid]
+    assert sppm.theorem_bound(short.gamma, 50, a.mu_AS, a.sigma2, dist0) <= min(bounds) * (1 + 1e-9)
+    assert short.gamma == pytest.approx(grid[int(np.argmin(bounds))], rel=2e-3)
+
+
+def test_a_resume_that_changes_the_auto_step_is_refused(tmp_path, monkeypatch):
+    """The budget's step depends on --rounds: a run suspended at round 3 resumes with its own --rounds, and is refused
+    in one line with another (the step would change half-way)."""
+    from test_checkpoint import signal_at_round
+
+    out = tmp_path / "auto.h5"
+    run = {"quiet": True, "algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "rounds": 50, "problem": "least-squares",
+           "clients": 8, "samples_per_client": 30, "lam": 0.1, "sampling": "nice:tau=2", "out": str(out)}
+    signal_at_round(monkeypatch, 3)
+    assert driver.run(run, comm=SerialComm()).status == "suspended"
+    monkeypatch.undo()
+    with pytest.raises(MpifedError, match="this resume changes the method's parameters") as err:
+        driver.run({"rounds": 60}, comm=SerialComm(), resume=out)
+    assert "\n" not in str(err.value)
+    assert driver.run({}, comm=SerialComm(), resume=out).status == "completed"
+
+
+def test_auto_refuses_a_budget_in_which_the_theorem_promises_no_progress():
+    """Ridge with lam = 1e-3 and cohorts of 1 of 8: sigma^2 / (3 mu_AS^2) far above ||x0 - x*||^2, so after 5 rounds every
+    step's bound is at least ||x0 - x*||^2 (checked on a grid here); refused in one line before round 0."""
+    values = {"problem": "least-squares", "clients": 8, "samples_per_client": 30, "lam": 1e-3, "sampling": "nice:tau=1"}
+    _, x_star, p = _setup(**values, tol=1e-6)
+    a, dist0 = p.auto, float(np.sum(x_star ** 2))
+    grid = np.exp(np.linspace(math.log(1 / a.mu_AS) - 60, math.log(1 / a.mu_AS), 2001))
+    assert min(sppm.theorem_bound(g, 5, a.mu_AS, a.sigma2, dist0) for g in grid) >= dist0 * (1 - 1e-9)
+    with pytest.raises(MpifedError, match="promises no progress in --rounds 5") as err:
+        _setup(**values, tol=1e-6, rounds=5)
+    assert "\n" not in str(err.value)

@@ -16,7 +16,7 @@ Five extensions, all optional:
 * ``client_metrics(p, block, state, x, streams) -> Uplink``: called instead of ``client_step``
   for the row of the final x^R, which records metrics and takes no step (the network methods:
   their K local steps there would be thrown away).
-* ``client_reference(p, block, x_star) -> Uplink | None`` and ``server_reference(p, agg) -> Params``: a
+* ``client_reference(p, block, x_star) -> Uplink | None`` and ``server_reference(p, agg, x_star, x0) -> Params``: a
   hyper-parameter that needs x* (SPPM's ``--step-size auto``). The driver calls them once after the reference
   solve, before round 0 (one setup exchange, outside the bit ledger), and hands the new Params to every rank;
   ``describe(p)`` gives a line for the console.
