@@ -63,7 +63,7 @@ HELP = {
     "option": "FedNL step: 1 = projection [H]_mu, 2 = H + l^k I (default 2)",
     "step_hessian": "FedNL: 'previous' (paper Algorithm 1, default) or 'updated' (u-FedNL) Hessian in the step",
     "mu": "FedNL Option 1 projection level (default lam); DiSCO: preconditioner shift mu > 0 (default lam); DANE: proximal weight mu of the local problem (default 0)",
-    "step_size": ("GD, ProxGD step size (default 1/L); ProxSkip gamma (default 1/max L_i); SPPM gamma (default 1/lam); Riemannian methods: eta (default rgd 1/L, the others their "
+    "step_size": ("GD, ProxGD step size (default 1/L); ProxSkip gamma (default 1/max L_i); SPPM gamma (default 1/lam; 'auto': the SPPM-AS theorem's step for E||x - x*||^2 <= (tol/L)^2, see docs/methods/proximal.md); Riemannian methods: eta (default rgd 1/L, the others their "
                   "templates' theory, see docs/methods/riemannian.md); extragradient: gamma (default 1 / (2 ||M_bar||)); FedAvg family, SCAFFOLD: local step eta_l (default 1/(max L_i + mu)); "
                   "networks: local step eta_l (default 0.03 for SGD-type methods and 0.3 for the FOOF methods "
                   "localnewton and fedpm, from 25 centralised steps on FedRCO's CNN, see mpifed/algorithms/networks/local.py; "
@@ -316,8 +316,15 @@ def _config_flags(parser, skip=()) -> None:
         if kind == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
         else:
-            conv = {"int": integer, "float": float, "str": str}[kind]
+            conv = number_or_auto if f.name == "step_size" else {"int": integer, "float": float, "str": str}[kind]
             parser.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=HELP[f.name])
+
+
+def number_or_auto(text: str) -> float | str:
+    """--step-size: a number, or ``auto`` (SPPM's step from its theorem)."""
+    from .algorithms.proximal.sppm import AUTO
+
+    return AUTO if text == AUTO else float(text)
 
 
 def positive(text: str) -> float:

@@ -82,7 +82,7 @@ class RunConfig:
     option: int | None = None
     step_hessian: str | None = None
     mu: float | None = None
-    step_size: float | None = None
+    step_size: float | str | None = None  # a number, or "auto" (SPPM: the theorem's step for --tol)
     eta: float | None = None
     gamma: float | None = None
     local_steps: int | None = None
@@ -166,7 +166,11 @@ _TYPES = {f.name: f.type for f in fields(RunConfig)}
 
 def _coerce(name: str, value):
     """Check (and for ints given as floats like 1e3, convert) the value of field ``name``."""
+    from .algorithms.proximal.sppm import AUTO
+
     kind = _TYPES[name]
+    if name == "step_size" and value == AUTO:  # SPPM's step from its theorem, for the run's target
+        return value
     if value is None:
         if "None" in kind:
             return None
@@ -199,6 +203,7 @@ def _check_ranges(c: RunConfig) -> None:
     from .algorithms.proximal.sampling import parse as parse_sampling
     from .algorithms.networks import AGGREGATIONS
     from .algorithms.proximal.balls import BALL_NORMS
+    from .algorithms.proximal.sppm import AUTO
     from .backend import BACKENDS
 
     def need(ok: bool, name: str, valid: str):
@@ -229,7 +234,10 @@ def _check_ranges(c: RunConfig) -> None:
     need(c.option in (None, 1, 2), "option", "1 (projection [H]_mu) or 2 (H + l I)")
     need(c.step_hessian in (None, "previous", "updated"), "step_hessian", "previous (paper) or updated (u-FedNL)")
     need(c.mu is None or c.mu > 0, "mu", "mu > 0")
-    need(c.step_size is None or c.step_size > 0, "step_size", "step_size > 0")
+    if c.step_size == AUTO:
+        _check_auto(c)
+    else:
+        need(c.step_size is None or c.step_size > 0, "step_size", "step_size > 0, or auto (sppm)")
     need(c.eta is None or c.eta > 0, "eta", "eta > 0")
     need(c.gamma is None or c.gamma > 0, "gamma", "gamma > 0")
     need(c.local_steps is None or c.local_steps >= 1, "local_steps", "an integer K >= 1")
@@ -312,6 +320,23 @@ def _check_ranges(c: RunConfig) -> None:
         takes = ", ".join(_flag(n) for n in method.Params.uses) or "none of them"
         raise ConfigError(f"{', '.join(_flag(n) for n in extra)} does not apply to algorithm "
                           f"{c.algorithm!r} (it takes {takes})")
+
+
+def _check_auto(c: RunConfig) -> None:
+    """One-line errors for ``--step-size auto`` that need no data: SPPM only, a target (--tol > 0), x* (the
+    reference solve), and mu_AS > 0 on the logistic problem (its clients' strong convexity is lam alone)."""
+    if c.algorithm != "sppm":
+        raise ConfigError(f"--step-size auto applies to sppm only (the SPPM-AS theorem's step); {c.algorithm} takes "
+                          f"a number > 0")
+    if not c.tol > 0:
+        raise ConfigError(f"--step-size auto needs a target: --tol = {c.tol!r} is out of range; valid: tol > 0 "
+                          f"(the step is chosen so that E||x - x*||^2 <= (tol/L)^2)")
+    if c.reference_iterations <= 0:
+        raise ConfigError("--step-size auto needs x* (sigma^2 = E||grad f_S(x*) - grad f(x*)||^2): keep "
+                          "--reference-iterations > 0")
+    if c.problem == "logistic" and not c.lam > 0:
+        raise ConfigError(f"--step-size auto needs mu_AS > 0: on the logistic problem mu_i = lam = {c.lam!r}; "
+                          f"valid: --lam > 0, or a number for --step-size")
 
 
 def _check_sphere(c: RunConfig) -> None:

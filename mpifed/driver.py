@@ -35,7 +35,7 @@ from .algorithms.second_order import newton
 from .checkpoint import SIGNALS
 from .comm import collective, world
 from .ddsum import dd_sum_blocks
-from .errors import MpifedError
+from .errors import ConfigError, MpifedError
 from .federation import Federation, build_federation
 from . import network
 from .plan import resolve
@@ -506,6 +506,11 @@ def _run(config, comm, start=None) -> RunResult:
     if getattr(params, "f_star", 0.0) is None:  # Polyak-type methods (LCD2, LCD3) without --f-star: P(x*)
         params = dataclasses.replace(params, f_star=f_star)
     x0 = fed.x0 if fed.x0 is not None else start_point(config, fed.d, x_star)
+    if hasattr(method, "client_reference"):  # hyper-parameters from x* (SPPM's --step-size auto), before round 0
+        params = collective(comm, lambda: _from_reference(fed, method, params, x_star, x0))
+        note = method.describe(params) if comm.is_root and not config.quiet else None
+        if note:
+            print(f"{config.algorithm}: {note}", flush=True)
     if start is None:
         # label histogram of every client, gathered from what the ranks actually hold (sizes = its row sums)
         histogram = comm.gather_rows(np.asarray(fed.label_counts, dtype=np.float64), fed.n_clients)
@@ -515,7 +520,7 @@ def _run(config, comm, start=None) -> RunResult:
         head = start["head"]
         client = collective(comm, lambda: ckpt.client_state(start["client"], fed.backend))
         env = tracemod.environment(comm, fed.backend)  # this job's hosts and SLURM ids, noted in `resumes`
-        writer = collective(comm, lambda: _reopen_trace(comm, start, env))
+        writer = collective(comm, lambda: _reopen_trace(comm, start, env, params))
         server = start["payload"]["server"] if comm.is_root else None
         resume = ckpt.State(head["round"], head["x"], server, client, head["bits"])
     fed.on_abort = (lambda msg: writer.close("failed", msg)) if writer else None
@@ -579,6 +584,18 @@ def _run(config, comm, start=None) -> RunResult:
     return result
 
 
+def _from_reference(fed: Federation, method, params, x_star, x0):
+    """The method's ``params`` after one setup exchange at x* (``client_reference``, None: no exchange) and the
+    server's ``server_reference`` on rank 0, the same on every rank. The exchange is outside the bit ledger."""
+    point = None if x_star is None else fed.point(x_star)
+    uplink = _client(fed, lambda: method.client_reference(params, fed.block, point))
+    if uplink is None:  # the same on every rank (it depends on params alone)
+        return params
+    agg = exchange(fed, uplink)
+    new = collective(fed.comm, lambda: method.server_reference(params, agg, x_star, x0) if agg is not None else None)
+    return fed.comm.allgather(new)[0]
+
+
 def _clock(fed: Federation, config, method, params, writer):
     """Rank 0: the run's :class:`~mpifed.network.Clock` on ``--network`` / ``--device``, from the method's FLOP
     model on every client's shape; the FLOP vectors and the profile go into the trace (what a replay needs)."""
@@ -637,11 +654,17 @@ def _distance(x, x_star, sphere: bool) -> float:
     return float(np.linalg.norm(x - np.copysign(1.0, x @ x_star) * x_star if sphere else x - x_star))
 
 
-def _reopen_trace(comm, start, env):
-    """Rank 0: put the trace back as the checkpoint saw it and append to it."""
+def _reopen_trace(comm, start, env, params):
+    """Rank 0: put the trace back as the checkpoint saw it and append to it. Hyper-parameters set from the run's
+    target and budget (SPPM's ``--step-size auto``) must come out as they did at the start."""
     if not comm.is_root:
         return None
     ckpt.restore_trace(start["payload"], start["trace"])
+    if getattr(params, "auto", None) is not None:
+        before = tracemod.load(start["trace"]).attrs.get("method")
+        if before != repr(params):
+            raise ConfigError(f"this resume changes the method's parameters, which depend on --tol and --rounds: "
+                              f"{before} -> {repr(params)}; resume with the run's original --tol and --rounds")
     return tracemod.TraceWriter.reopen(start["trace"], {"round": start["head"]["round"], "mpi_size": comm.size,
                                                         "environment": env})
 

@@ -59,12 +59,13 @@ _METHOD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 MethodOptions = make_dataclass(
     "MethodOptions",
     [("algorithm", str), ("network", bool), ("lam", float), ("seed", int), ("float_bits", int),
-     ("reference_iterations", int), ("problem", str, field(default="logistic")), ("l1", float, field(default=0.0))] + [(name, _METHOD_TYPES[name], field(default=None)) for name in METHOD_FIELDS],
+     ("reference_iterations", int), ("problem", str, field(default="logistic")), ("l1", float, field(default=0.0)),
+     ("tol", float, field(default=0.0)), ("rounds", int, field(default=0))] + [(name, _METHOD_TYPES[name], field(default=None)) for name in METHOD_FIELDS],
     frozen=True)
 MethodOptions.__module__ = __name__
 MethodOptions.__doc__ = (
     "A method's options: its name, whether it trains a network, lam, the seed, the width of a transmitted "
-    "float, whether x* is computed (reference_iterations > 0), the tabular problem, the L1 weight lam1, and every hyper-parameter "
+    "float, whether x* is computed (reference_iterations > 0), the tabular problem, the L1 weight lam1, the stopping tolerance and the round budget (a method's target: SPPM's --step-size auto), and every hyper-parameter "
     "flag of the configuration (None: the method's default, which its ``Params.from_options`` fills in).")
 
 
@@ -82,7 +83,7 @@ def resolve(c: RunConfig) -> Plan:
                     c.batch_size or DEFAULT_BATCH, c.corrupt, c.dtype, c.validation, c.problem, c.condition,
                     c.eigengap, DEFAULT_SIMILARITY if c.similarity is None else c.similarity)
     method = MethodOptions(c.algorithm, c.model is not None, c.lam, c.seed, c.float_bits, c.reference_iterations,
-                           problem=c.problem, l1=c.l1, **{name: getattr(c, name) for name in METHOD_FIELDS})
+                           problem=c.problem, l1=c.l1, tol=c.tol, rounds=c.rounds, **{name: getattr(c, name) for name in METHOD_FIELDS})
     return Plan(data, method)
 
 

@@ -182,6 +182,11 @@ def test_l1_runs_report_the_prox_gradient_norm_and_the_support(tmp_path):
     ({"algorithm": "sppm", "sampling": "cohort:tau=3"}, "--sampling"),
     ({"algorithm": "sppm", "inner_rounds": 0}, "--inner-rounds"),
     ({"algorithm": "proxgd", "sampling": "full"}, "does not apply"),
+    ({"algorithm": "proxgd", "step_size": "auto"}, "applies to sppm only"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 0.0}, "--tol = 0.0 is out of range; valid: tol > 0"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "reference_iterations": 0}, "needs x*"),
+    ({"algorithm": "sppm", "step_size": "auto", "tol": 1e-6, "lam": 0.0}, "mu_i = lam = 0.0"),
+    ({"algorithm": "sppm", "step_size": "fast"}, "--step-size must be a finite number"),
 ])
 def test_bad_input_is_a_one_line_error(values, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")) as err:
@@ -202,6 +207,10 @@ EVERY = {
     "sppm-nice": {"algorithm": "sppm", "sampling": "nice:tau=7", "inner_rounds": 3},
     "sppm-stratified": {"algorithm": "sppm", "sampling": "stratified:b=4", "inner_rounds": 2},
     "sppm-block": {"algorithm": "sppm", "sampling": "block:b=3", "inner_rounds": 2},
+    "sppm-auto": {"algorithm": "sppm", "sampling": "nice:tau=7", "inner_rounds": 3, "step_size": "auto", "tol": 1e-4,
+                  "lam": 0.05},
+    "sppm-auto-ridge": {"algorithm": "sppm", "sampling": "stratified:b=4", "inner_rounds": 2, "step_size": "auto",
+                        "tol": 1e-4, "problem": "least-squares"},
     "fedavg": {"algorithm": "fedavg", "local_steps": 3},
     "diana": {"algorithm": "diana"},
     "dcgd": {"algorithm": "dcgd"},
@@ -225,9 +234,10 @@ def test_proximal_methods_distributed_equal_serial(name, tmp_path):
         np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("name", ["proxskip", "sppm-nice"])
+@pytest.mark.parametrize("name", ["proxskip", "sppm-nice", "sppm-auto"])
 def test_a_suspended_run_resumes_to_the_uninterrupted_trace(name, tmp_path, monkeypatch):
-    """ProxSkip's control variates and last local iterates, and SPPM's round-keyed cohorts, survive a checkpoint."""
+    """ProxSkip's control variates and last local iterates, SPPM's round-keyed cohorts and its auto step (set again
+    from the checkpoint's x*) survive a checkpoint."""
     from mpifed import checkpoint, trace
     from test_checkpoint import resume_equals_uninterrupted
 

@@ -7,7 +7,7 @@ MPI Reduce) -> ``server_step`` on rank 0 turns the :class:`Aggregate` into x^{k+
 Every uplink carries f_i(x^k) and grad f_i(x^k), so the driver's metrics at x^k cost no
 extra pass; whether the gradient is also *sent* is decided by the bits the method counts.
 
-Four extensions, all optional:
+Five extensions, all optional:
 
 * ``Uplink.gathered``: per-client arrays the server needs one by one (Newton-Learn's
   coefficient updates and data vectors), gathered to rank 0 in global client order.
@@ -16,6 +16,10 @@ Four extensions, all optional:
 * ``client_metrics(p, block, state, x, streams) -> Uplink``: called instead of ``client_step``
   for the row of the final x^R, which records metrics and takes no step (the network methods:
   their K local steps there would be thrown away).
+* ``client_reference(p, block, x_star) -> Uplink | None`` and ``server_reference(p, agg, x_star, x0) -> Params``: a
+  hyper-parameter that needs x* (SPPM's ``--step-size auto``). The driver calls them once after the reference
+  solve, before round 0 (one setup exchange, outside the bit ledger), and hands the new Params to every rank;
+  ``describe(p)`` gives a line for the console.
 * Extra exchanges within a round (FedNL-LS's function values): ``server_step`` returns a
   :class:`Query` instead of ``(state, x_next, down_bits)``; the driver broadcasts
   ``Query.point``, calls ``client_query(p, block, state, point, streams)`` on every rank

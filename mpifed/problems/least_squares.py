@@ -30,6 +30,7 @@ class LeastSquaresBlock(LogisticBlock):
 
     name = "least-squares"
     curvature_bound = 1.0         # l'' = 1: L = lam + lambda_max(G), exactly
+    curvature_floor = 1.0         # inf l'' = 1: f_i is (lam + lambda_min(A_i^T A_i / m_i))-strongly convex, exactly
     third_derivative_bound = 0.0  # the Hessian is constant
 
     @staticmethod

@@ -72,6 +72,7 @@ class LogisticBlock:
 
     name = "logistic"
     curvature_bound = 0.25  # sup l'' (phi'' <= 1/4): the smoothness constants of the first-order methods
+    curvature_floor = 0.0   # inf l'' = 0 (phi'' -> 0 far out): a client's strong convexity is lam alone
     third_derivative_bound = PHI_THIRD_MAX  # sup |l^(3)|: the Lipschitz constant of the Hessian (per ||a||^3)
 
     @staticmethod

@@ -9,6 +9,20 @@ probability p_i > 0, and the weights w_i = 1/(n p_i) of f_S = sum_{i in S} w_i f
     stratified[:b=B] the same B blocks as strata; one client uniformly from each, p_i = 1/|C_j|, w_i = |C_j|/n
 
 Every draw comes from (seed, round) only, the same on every rank. For every sampling sum_{i in S} w_i = 1.
+
+The constants of the SPPM-AS theorem (Richtarik, Sadiev, Demidovich 2024) in closed form per sampling, from
+the clients' strong-convexity constants mu_i and their gradients g_i at x* (gbar = (1/n) sum_i g_i, C_j the
+blocks, s_j the size of C_j, gbar_j the mean of g_i over C_j)::
+
+    mu_AS = min over the support of sum_{i in S} w_i mu_i      sigma^2 = E||sum_{i in S} w_i g_i - gbar||^2
+    full             (1/n) sum_i mu_i                           0
+    nice:tau=T       mean of the T smallest mu_i                (n - T) / (T (n - 1)) (1/n) sum_i ||g_i - gbar||^2
+    block            min_j mean_{i in C_j} mu_i                 sum_j (s_j / n) ||gbar_j - gbar||^2
+    stratified       sum_j (s_j / n) min_{i in C_j} mu_i        sum_j (s_j / n)^2 (1/s_j) sum_{i in C_j} ||g_i - gbar_j||^2
+
+(nice: the variance of a mean of T draws without replacement, Cochran, *Sampling Techniques*, 1977, Thm. 2.2;
+stratified: the strata are drawn independently, so their variances add.) At x* without the L1 term gbar = 0 and
+sigma^2 is the theorem's E||grad f_S(x*)||^2.
 """
 from __future__ import annotations
 
@@ -70,3 +84,44 @@ def cohort(kind: str, count: int | None, n: int, seed: int, round: int) -> np.nd
     w = np.zeros(n)
     w[chosen] = sizes / n
     return w
+
+
+def _block_means(which: np.ndarray, sizes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(b, k) means over each block of the rows of ``values`` (n, k)."""
+    onehot = (which[None, :] == np.arange(len(sizes))[:, None]).astype(np.float64)
+    return (onehot @ values) / sizes[:, None]
+
+
+def strong_convexity(kind: str, count: int | None, mu: np.ndarray) -> float:
+    """mu_AS = min over the sampling's support of sum_{i in S} w_i mu_i, from the clients' mu_i (n,)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    n = len(mu)
+    if kind == "full":
+        return float(mu.mean())
+    if kind == "nice":
+        return float(np.sort(mu)[:count].mean())
+    which = blocks(n, count)
+    sizes = np.bincount(which, minlength=count).astype(np.float64)
+    if kind == "block":
+        return float(_block_means(which, sizes, mu[:, None]).min())
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return float(np.sum(sizes / n * np.minimum.reduceat(mu, first)))
+
+
+def variance(kind: str, count: int | None, g: np.ndarray) -> float:
+    """sigma^2 = E||sum_{i in S} w_i g_i - gbar||^2 of the clients' gradients g (n, d) at x* (closed forms above)."""
+    g = np.asarray(g, dtype=np.float64)
+    n = len(g)
+    e = g - g.mean(axis=0)
+    if kind == "full" or n == 1:
+        return 0.0
+    if kind == "nice":
+        return float((n - count) / (count * (n - 1)) * np.mean(np.sum(e * e, axis=1)))
+    which = blocks(n, count)
+    sizes = np.bincount(which, minlength=count).astype(np.float64)
+    means = _block_means(which, sizes, e)  # gbar_j - gbar
+    if kind == "block":
+        return float(np.sum(sizes / n * np.sum(means * means, axis=1)))
+    inside = e - means[which]  # g_i - gbar_j
+    spread = _block_means(which, sizes, np.sum(inside * inside, axis=1)[:, None])[:, 0]
+    return float(np.sum((sizes / n) ** 2 * spread))
