@@ -53,6 +53,7 @@ class TraceWriter:
         self.set_attrs(**attrs)
         self.metrics = self.file.create_group("metrics")
         self.rows = 0
+        self._columns = None  # name -> open dataset, from the first write on
 
     @classmethod
     def reopen(cls, path: str | Path, resume: dict) -> "TraceWriter":
@@ -63,6 +64,7 @@ class TraceWriter:
         self.file = _h5py().File(self.path, "r+")
         self.metrics = self.file["metrics"]
         self.rows = len(self.metrics["round"]) if "round" in self.metrics else 0
+        self._columns = None
         if any(len(ds) != self.rows for ds in self.metrics.values()):
             raise MpifedError(f"{self.path}: metric columns of unequal length; the trace is damaged")
         resumes = json.loads(self.file.attrs.get("resumes", "[]"))
@@ -79,15 +81,28 @@ class TraceWriter:
             self.file.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
 
     def write(self, fields: dict) -> None:
-        """Append one row; a field missing in this row is NaN."""
+        """Append one row; a field missing in this row is NaN.
+
+        The columns are kept open between rows and each value goes through h5py's low-level calls (extend the
+        dataset, select its last element, write one float64): the high-level lookup and indexing cost more
+        than the writes themselves, once per column and round.
+        """
+        if self._columns is None:  # first row of this writer: the columns already in the file (a resumed trace)
+            self._columns = dict(self.metrics.items())
+        columns = self._columns
         for name in fields:
-            if name not in self.metrics:
+            if name not in columns:
                 ds = self.metrics.create_dataset(name, shape=(self.rows,), maxshape=(None,), dtype="f8",
                                                  chunks=(1024,), fillvalue=np.nan)
                 ds[:] = np.nan
-        for name, ds in self.metrics.items():
-            ds.resize((self.rows + 1,))
-            ds[self.rows] = fields.get(name, np.nan)
+                columns[name] = ds
+        row, h5s = self.rows, _h5py().h5s
+        one = h5s.create_simple((1,))
+        for name, ds in columns.items():
+            ds.id.set_extent((row + 1,))
+            space = ds.id.get_space()
+            space.select_hyperslab((row,), (1,))
+            ds.id.write(one, space, np.array([fields.get(name, np.nan)], dtype=np.float64))
         self.rows += 1
         self.file.flush()
 
