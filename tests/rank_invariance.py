@@ -8,6 +8,7 @@ alone. Rank 0 gets every pair back and checks them as a one-config test would.
 """
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import data_marks
@@ -50,3 +51,25 @@ def distributed_and_serial(configs: dict, tmp_path: Path, own: dict | None = Non
     for name, result in distributed.items():
         assert result.metrics, f"{name}: rank 0 holds no metrics"
     return {name: (distributed[name], serial[name]) for name in configs}
+
+
+def assert_same(pairs: dict | None, keys, exact: bool = False, optional: bool = False) -> None:
+    """Each pair of :func:`distributed_and_serial` (on rank 0; nothing elsewhere): the same status (not failed),
+    the metric columns ``keys`` and x to rounding (rtol 1e-12; x: atol 1e-15), or bitwise with ``exact``;
+    ``optional``: a key the serial trace lacks is skipped."""
+    if pairs is None:
+        return
+    for name, (distributed, serial) in pairs.items():
+        assert distributed.status == serial.status != "failed", (name, serial.message)
+        for key in keys:
+            if optional and key not in serial.metrics:
+                continue
+            if exact:
+                np.testing.assert_array_equal(distributed.metrics[key], serial.metrics[key], err_msg=f"{name}: {key}")
+            else:
+                np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0,
+                                           err_msg=f"{name}: {key}")
+        if exact:
+            np.testing.assert_array_equal(distributed.x, serial.x, err_msg=name)
+        else:
+            np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15, err_msg=name)
