@@ -1,11 +1,9 @@
 """DANE, GIANT, FedCurv and Fed-Sophia give the same trace at 1, 2 and 4 ranks (run under ``mpiexec -n N python -m
 pytest --with-mpi -m mpi``; tests/run.py does, at 2 and 4 ranks)."""
-import numpy as np
 import pytest
 
+from rank_invariance import assert_same, batches, distributed_and_serial
 from sparse_data import sparse_binary
-from mpifed.comm import MPIComm, SerialComm
-from mpifed.driver import run
 
 pytestmark = pytest.mark.mpi
 
@@ -27,18 +25,9 @@ METHODS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_distributed_equals_serial(name, tmp_path):
-    config = {"rounds": 6, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"),
-              **METHODS[name]}
-    assert MPIComm().size > 1
-    distributed = run(config, comm=MPIComm())
-    if distributed.metrics:  # rank 0
-        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
-        assert distributed.status == serial.status != "failed", serial.message
-        keys = ("grad_norm", "loss", "bits_up", "bits_down", "exchanges", "participants", "local_iterations",
-                "step_length")
-        for key in keys:
-            if key in serial.metrics:
-                np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
-        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
+@pytest.mark.parametrize("names", batches(METHODS))
+def test_distributed_equals_serial(names, tmp_path):
+    pairs = distributed_and_serial({name: {"rounds": 6, "tol": 0.0, "quiet": True, "reference_iterations": 3,
+                                           **METHODS[name]} for name in names}, tmp_path)
+    assert_same(pairs, ("grad_norm", "loss", "bits_up", "bits_down", "exchanges", "participants", "local_iterations",
+                        "step_length"), optional=True)

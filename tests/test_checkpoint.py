@@ -28,6 +28,8 @@ A9A_PP = ["--dataset", "a9a", "--algorithm", "fednl-pp", "--participation", "0.5
 # The real-signal runs: --tol 0 runs the whole budget, so a signal sent once the trace shows a round (rows reach
 # the file in blocks, up to trace.FLUSH_SECONDS after their round) still lands well before the run ends.
 SIGNAL_RUN = A9A_PP + ["--rounds", "100", "--tol", "0"]
+A9A_PP_CONFIG = {"dataset": "a9a", "algorithm": "fednl-pp", "participation": 0.5, "reference_iterations": 3,
+                 "quiet": True}  # A9A_PP as run() takes it
 
 
 def same_trace(a: Path, b: Path) -> None:
@@ -176,6 +178,15 @@ def wait_for_rows(proc, path, rows, timeout=60):
         time.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+def a9a_pp_full(tmp_path_factory):
+    """The uninterrupted trace of SIGNAL_RUN (A9A_PP, --rounds 100, --tol 0), the oracle of the signal tests below: computed once,
+    in this process (traces do not depend on the rank count, nor on whether the CLI or run() starts the run)."""
+    out = tmp_path_factory.mktemp("a9a-pp") / "full.h5"
+    assert run({**A9A_PP_CONFIG, "rounds": 100, "tol": 0.0, "out": str(out)}, comm=SerialComm()).status != "failed"
+    return out
+
+
 def finish(proc, timeout=120):
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -188,7 +199,7 @@ def finish(proc, timeout=120):
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
 @pytest.mark.data("a9a")
 @pytest.mark.parametrize("ranks", [1, 4])
-def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path):
+def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path, a9a_pp_full):
     """SIGTERM at a random round -> exit 75 with a checkpoint; --resume ->
     the uninterrupted trace (computed serially: traces do not depend on the rank count)."""
     args = SIGNAL_RUN
@@ -204,14 +215,12 @@ def test_sigterm_at_a_random_round_then_resume(ranks, tmp_path):
     assert checkpoint.read(tmp_path / "part.h5")["round"] == stopped.rounds  # every completed round is in the trace
     code, err = finish(start(ranks, ["--resume", "part.h5"], tmp_path))
     assert code == 0, err
-    code, err = finish(start(1, args + ["--out", "full.h5"], tmp_path))
-    assert code == 0, err
-    same_trace(tmp_path / "full.h5", tmp_path / "part.h5")
+    same_trace(a9a_pp_full, tmp_path / "part.h5")
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
 @pytest.mark.data("a9a")
-def test_sigkill_leaves_a_readable_trace_and_a_usable_checkpoint(tmp_path):
+def test_sigkill_leaves_a_readable_trace_and_a_usable_checkpoint(tmp_path, a9a_pp_full):
     args = SIGNAL_RUN + ["--checkpoint-every", "10"]
     proc = start(2, args + ["--out", "part.h5"], tmp_path)
     wait_for_rows(proc, tmp_path / "part.h5", 35)
@@ -223,9 +232,7 @@ def test_sigkill_leaves_a_readable_trace_and_a_usable_checkpoint(tmp_path):
     assert payload["round"] % 10 == 0 and 30 <= payload["round"] <= killed.rounds
     code, err = finish(start(2, ["--resume", "part.h5"], tmp_path))
     assert code == 0, err
-    code, err = finish(start(1, SIGNAL_RUN + ["--out", "full.h5"], tmp_path))
-    assert code == 0, err
-    same_trace(tmp_path / "full.h5", tmp_path / "part.h5")
+    same_trace(a9a_pp_full, tmp_path / "part.h5")
 
 
 # ------------------------------------------------------------------ bad resumes change nothing
@@ -233,14 +240,24 @@ def digest(*paths):
     return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
 
 
-@pytest.fixture
-def suspended(tmp_path, monkeypatch):
-    out = tmp_path / "s.h5"
-    signal_at_round(monkeypatch, 2)
-    r = run({"dataset": "a9a", "algorithm": "fednl", "rounds": 20, "tol": 0.0, "quiet": True, "reference_iterations": 3,
-             "out": str(out)}, comm=SerialComm())
-    monkeypatch.undo()
+@pytest.fixture(scope="module")
+def suspended_once(tmp_path_factory):
+    """A run of a9a suspended at round 3: its trace and checkpoint, made once for the tests below."""
+    out = tmp_path_factory.mktemp("suspended") / "s.h5"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        signal_at_round(monkeypatch, 2)
+        r = run({"dataset": "a9a", "algorithm": "fednl", "rounds": 20, "tol": 0.0, "quiet": True,
+                 "reference_iterations": 3, "out": str(out)}, comm=SerialComm())
     assert r.status == "suspended"
+    return out
+
+
+@pytest.fixture
+def suspended(suspended_once, tmp_path):
+    """A copy of ``suspended_once`` (trace and checkpoint) of this test's own, which it may resume or damage."""
+    out = tmp_path / suspended_once.name
+    for src, dst in ((suspended_once, out), (checkpoint.path_for(suspended_once), checkpoint.path_for(out))):
+        dst.write_bytes(src.read_bytes())
     return out
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from rank_invariance import assert_same, batches, distributed_and_serial
 from mpifed.algorithms.first_order import lcd
 from mpifed.algorithms.proximal import balls
 from mpifed.backend import NUMPY
-from mpifed.comm import MPIComm, SerialComm
+from mpifed.comm import SerialComm
 from mpifed.data import synthetic_clients
 from mpifed.driver import iterate, run
 from mpifed.errors import MpifedError
@@ -285,15 +286,9 @@ CASES = {
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_distributed_equals_serial(name, tmp_path):
+@pytest.mark.parametrize("names", batches(CASES))
+def test_distributed_equals_serial(names, tmp_path):
     """The trace at 2 and 4 ranks equals the serial one (clients 0..7 spread over the ranks)."""
-    config = {**SMALL, "rounds": 6, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"), **CASES[name]}
-    assert MPIComm().size > 1
-    distributed = run(config, comm=MPIComm())
-    if distributed.metrics:  # rank 0
-        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
-        assert distributed.status == serial.status != "failed", serial.message
-        for key in ("grad_norm", "loss", "dist_to_opt", "bits_up", "bits_down", "exchanges"):
-            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
-        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
+    pairs = distributed_and_serial({name: {**SMALL, "rounds": 6, "reference_iterations": 3, **CASES[name]}
+                                    for name in names}, tmp_path)
+    assert_same(pairs, ("grad_norm", "loss", "dist_to_opt", "bits_up", "bits_down", "exchanges"))

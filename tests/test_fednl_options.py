@@ -8,14 +8,13 @@ import pytest
 import scipy.linalg
 import scipy.sparse as sp
 
-from conftest import data_params
+from rank_invariance import assert_same, batches, distributed_and_serial
 from sparse_data import sparse_binary
 from test_fednl_variants import LAM, SEED, SYNTH, _start, clients_of, grad_P
 from mpifed import compressors, problems
 from mpifed.algorithms.base import SolverError, solve_projected
 from mpifed.algorithms.second_order import fednl
 from mpifed.algorithms.second_order.fednl_solve import cg_solve
-from mpifed.comm import MPIComm, SerialComm
 from mpifed.driver import run
 from mpifed.errors import MpifedError
 from mpifed.rng import ClientStreams
@@ -264,15 +263,8 @@ EVERY_OPTION = {
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name", data_params(sorted(EVERY_OPTION), EVERY_OPTION))
-def test_every_option_distributed_equals_serial(name, tmp_path):
-    config = {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"),
-              **EVERY_OPTION[name]}
-    assert MPIComm().size > 1
-    distributed = run(config, comm=MPIComm())
-    if distributed.metrics:  # rank 0
-        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
-        assert distributed.status == serial.status != "failed", serial.message
-        for key in ("grad_norm", "loss", "bits_up", "bits_up_index", "bits_down", "exchanges"):
-            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
-        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
+@pytest.mark.parametrize("names", batches(EVERY_OPTION))
+def test_every_option_distributed_equals_serial(names, tmp_path):
+    pairs = distributed_and_serial({name: {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3,
+                                           **EVERY_OPTION[name]} for name in names}, tmp_path)
+    assert_same(pairs, ("grad_norm", "loss", "bits_up", "bits_up_index", "bits_down", "exchanges"))

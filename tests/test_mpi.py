@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import data_params
+from rank_invariance import assert_same, batches, distributed_and_serial
 from sparse_data import sparse_binary
 from mpifed.comm import MPIComm, SerialComm, client_range
-from mpifed.driver import run
 
 pytestmark = pytest.mark.mpi
 
@@ -38,23 +37,34 @@ def test_reduce_equals_the_correctly_rounded_sum_of_all_clients():
         assert total is None
 
 
-@pytest.mark.parametrize("config", data_params([
-    {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "intercept": True, "compressor": "topk:k=2d"},
-    {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "compressor": "randk:k=3d"},
-    {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "compressor": "rankr:r=2", "option": 1},
-    {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "newton"},
-    {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "gd"},
-]), ids=["topk-sparse", "randk", "rankr-dense", "newton", "gd"])
-def test_distributed_run_equals_the_serial_run(config, tmp_path):
-    """Every rank runs its block; rank 0 then runs all clients alone: the traces must agree."""
-    config = {"rounds": 10, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"), **config}
-    distributed = run(config, comm=MPIComm())
-    np.testing.assert_array_equal(distributed.x, MPIComm().comm.bcast(distributed.x, root=0))
-    if distributed.metrics:  # rank 0
-        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
+BASICS = {
+    "topk-sparse": {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "intercept": True,
+                    "compressor": "topk:k=2d"},
+    "randk": {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "compressor": "randk:k=3d"},
+    "rankr-dense": {"dataset": "synthetic", "clients": 7, "samples_per_client": 30, "compressor": "rankr:r=2",
+                    "option": 1},
+    "newton": {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "newton"},
+    "gd": {"dataset": "synthetic", "clients": 6, "samples_per_client": 30, "algorithm": "gd"},
+}
+
+
+@pytest.mark.parametrize("names", batches(BASICS))
+def test_distributed_run_equals_the_serial_run(names, tmp_path):
+    """Every rank runs its block; one rank then runs all clients alone: the traces must agree, and every rank
+    ends with rank 0's x."""
+    configs = {name: {"rounds": 10, "tol": 0.0, "quiet": True, "reference_iterations": 3, **BASICS[name]}
+               for name in names}
+    mine = {}
+    pairs = distributed_and_serial(configs, tmp_path, own=mine)
+    for name in names:
+        np.testing.assert_array_equal(mine[name].x, MPIComm().comm.bcast(mine[name].x, root=0), err_msg=name)
+    if pairs is None:
+        return
+    for name, (distributed, serial) in pairs.items():
         for key in ("grad_norm", "loss", "f_gap", "dist_to_opt", "bits_up", "bits_down"):
-            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
-        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-13, atol=1e-16)
+            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0,
+                                       err_msg=f"{name}: {key}")
+        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-13, atol=1e-16, err_msg=name)
 
 
 def test_gather_rows_stacks_every_rank_in_client_order():
@@ -130,16 +140,9 @@ EVERY_METHOD = {
 }
 
 
-@pytest.mark.parametrize("name", data_params(sorted(EVERY_METHOD), EVERY_METHOD))
-def test_every_method_distributed_equals_serial(name, tmp_path):
+@pytest.mark.parametrize("names", batches(EVERY_METHOD))
+def test_every_method_distributed_equals_serial(names, tmp_path):
     """Each method's trace is the same at 1, 2 and 4 ranks."""
-    config = {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3, "out": str(tmp_path / "mpi.h5"),
-              **EVERY_METHOD[name]}
-    assert MPIComm().size > 1  # else "distributed" would be the serial run and the test could not fail
-    distributed = run(config, comm=MPIComm())
-    if distributed.metrics:  # rank 0
-        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
-        assert distributed.status == serial.status != "failed", serial.message
-        for key in ("grad_norm", "loss", "dist_to_opt", "bits_up", "bits_up_index", "bits_down", "participants"):
-            np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0, err_msg=key)
-        np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-12, atol=1e-15)
+    pairs = distributed_and_serial({name: {"rounds": 8, "tol": 0.0, "quiet": True, "reference_iterations": 3,
+                                           **EVERY_METHOD[name]} for name in names}, tmp_path)
+    assert_same(pairs, ("grad_norm", "loss", "dist_to_opt", "bits_up", "bits_up_index", "bits_down", "participants"))

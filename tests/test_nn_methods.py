@@ -6,14 +6,14 @@ per-client model; ``numpy.linalg.solve`` / ``inv`` and a dense EMA recurrence fo
 :mod:`mpifed.problems.nn.curvature`) of each method on the same mini-batches, compared with ``driver.run``.
 All runs are small (mnist-synthetic, 3-4 clients, batch 8, 2-4 rounds).
 """
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from rank_invariance import distributed_and_serial
 from mpifed import config as cfgmod
-from mpifed.comm import MPIComm, SerialComm
+from mpifed.comm import SerialComm
 from mpifed.driver import run
 from mpifed.errors import ConfigError, MpifedError
 from mpifed.problems.nn import build_model
@@ -580,21 +580,21 @@ MPI_CASES = {
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("name", list(MPI_CASES))
-def test_nn_methods_same_at_every_rank_count(name, tmp_path):
-    """The same run on all ranks and serially on rank 0: per-round test accuracy and x bitwise equal (the
+def test_nn_methods_same_at_every_rank_count(tmp_path):
+    """The same runs on all ranks and serially: per-round test accuracy and x bitwise equal (the
     per-client batches come from per-client streams and the driver's sums are rank-independent)."""
-    comm = MPIComm()
-    shared = Path(comm.comm.bcast(str(tmp_path) if comm.is_root else None))
-    conf = {**BASE, **MPI_CASES[name], "model": MLP, "clients": 5, "rounds": 2, "participation": 0.8,
-            "partition": "dirichlet:alpha=0.5"}
-    par = run({**conf, "out": str(shared / "par.h5")}, comm=comm)
-    assert par.status == "completed", par.message
-    if comm.is_root:
-        ser = run({**conf, "out": str(shared / "ser.h5")}, comm=SerialComm())
-        np.testing.assert_array_equal(par.x, ser.x)
-        np.testing.assert_array_equal(par.metrics["test_accuracy"], ser.metrics["test_accuracy"])
-        np.testing.assert_array_equal(par.metrics["loss"], ser.metrics["loss"])
+    confs = {name: {**BASE, **MPI_CASES[name], "model": MLP, "clients": 5, "rounds": 2, "participation": 0.8,
+                    "partition": "dirichlet:alpha=0.5"} for name in MPI_CASES}
+    mine = {}
+    pairs = distributed_and_serial(confs, tmp_path, own=mine)
+    for name, par in mine.items():
+        assert par.status == "completed", (name, par.message)
+    if pairs is None:
+        return
+    for name, (par, ser) in pairs.items():
+        np.testing.assert_array_equal(par.x, ser.x, err_msg=name)
+        np.testing.assert_array_equal(par.metrics["test_accuracy"], ser.metrics["test_accuracy"], err_msg=name)
+        np.testing.assert_array_equal(par.metrics["loss"], ser.metrics["loss"], err_msg=name)
         if name == "fedrco":
             for key in ("rollbacks", "resets", "inversions"):
-                np.testing.assert_array_equal(par.metrics[key], ser.metrics[key])
+                np.testing.assert_array_equal(par.metrics[key], ser.metrics[key], err_msg=f"{name}: {key}")
