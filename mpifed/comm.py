@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .ddsum import dd_add
+from .ddsum import dd_add, pieces
 from .errors import ConfigError, MpifedError
 
 
@@ -82,6 +82,7 @@ class SerialComm:
         return "none (serial)"
 
 
+REDUCE_PIECE = 1 << 16  # (hi, lo) pairs per MPI Reduce call of reduce_dd (1 MB)
 _DD_OP = _PAIR = None  # one user-defined op and datatype per process: the number of ops is capped, and none is freed
 
 
@@ -105,10 +106,17 @@ class MPIComm(SerialComm):
         return buf
 
     def reduce_dd(self, pairs):
-        out = np.empty_like(pairs) if self.is_root else None
-        self.comm.Reduce([pairs, pairs.shape[0], self._pair], [out, pairs.shape[0], self._pair] if self.is_root else None,
-                         op=self._dd_op, root=0)
-        return out[:, 0] + out[:, 1] if self.is_root else None
+        """:meth:`SerialComm.reduce_dd`, in place on the root (its ``pairs`` hold the sum afterwards) and in pieces of
+        REDUCE_PIECE pairs, so that neither the root nor the library holds a second message-sized buffer. Each
+        pair is summed on its own, so the pieces give the bits of one reduction of the whole message."""
+        for lo in range(0, pairs.shape[0], REDUCE_PIECE):
+            piece = pairs[lo:lo + REDUCE_PIECE]
+            message = [piece, piece.shape[0], self._pair]
+            if self.is_root:
+                self.comm.Reduce(self.MPI.IN_PLACE, message, op=self._dd_op, root=0)
+            else:
+                self.comm.Reduce(message, None, op=self._dd_op, root=0)
+        return pairs[:, 0] + pairs[:, 1] if self.is_root else None
 
     def gather_rows(self, rows, n_clients):
         rows = np.ascontiguousarray(rows, dtype=np.float64)
@@ -146,8 +154,8 @@ def _dd_sum_op(inbuf, inoutbuf, datatype):
     """MPI user op: inout = in + inout on (hi, lo) pairs."""
     a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 2)
     b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 2)
-    hi, lo = dd_add(a[:, 0], a[:, 1], b[:, 0], b[:, 1])
-    b[:, 0], b[:, 1] = hi, lo
+    for at in pieces(b.shape[0]):  # a piece at a time: temporaries of a piece, not of the message
+        b[at, 0], b[at, 1] = dd_add(a[at, 0], a[at, 1], b[at, 0], b[at, 1])
 
 
 def world() -> SerialComm:

@@ -35,7 +35,7 @@ from .checkpoint import SIGNALS
 from .comm import collective, world
 from .ddsum import dd_sum_blocks
 from .errors import MpifedError
-from .federation import Federation, build_federation
+from .federation import Federation, build_federation, map_large_vectors
 from . import network
 from .plan import resolve
 from .problems import l1
@@ -62,34 +62,36 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     (``uplink.sums``: fields the block summed itself); ``uplink.gathered`` goes to rank 0 row by row,
     in global client order.
     """
-    xp, n = fed.backend.xp, fed.block.n
-    names = sorted(uplink.fields)
+    xp, n, d, host = fed.backend.xp, fed.block.n, fed.d, fed.backend.to_host
+    names, summed = sorted(uplink.fields), sorted(uplink.sums)
     taking_part = np.ones(n) if active is None else np.asarray(active, dtype=np.float64)
     small = [uplink.loss[:, None], xp.asarray(uplink.value_bits)[:, None],
              xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
     # the few small columns together, each (clients x d) or (clients x T) field on its own: no copy of the
     # whole uplink (every column is summed on its own, so the grouping does not change a bit)
     hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + [uplink.fields[k].reshape(n, -1) for k in names], xp)
+    # the message, written in place into one (entries x 2) buffer of (hi, lo) pairs: loss | grad | value bits |
+    # index bits | participation | fields | sums | whether this rank caught SIGTERM/SIGINT (the root then
+    # checkpoints and stops); the reduction sums it in place on the root
+    sizes = [len(hi), d] + [int(np.prod(uplink.sums[k][0].shape)) for k in summed]
+    pairs = np.empty((sum(sizes) + 1, 2))
+    pairs[0] = host(hi[0]), host(lo[0])
+    pairs[d + 1:d + len(hi), 0], pairs[d + 1:d + len(hi), 1] = host(hi[1:]), host(lo[1:])
     if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array
-        g_hi = g_lo = xp.zeros(fed.d)
-    elif isinstance(uplink.grad, tuple):  # already summed over the block (a double-double pair)
-        g_hi, g_lo = uplink.grad
-    else:
-        g_hi, g_lo = dd_sum_blocks([uplink.grad], xp)
-    hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
-    lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
-    summed = sorted(uplink.sums)
-    if summed:
-        hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
-        lo = xp.concatenate([lo] + [uplink.sums[k][1].ravel() for k in summed])
-    pairs = np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1)
-    # one more entry: whether this rank caught SIGTERM/SIGINT (the root then checkpoints and stops)
-    pairs = np.ascontiguousarray(np.vstack([pairs, [[float(bool(SIGNALS.requested)), 0.0]]]))
+        pairs[1:d + 1] = 0.0
+    else:  # already summed over the block (a double-double pair), or the (n, d) gradients summed here
+        g_hi, g_lo = uplink.grad if isinstance(uplink.grad, tuple) else dd_sum_blocks([uplink.grad], xp)
+        pairs[1:d + 1, 0], pairs[1:d + 1, 1] = host(g_hi), host(g_lo)
+    at = d + len(hi)
+    for k in summed:
+        size = int(np.prod(uplink.sums[k][0].shape))
+        pairs[at:at + size, 0], pairs[at:at + size, 1] = host(uplink.sums[k][0].ravel()), host(uplink.sums[k][1].ravel())
+        at += size
+    pairs[-1] = float(bool(SIGNALS.requested)), 0.0
     total = fed.comm.reduce_dd(pairs)
     gathered = _gather(fed, uplink.gathered)
     if total is None:
         return None
-    d = fed.d
     fields, at = {}, d + 4
     shapes = [(k, uplink.fields[k].shape[1:]) for k in names] + [(k, uplink.sums[k][0].shape) for k in summed]
     for k, shape in shapes:
@@ -215,12 +217,13 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                         params, fed.block, state, bk.asarray(out.point), streams))
                     tc = time.perf_counter()
                     answer = exchange(fed, reply, streams.active)
+                    reply = None  # summed: not held through the next query's client step
                     timing["client"] += tc - ts
                     timing["comm"] += time.perf_counter() - tc
                     _spend(bits, answer)
                     queries.append((out.down_bits * agg.n, answer.value_bits + answer.index_bits, int(buf[1])))
                     requests += answer.stop_requests
-                    out = method.server_resume(params, out.state, x, answer)
+                    out, answer = method.server_resume(params, out.state, x, answer), None
                 server, x_next, down = out
                 bits["down"] += down
                 if clock is not None:
@@ -308,6 +311,7 @@ def _answer_queries(fed, method, params, state, buf, streams, kinds):
         answer_query = getattr(method, f"client_{kinds[int(buf[1])]}")
         state, reply = _client(fed, lambda: answer_query(params, fed.block, state, point, streams))
         exchange(fed, reply, streams.active)
+        point = reply = None  # not held through the next broadcast and client step
 
 
 def _client(fed: Federation, step):
@@ -484,6 +488,7 @@ def _resume_point(comm, trace: Path, overrides: dict):
 def _run(config, comm, start=None) -> RunResult:
     plan = collective(comm, lambda: resolve(config))
     fed = collective(comm, lambda: build_federation(plan.data, comm))
+    map_large_vectors(fed.d)
     method = method_for(config.algorithm, config.model is not None)
     if config.model is None:  # before any d x d allocation: refuse a state that cannot fit
         collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from ..ddsum import dd_add, dd_sum_rows, dd_sum_sparse_rows
+from ..ddsum import dd_add, dd_add_into, dd_sum_rows, dd_sum_sparse_rows
 from ..errors import MpifedError
 
 
@@ -114,8 +114,13 @@ class BlockSums(dict):
         self._add(name, *dd_sum_rows(rows, xp))
 
     def add_sparse(self, name: str, index, values, width: int, xp=np) -> None:
-        """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits)."""
-        self._add(name, *dd_sum_sparse_rows(index, values, width, xp))
+        """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits), added
+        in place (:func:`~mpifed.ddsum.dd_add_into`): the running sum and the chunk's are the only vectors."""
+        hi, lo = dd_sum_sparse_rows(index, values, width, xp)
+        if name in self:
+            dd_add_into(*self[name], hi, lo)
+        else:
+            self[name] = (hi, lo)
 
     def _add(self, name: str, hi, lo) -> None:
         self[name] = dd_add(*self[name], hi, lo) if name in self else (hi, lo)

@@ -348,7 +348,7 @@ class LogisticBlock:
     def gradients(self, x):
         """(f_i(x) (n,), grad f_i(x) as :class:`ClientVectors`, h_ij(x)): the gradients without an (n, d) array."""
         loss, coef, t = self._loss_coefficients(x)
-        return loss, ClientVectors(self, coef, self.lam * x), self.row_curvature(t, self._labels(), self.bk.xp)
+        return loss, ClientVectors(self, coef, x, self.lam), self.row_curvature(t, self._labels(), self.bk.xp)
 
     def hvp(self, x, v, h=None):
         """grad^2 f_i(x) v for every client, as :class:`ClientVectors`: (1/m_i) sum_j h_ij (a_ij^T v) a_ij + lam v.
@@ -357,7 +357,7 @@ class LogisticBlock:
         ``h``: the coefficients h_ij(x) when already known (:meth:`gradients` returns them), else computed.
         """
         h = self.hessian_coefficients(x) if h is None else h
-        return ClientVectors(self, h * self.margins(v), self.lam * v)
+        return ClientVectors(self, h * self.margins(v), v, self.lam)
 
     def along(self, x, direction, steps):
         """f_i(x + s p) and <grad f_i(x + s p), p> for every client and step s of ``steps`` (J,): two (n, J) arrays
@@ -403,10 +403,13 @@ class LogisticBlock:
             a0, a1 = int(ptr[r0]), int(ptr[r1])
             # each non-zero's row weight: a repeat on the host; cupy's repeat takes no array of counts, so a GPU
             # gathers through the (lazily built) row of every non-zero instead
-            row_weight = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
-                          else weight[self._row_of_nnz[a0:a1]])
-            per_nnz = row_weight * self._A.data[a0:a1]
-            values = xp.bincount(flat[a0:a1] - lo * K, weights=per_nnz, minlength=(hi - lo) * K)
+            per_nnz = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
+                       else weight[self._row_of_nnz[a0:a1]])
+            per_nnz *= self._A.data[a0:a1]  # in place: the row weight times the value
+            at = flat[a0:a1].astype(np.int64)  # the index type bincount counts in (no second cast inside)
+            at -= lo * K
+            values = xp.bincount(at, weights=per_nnz, minlength=(hi - lo) * K)
+            del per_nnz, at
             yield lo, hi, index[lo:hi], values.reshape(hi - lo, K)
 
     def support_columns(self):
@@ -540,13 +543,24 @@ class LogisticBlock:
 class ClientVectors:
     """One d-vector per client, held as (1/m_i) sum_j coef_ij a_ij + shift without an (n, d) array.
 
-    ``shift`` (d,) is the same for every client (the regulariser's lam x or lam v). :meth:`chunks` gives the
+    ``shift`` (d,) is the same for every client (the regulariser's lam x or lam v: ``scale`` lam times ``x`` or ``v``,
+    kept apart so that no further d-vector is held). :meth:`chunks` gives the
     data parts chunk by chunk (:meth:`LogisticBlock.weighted_row_chunks`); :meth:`dense` builds the (n, d)
     array, for small d and for tests.
     """
 
-    def __init__(self, block: LogisticBlock, coef, shift):
-        self.block, self.coef, self.shift = block, coef, shift
+    def __init__(self, block: LogisticBlock, coef, shift, scale: float = 1.0):
+        self.block, self.coef, self._shift, self.scale = block, coef, shift, scale
+
+    @property
+    def shift(self):
+        """The common d-vector, scale times the vector given: formed on demand (:func:`block_sum` forms it a
+        piece at a time instead, from :attr:`scale` and :meth:`shift_of`)."""
+        return self._shift if self.scale == 1.0 else self.scale * self._shift
+
+    def shift_of(self, at):
+        """The shift's entries ``at`` (a slice): the bits of ``shift[at]``."""
+        return self._shift[at] if self.scale == 1.0 else self.scale * self._shift[at]
 
     def chunks(self):
         return self.block.weighted_row_chunks(self.coef)
