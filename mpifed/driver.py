@@ -389,17 +389,35 @@ EIGEN_TOL = 1e-12  # ARPACK's relative accuracy of the reference eigenpair
 def reference_eigenvector(fed: Federation):
     """(v_1, f* = -lambda_1) of the mean second moment A = (1/n) sum_i A_i, the minimiser of PCA on the sphere.
 
-    Rank 0 runs ARPACK (scipy's eigsh, largest algebraic, tol :data:`EIGEN_TOL`, a seeded start); each product
-    A v it asks for is one collective exchange of the clients' A_i v (double-double sums: the same bits at any
-    rank count). The sign is fixed so that v_1's largest entry is positive. Every rank returns the pair.
+    Rank 0 runs ARPACK (:func:`_largest_eigenpair`); each product A v it asks for is one collective exchange of the
+    clients' A_i v (double-double sums: the same bits at any rank count). The sign is fixed so that v_1's largest
+    entry is positive. Every rank returns the pair.
     """
+    lam, v = _largest_eigenpair(fed, _moment_products, "the reference eigensolver for v_1")
+    return v, -lam
+
+
+def smoothness_matrix_free(fed: Federation, lam: float, curvature: float) -> float:
+    """L = lam + c lambda_max((1/n) sum_i A_i^T A_i / m_i) without a d x d matrix (GD above its GRAM_MAX_D).
+
+    Rank 0 runs ARPACK (:func:`_largest_eigenpair`, relative tolerance EIGEN_TOL); each product it asks for is
+    one exchange of the clients' (1/m_i) sum_j (a_ij^T v) a_ij summed over the block in double-double
+    (:func:`~mpifed.algorithms.hessian_free.common.block_sum`), so the products, hence L, are the same at any rank
+    count. Like the Gram matrices it replaces, a simulator's convenience: not counted in exchanges or bits."""
+    return float(_largest_eigenpair(fed, _gram_products, "the matrix-free eigensolver for L")[0] * curvature + lam)
+
+
+def _largest_eigenpair(fed: Federation, products, what: str):
+    """(lambda, v) of the largest algebraic eigenvalue of the symmetric operator whose product with v is
+    ``products(fed, v)`` (the sum on rank 0, None elsewhere), on every rank: ARPACK on rank 0 (scipy's eigsh,
+    tol :data:`EIGEN_TOL`, a seeded start), every other rank answering the products it asks for."""
     comm, d = fed.comm, fed.d
     buf = np.zeros(d + 1)
 
     def product(v):
         buf[0], buf[1:] = CONTINUE, np.ravel(v)
         comm.bcast_array(buf)
-        return _moment_products(fed, buf[1:]).ravel()
+        return products(fed, buf[1:]).ravel()
 
     result = np.full(d + 1, np.nan)
     if comm.is_root:
@@ -418,7 +436,7 @@ def reference_eigenvector(fed: Federation):
             result[0], result[1:] = lam, v * np.sign(v[np.argmax(np.abs(v))])
         except Exception as err:  # noqa: BLE001 - every rank must leave the loop below; the error follows
             result[0] = np.nan
-            print(f"mpifed: the reference eigensolver failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"mpifed: {what} failed: {type(err).__name__}: {err}", file=sys.stderr)
         buf[0] = STOP
         comm.bcast_array(buf)
     else:
@@ -426,11 +444,24 @@ def reference_eigenvector(fed: Federation):
             comm.bcast_array(buf)
             if buf[0] == STOP:
                 break
-            _moment_products(fed, buf[1:])
+            products(fed, buf[1:])
     comm.bcast_array(result)
     if not np.all(np.isfinite(result)):
-        raise MpifedError("the reference eigensolver for v_1 failed (see the message above)")
-    return result[1:].copy(), -float(result[0])
+        raise MpifedError(f"{what} failed (see the message above)")
+    return float(result[0]), result[1:].copy()
+
+
+def _gram_products(fed: Federation, v):
+    """(1/n) sum_i A_i^T A_i v / m_i on rank 0 (None elsewhere): the clients' products, block-summed, in one exchange."""
+    from .algorithms.hessian_free.common import block_sum
+    from .problems.logistic import ClientVectors
+
+    block = fed.block
+    v = fed.backend.asarray(v)
+    summed = _client(fed, lambda: block_sum(ClientVectors(block, block.margins(v), v, 0.0), fed.backend.xp))
+    zero = np.zeros(block.n)
+    agg = exchange(fed, Uplink(fed.backend.xp.zeros(block.n), None, zero, zero, sums={"Av": summed}))
+    return None if agg is None else agg.mean("Av")
 
 
 def _moment_products(fed: Federation, v):
@@ -494,6 +525,8 @@ def _run(config, comm, start=None) -> RunResult:
         collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,
                                                  config.reference_iterations > 0 and start is None))
     params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
+    if getattr(method, "MATRIX_FREE_L", False) and fed.d > method.GRAM_MAX_D and params.L is None:
+        params = dataclasses.replace(params, L=smoothness_matrix_free(fed, params.lam, params.curvature))
     prox = composite(fed, config.l1)
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations, prox)

@@ -72,6 +72,22 @@ class Uplink:
     sums: dict = field(default_factory=dict)
 
 
+DENSE_CLIENT_D = 1 << 15  # up to this d (32,768) a client step may hold its block's (clients x d) gradients
+# (1000 clients: 260 MB); above it DANE, GIANT and the gradient methods send them summed over the block, as the
+# Hessian-free methods do (:func:`summed_gradients`). A d, not a memory size: the choice, hence the bits, never
+# depend on the number of ranks.
+
+
+def summed_gradients(block, x):
+    """(f_i(x) (n,), the block's sum of grad f_i(x) as a double-double pair (hi, lo) of shape (d,), the rows'
+    Hessian coefficients h_ij(x)): the gradients without a (clients x d) array
+    (:meth:`~mpifed.problems.logistic.LogisticBlock.gradients`, summed as the Hessian-free methods sum them)."""
+    from .hessian_free.common import block_sum
+
+    loss, grads, h = block.gradients(x)
+    return loss, block_sum(grads, block.bk.xp), h
+
+
 CLIENT_CHUNK_BYTES = 1 << 24  # a chunked client step holds about this much of each (clients x T) temporary
 GPU_CLIENT_CHUNK_BYTES = 1 << 30  # on a GPU: fewer, larger kernels
 

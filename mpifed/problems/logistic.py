@@ -161,7 +161,7 @@ class LogisticBlock:
 
     def _build_G(self):
         """G^T: row j scatters w_j a_j into client c(j)'s gradient slot."""
-        if self._parent:
+        if self._parent and not self.__dict__.get("_own_scatter"):
             parent, lo, hi, r0, r1 = self._parent
             return _row_range(parent._G, lo * self.d, hi * self.d, r0, r1 - r0)
         A, bk = self._host_A(), self.bk
@@ -230,7 +230,7 @@ class LogisticBlock:
         self._A3, self._W, self._b3 = xp.asarray(A3), xp.asarray(W), xp.asarray(b3)
         self._tri_rows, self._tri_cols = (xp.asarray(a) for a in tri.rows_cols(self.d))
 
-    def clients(self, lo: int, hi: int) -> "LogisticBlock":
+    def clients(self, lo: int, hi: int, keep: bool = True) -> "LogisticBlock":
         """The block's clients lo..hi-1 as a block of their own (FedNL's chunked client step).
 
         Dense data are views; sparse data get their rows of the scatter matrices (a client's slots only
@@ -238,10 +238,16 @@ class LogisticBlock:
         number a client gets is the one the whole block gives it. The pieces are kept, since a chunked
         method asks for the same ranges every round (rebuilding them took a quarter of a FedNL round on
         w8a); the Hessian scatter matrix's piece shares its parent's values and column indices, so the
-        pieces together copy only its row pointers.
+        pieces together copy only its row pointers. ``keep`` False: a piece of its own, not kept, whose gradient
+        scatter matrix is built from its own rows unless the block has built its own (the same entries in the
+        same order; at large d the block's, n d rows, would not fit).
         """
         if lo == 0 and hi == self.n:
             return self
+        if not keep:
+            sub = self._piece(lo, hi)
+            sub._own_scatter = True
+            return sub
         pieces = self.__dict__.setdefault("_pieces", {})
         if (lo, hi) not in pieces:
             pieces[lo, hi] = self._piece(lo, hi)
