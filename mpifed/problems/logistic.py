@@ -385,7 +385,8 @@ class LogisticBlock:
         Sparse blocks: ``index`` (c, K) holds each client's distinct columns as positions in the block's U
         columns (:meth:`support_columns`; padded with the spare position U, whose values are 0), ``values``
         (c, K) the sums there, each a bincount over the client's own non-zeros in row order. Dense blocks: ``index`` is None and ``values`` the (c, d) rows (batched products).
-        Chunks keep the temporaries near SUM_CHUNK_BYTES whatever the number of clients.
+        Chunks keep the temporaries near SUM_CHUNK_BYTES (dense) or SPARSE_SUM_CHUNK_BYTES (sparse) whatever the
+        number of clients.
         """
         xp = self.bk.xp
         if self.dense:
@@ -398,11 +399,11 @@ class LogisticBlock:
         K, ptr, starts = index.shape[1], self._A.indptr, np.concatenate([[0], np.cumsum(self.sizes)])
         weight = coef / xp.asarray(self.sizes[self.row_client], dtype=np.float64)
         # the chunk's double-double sum (dd_sum_sparse_rows) keeps ceil(c/32) rows of U + 1 slots and some ten
-        # temporaries of that size: c is a multiple of 32 that keeps them near SUM_CHUNK_BYTES (at d = 10^5,
-        # 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
+        # temporaries of that size: c is a multiple of 32 that keeps them near SPARSE_SUM_CHUNK_BYTES (from
+        # d = 10^4 up, 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
         slots = 10 * 8 * (len(columns) + 1)
         per_client = 8 * 2 * max(K, self._A.nnz // max(self.n, 1))
-        step = 32 * max(1, min(SUM_CHUNK_BYTES // slots, SUM_CHUNK_BYTES // (32 * per_client)))
+        step = 32 * max(1, min(SPARSE_SUM_CHUNK_BYTES // slots, SPARSE_SUM_CHUNK_BYTES // (32 * per_client)))
         for lo in range(0, self.n, step):
             hi = min(lo + step, self.n)
             r0, r1 = int(starts[lo]), int(starts[hi])
@@ -610,7 +611,8 @@ def _select_rows(matrix, rows, xp):
     return type(matrix)((matrix.data[pos], matrix.indices[pos], new_ptr), shape=(len(rows), matrix.shape[1]))
 
 
-SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks: clients per chunk so its temporaries take some 16 MB
+SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks, dense rows: clients per chunk so its temporaries take some 16 MB
+SPARSE_SUM_CHUNK_BYTES = 1 << 22  # and sparse rows: some 4 MB (the chunks' sums are added in place, in client order)
 SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
