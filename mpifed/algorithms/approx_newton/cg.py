@@ -64,7 +64,10 @@ def chunks(block):
     arrays take about LOCAL_CHUNK_BYTES (the whole block when it fits). A range is a piece of its own, not kept:
     kept pieces of every range would together hold the block's (n d)-row gradient scatter matrix."""
     step = max(1, LOCAL_CHUNK_BYTES // (8 * SOLVE_ARRAYS * max(block.d, 1)))
-    for lo in range(0, max(block.n, 1), step):
+    if step >= block.n:
+        yield 0, block.n, block
+        return
+    for lo in range(0, block.n, step):
         hi = min(lo + step, block.n)
         yield lo, hi, block.clients(lo, hi, keep=False)
 

@@ -119,7 +119,7 @@ def solve_in_chunks(block, state: ClientRound, solve, name: str, float_bits: int
     iterations go up as the field ``cg``."""
     xp, sums, iterations = block.bk.xp, BlockSums(), []
     for lo, hi, piece in cg.chunks(block):
-        vectors, its = solve(lo, hi, piece, block.coefficients_of(state.h, lo, hi))
+        vectors, its = solve(lo, hi, piece, state.h if piece is block else block.coefficients_of(state.h, lo, hi))
         sums.add(name, vectors, xp)
         iterations.append(xp.asarray(its, dtype=float).reshape(-1))
         vectors = None
