@@ -70,25 +70,16 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     # the few small columns together, each (clients x d) or (clients x T) field on its own: no copy of the
     # whole uplink (every column is summed on its own, so the grouping does not change a bit)
     hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + [uplink.fields[k].reshape(n, -1) for k in names], xp)
-    # the message, written in place into one (entries x 2) buffer of (hi, lo) pairs: loss | grad | value bits |
-    # index bits | participation | fields | sums | whether this rank caught SIGTERM/SIGINT (the root then
-    # checkpoints and stops); the reduction sums it in place on the root
-    sizes = [len(hi), d] + [int(np.prod(uplink.sums[k][0].shape)) for k in summed]
-    pairs = np.empty((sum(sizes) + 1, 2))
-    pairs[0] = host(hi[0]), host(lo[0])
-    pairs[d + 1:d + len(hi), 0], pairs[d + 1:d + len(hi), 1] = host(hi[1:]), host(lo[1:])
-    if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array
-        pairs[1:d + 1] = 0.0
+    # the message: loss | grad | value bits | index bits | participation | fields | sums | whether this rank caught
+    # SIGTERM/SIGINT (the root then checkpoints and stops), reduced a piece at a time from where the parts lie
+    if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array (nor a d-vector: a broadcast view)
+        grad = (np.broadcast_to(np.zeros(1), (d,)),) * 2
     else:  # already summed over the block (a double-double pair), or the (n, d) gradients summed here
-        g_hi, g_lo = uplink.grad if isinstance(uplink.grad, tuple) else dd_sum_blocks([uplink.grad], xp)
-        pairs[1:d + 1, 0], pairs[1:d + 1, 1] = host(g_hi), host(g_lo)
-    at = d + len(hi)
-    for k in summed:
-        size = int(np.prod(uplink.sums[k][0].shape))
-        pairs[at:at + size, 0], pairs[at:at + size, 1] = host(uplink.sums[k][0].ravel()), host(uplink.sums[k][1].ravel())
-        at += size
-    pairs[-1] = float(bool(SIGNALS.requested)), 0.0
-    total = fed.comm.reduce_dd(pairs)
+        grad = uplink.grad if isinstance(uplink.grad, tuple) else dd_sum_blocks([uplink.grad], xp)
+    hi, lo = host(hi), host(lo)
+    parts = [(hi[:1], lo[:1]), (host(grad[0]), host(grad[1])), (hi[1:], lo[1:])]
+    parts += [(host(uplink.sums[k][0]).ravel(), host(uplink.sums[k][1]).ravel()) for k in summed]
+    total = fed.comm.reduce_dd_parts(parts + [(np.array([float(bool(SIGNALS.requested))]), np.zeros(1))])
     gathered = _gather(fed, uplink.gathered)
     if total is None:
         return None
