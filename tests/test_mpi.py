@@ -38,6 +38,27 @@ def test_reduce_equals_the_correctly_rounded_sum_of_all_clients():
         assert total is None
 
 
+def test_reduce_of_parts_in_pieces_equals_the_correctly_rounded_sum(monkeypatch):
+    """Parts of several lengths reduced a few pairs at a time (pieces that straddle the parts): every entry is the
+    correctly rounded sum over all clients, and the one-message reduction gives the same bits."""
+    from mpifed import comm as commmod
+    from mpifed.ddsum import dd_sum_rows
+
+    monkeypatch.setattr(commmod, "REDUCE_PIECE", 4)
+    comm = MPIComm()
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((23, 15)) * 10.0 ** rng.integers(-10, 10, (23, 15))
+    lo, hi = client_range(23, comm.size, comm.rank)
+    h, l = dd_sum_rows(X[lo:hi])
+    total = comm.reduce_dd_parts([(h[:1], l[:1]), (h[1:10], l[1:10]), (h[10:], l[10:])])
+    whole = comm.reduce_dd(np.ascontiguousarray(np.stack([h, l], axis=-1)))
+    if comm.is_root:
+        np.testing.assert_array_equal(total, [math.fsum(X[:, j]) for j in range(15)])
+        assert total.tobytes() == whole.tobytes()
+    else:
+        assert total is None and whole is None
+
+
 @pytest.mark.parametrize("config", data_params([
     {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "intercept": True, "compressor": "topk:k=2d"},
     {"dataset": "phishing", "clients": 9, "samples_per_client": 40, "compressor": "randk:k=3d"},
