@@ -31,7 +31,7 @@ Defaults eta = 1, mu = 0 (both codes; with mu = 0 and no line search DANE can di
 give ``--mu`` of the order of lam). ``line_search``: GIANT's one-exchange Armijo search along p = w - w+
 (:mod:`.linesearch`; DistrOpt backtracks by 0.8 with c = 1e-4, one trial per exchange), a third exchange
 (d floats down, 10 up). The trace reports ``local_iterations`` (mean CG iterations per client,
-over its T steps).
+over its T steps). At large d the solves run in ranges of clients, as GIANT's do (:func:`.giant.solve_in_chunks`).
 """
 from __future__ import annotations
 

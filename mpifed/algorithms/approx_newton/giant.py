@@ -26,6 +26,10 @@ client) and ``step_length``.
 
 On a quadratic with exact local solves this is x - mean_i(H_i^{-1}) grad P(x), which DANE with eta = 1, mu = 0
 also takes; with one client it is Newton's step.
+
+Large d: the local solves run in ranges of clients whose (clients x d) arrays fit a budget (:func:`.cg.chunks`;
+one range, the whole block, when it fits) and the p_i are summed as they go (:func:`solve_in_chunks`); above
+:data:`~mpifed.algorithms.base.DENSE_CLIENT_D` features exchange 1's gradients go up summed over the block.
 """
 from __future__ import annotations
 
