@@ -93,7 +93,7 @@ def map_large_vectors(d: int) -> None:
     A round at d = 10^6 allocates and frees some ten 8 MB vectors per exchange. With the default, moving
     threshold, glibc serves them from its heap after the first one is freed and keeps the freed ones there:
     the resident set grows to tens of vectors more than are ever live at once (newton-cg at d = 10^6: 209 MB
-    above the start on the root instead of 140 MB). A mapped vector goes back to the system when freed.
+    above the start on the root instead of 146 MB). A mapped vector goes back to the system when freed.
     """
     import ctypes
     import sys

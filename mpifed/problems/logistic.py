@@ -239,8 +239,8 @@ class LogisticBlock:
         method asks for the same ranges every round (rebuilding them took a quarter of a FedNL round on
         w8a); the Hessian scatter matrix's piece shares its parent's values and column indices, so the
         pieces together copy only its row pointers. ``keep`` False: a piece of its own, not kept, whose gradient
-        scatter matrix is built from its own rows unless the block has built its own (the same entries in the
-        same order; at large d the block's, n d rows, would not fit).
+        scatter matrix is built from its own rows (the same entries in the same order; the block's, of n d rows,
+        need not exist: at large d it would not fit).
         """
         if lo == 0 and hi == self.n:
             return self
