@@ -1,7 +1,9 @@
 """Peak memory and seconds per exchange of a Hessian-free run at large d, per rank.
 
     mpiexec -n 2 python benchmarks/hessian_free_memory.py --features 100000 --clients 1000 [--nnz 50]
-        [--samples-per-client 100] [--algorithm newton-cg] [--tol 1e-8] [--rounds 50]
+        [--samples-per-client 100] [--algorithm newton-cg] [--tol 1e-8] [--rounds 50] [--set mu=0.001 ...]
+
+Any method runs (``--set KEY=VALUE``: a further run option, e.g. DANE's ``mu``; numbers are read as numbers).
 
 Each rank prints its resident set after a small warm-up run and ``malloc_trim`` (``base``), its peak resident set over the run (VmHWM;
 ``ru_maxrss`` where /proc has none), and the bytes of its data: the CSR rows (values, column indices, row
@@ -28,6 +30,16 @@ def rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _number(text: str):
+    """An option's value: an int or float when it reads as one, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", type=int, default=100_000)
@@ -37,6 +49,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="newton-cg")
     ap.add_argument("--tol", type=float, default=1e-8)
     ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a further run option")
     args = ap.parse_args()
 
     from mpifed.comm import MPIComm
@@ -50,6 +63,9 @@ def main() -> None:
               "samples_per_client": args.samples_per_client, "algorithm": args.algorithm, "tol": args.tol,
               "rounds": args.rounds, "reference_iterations": 0, "quiet": True,
               "out": f"runs/hessian-free-memory-{args.algorithm}-{args.features}.h5", "overwrite": True}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        config[key.replace("-", "_")] = _number(value)
     # a small run first imports everything a run imports (h5py, scipy's solvers, ...); then the freed heap is
     # handed back and the peak reset, so that ``peak - base`` is what the large run itself holds
     run({**config, "features": 100, "clients": comm.size, "rounds": 1, "out": config["out"] + ".warm.h5"}, comm=comm)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .ddsum import dd_add
+from .ddsum import dd_add, pieces
 from .errors import ConfigError, MpifedError
 
 
@@ -58,7 +58,32 @@ class SerialComm:
 
         Every rank passes the double-double sum of its own clients (:func:`ddsum.dd_sum_rows`).
         """
-        return pairs[:, 0] + pairs[:, 1]
+        return self.reduce_dd_parts([(pairs[:, 0], pairs[:, 1])])
+
+    def reduce_dd_parts(self, parts) -> np.ndarray | None:
+        """:meth:`reduce_dd` of the message that lists ``parts`` ((hi, lo) pairs of 1-D host arrays) one after
+        another, without building it: REDUCE_PIECE pairs at a time are copied into one buffer, summed over the
+        ranks in place and rounded into the root's total. Each pair is summed on its own, so the pieces give
+        the bits of one reduction of the whole message, and no message-sized buffer exists but the total."""
+        size = sum(len(hi) for hi, _ in parts)
+        total = np.empty(size) if self.is_root else None
+        buf = np.empty((min(REDUCE_PIECE, max(size, 1)), 2))
+        filled = done = 0
+        for hi, lo in parts:
+            at = 0
+            while at < len(hi):
+                k = min(len(hi) - at, len(buf) - filled)
+                buf[filled:filled + k, 0], buf[filled:filled + k, 1] = hi[at:at + k], lo[at:at + k]
+                filled, at = filled + k, at + k
+                if filled == len(buf) or done + filled == size:
+                    self._reduce_piece(buf[:filled])
+                    if total is not None:
+                        np.add(buf[:filled, 0], buf[:filled, 1], out=total[done:done + filled])
+                    done, filled = done + filled, 0
+        return total
+
+    def _reduce_piece(self, piece) -> None:
+        """The sum over ranks of a contiguous (k x 2) piece of pairs, in place on the root (one rank: itself)."""
 
     def gather_rows(self, rows: np.ndarray, n_clients: int) -> np.ndarray | None:
         """Every rank's (clients x k) float64 block, stacked in global client order on the root."""
@@ -82,6 +107,7 @@ class SerialComm:
         return "none (serial)"
 
 
+REDUCE_PIECE = 1 << 16  # (hi, lo) pairs per MPI Reduce call of reduce_dd_parts (1 MB)
 _DD_OP = _PAIR = None  # one user-defined op and datatype per process: the number of ops is capped, and none is freed
 
 
@@ -104,11 +130,12 @@ class MPIComm(SerialComm):
         self.comm.Bcast([buf, self.MPI.DOUBLE], root=0)
         return buf
 
-    def reduce_dd(self, pairs):
-        out = np.empty_like(pairs) if self.is_root else None
-        self.comm.Reduce([pairs, pairs.shape[0], self._pair], [out, pairs.shape[0], self._pair] if self.is_root else None,
-                         op=self._dd_op, root=0)
-        return out[:, 0] + out[:, 1] if self.is_root else None
+    def _reduce_piece(self, piece):
+        message = [piece, piece.shape[0], self._pair]
+        if self.is_root:
+            self.comm.Reduce(self.MPI.IN_PLACE, message, op=self._dd_op, root=0)
+        else:
+            self.comm.Reduce(message, None, op=self._dd_op, root=0)
 
     def gather_rows(self, rows, n_clients):
         rows = np.ascontiguousarray(rows, dtype=np.float64)
@@ -146,8 +173,8 @@ def _dd_sum_op(inbuf, inoutbuf, datatype):
     """MPI user op: inout = in + inout on (hi, lo) pairs."""
     a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 2)
     b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 2)
-    hi, lo = dd_add(a[:, 0], a[:, 1], b[:, 0], b[:, 1])
-    b[:, 0], b[:, 1] = hi, lo
+    for at in pieces(b.shape[0]):  # a piece at a time: temporaries of a piece, not of the message
+        b[at, 0], b[at, 1] = dd_add(a[at, 0], a[at, 1], b[at, 0], b[at, 1])
 
 
 def world() -> SerialComm:

@@ -24,6 +24,29 @@ def dd_add(a_hi, a_lo, b_hi, b_lo):
     return two_sum(s, e)
 
 
+PIECE = 1 << 16  # elements per piece of the in-place helpers below: their temporaries stay near 0.5 MB each
+
+
+def pieces(size: int):
+    """Slices of PIECE elements covering 0..size-1 (the in-place helpers' steps; at least one, for size 0)."""
+    return [slice(lo, lo + PIECE) for lo in range(0, max(size, 1), PIECE)]
+
+
+def dd_add_into(a_hi, a_lo, b_hi, b_lo) -> None:
+    """(a_hi, a_lo) := :func:`dd_add` (a_hi, a_lo, b_hi, b_lo), in place and piece by piece: the same bits,
+    with temporaries of a piece (PIECE elements), not of the whole array. The four are 1-D of one length
+    (``b`` may be any arrays that slice alike; it must not share memory with ``a``)."""
+    for at in pieces(a_hi.shape[0]):
+        a_hi[at], a_lo[at] = dd_add(a_hi[at], a_lo[at], b_hi[at], b_lo[at])
+
+
+def dd_add_times_into(a_hi, a_lo, k: int, y, xp=np) -> None:
+    """(a_hi, a_lo) := (a_hi, a_lo) + k y (:func:`dd_times`), in place and piece by piece (1-D arrays); ``y`` is
+    an array or a function of a slice giving y's entries there (formed a piece at a time)."""
+    for at in pieces(a_hi.shape[0]):
+        a_hi[at], a_lo[at] = dd_add(a_hi[at], a_lo[at], *dd_times(k, y(at) if callable(y) else y[at], xp))
+
+
 PIECE_BYTES = 1 << 22  # dd_sum_rows on host arrays works on ~4 MB row-major pieces of a few columns
 
 
@@ -79,7 +102,8 @@ def dd_sum_sparse_rows(index, values, width: int, xp=np, chunks: int = 32):
 
     The accumulation visits the same rows in the same slots and order as :func:`_dd_sum_rows`; only
     the zeros are skipped, and adding an exact zero leaves a double-double unchanged, so the result
-    is the dense one bit for bit at K/width of its cost.
+    is the dense one bit for bit at K/width of its cost. The slots' tree runs in place, a few columns at a
+    time (:func:`_dd_tree_into`): beyond the ceil(n/32) x width slots, its temporaries are of a piece.
     """
     n = index.shape[0]
     if n == 0:
@@ -96,7 +120,8 @@ def dd_sum_sparse_rows(index, values, width: int, xp=np, chunks: int = 32):
         bb = s - h
         flat_lo[at] += (h - (s - bb)) + (x - bb)
         flat_hi[at] = s
-    return _dd_tree(hi, lo, xp)
+    hi, lo = _dd_tree_into(hi, lo, xp)
+    return (hi, lo) if rows == 1 else (hi.copy(), lo.copy())  # not views that keep all the slots
 
 
 def _dd_tree(hi, lo, xp):
@@ -107,6 +132,17 @@ def _dd_tree(hi, lo, xp):
             zero = xp.zeros((1,) + hi.shape[1:], dtype=hi.dtype)
             hi, lo = xp.concatenate([hi, zero]), xp.concatenate([lo, zero])
         hi, lo = dd_add(hi[0::2], lo[0::2], hi[1::2], lo[1::2])
+    return hi[0], lo[0]
+
+
+def _dd_tree_into(hi, lo, xp):
+    """:func:`_dd_tree` of (rows, width) accumulators a few columns at a time, into their row 0 (returned as
+    views; one row: the renormalisation in place). Every column's tree is its own, so the bits are those of
+    the whole-array tree, with temporaries of a piece of columns."""
+    step = max(1, PIECE // max(hi.shape[0], 1))
+    for c in range(0, hi.shape[1], step):
+        cols = slice(c, c + step)
+        hi[0, cols], lo[0, cols] = _dd_tree(hi[:, cols], lo[:, cols], xp)
     return hi[0], lo[0]
 
 

@@ -36,7 +36,7 @@ from .checkpoint import SIGNALS
 from .comm import collective, world
 from .ddsum import dd_sum_blocks
 from .errors import ConfigError, MpifedError
-from .federation import Federation, build_federation
+from .federation import Federation, build_federation, map_large_vectors
 from . import network
 from .plan import resolve
 from .problems import l1
@@ -63,36 +63,32 @@ def exchange(fed: Federation, uplink, active=None) -> Aggregate | None:
     (``uplink.sums``: fields the block summed itself); ``uplink.gathered`` goes to rank 0 row by row,
     in global client order.
     """
-    xp, n = fed.backend.xp, fed.block.n
-    names = sorted(uplink.fields)
+    xp, n, d, host = fed.backend.xp, fed.block.n, fed.d, fed.backend.to_host
+    names, summed = sorted(uplink.fields), sorted(uplink.sums)
     taking_part = np.ones(n) if active is None else np.asarray(active, dtype=np.float64)
     small = [uplink.loss[:, None], xp.asarray(uplink.value_bits)[:, None],
              xp.asarray(uplink.index_bits)[:, None], xp.asarray(taking_part)[:, None]]
-    # the small columns, the gradient and the narrow fields in one pass, each (clients x T) field on its own: no
+    # the small columns, the (clients x d) gradient and the narrow fields in one pass, each wide field on its own: no
     # copy of the whole uplink (every column is summed on its own, so the grouping does not change a bit)
     dense_grad = uplink.grad is not None and not isinstance(uplink.grad, tuple)
     grad = [uplink.grad] if dense_grad else []
     hi, lo = dd_sum_blocks([xp.concatenate(small, axis=1)] + grad + [uplink.fields[k].reshape(n, -1) for k in names], xp)
+    hi, lo = host(hi), host(lo)
+    # the message: loss | grad | value bits | index bits | participation | fields | sums | whether this rank caught
+    # SIGTERM/SIGINT (the root then checkpoints and stops), reduced a piece at a time from where the parts lie
     if dense_grad:
-        d = fed.d
-        hi = xp.concatenate([hi[:1], hi[4:4 + d], hi[1:4], hi[4 + d:]])
-        lo = xp.concatenate([lo[:1], lo[4:4 + d], lo[1:4], lo[4 + d:]])
-    else:  # no gradient sent (zeros, without an (n, d) array), or already summed over the block (a dd pair)
-        g_hi, g_lo = (xp.zeros(fed.d), xp.zeros(fed.d)) if uplink.grad is None else uplink.grad
-        hi = xp.concatenate([hi[:1], g_hi, hi[1:]])
-        lo = xp.concatenate([lo[:1], g_lo, lo[1:]])
-    summed = sorted(uplink.sums)
-    if summed:
-        hi = xp.concatenate([hi] + [uplink.sums[k][0].ravel() for k in summed])
-        lo = xp.concatenate([lo] + [uplink.sums[k][1].ravel() for k in summed])
-    pairs = np.stack([fed.backend.to_host(hi), fed.backend.to_host(lo)], axis=-1)
-    # one more entry: whether this rank caught SIGTERM/SIGINT (the root then checkpoints and stops)
-    pairs = np.ascontiguousarray(np.vstack([pairs, [[float(bool(SIGNALS.requested)), 0.0]]]))
-    total = fed.comm.reduce_dd(pairs)
+        parts = [(hi[:1], lo[:1]), (hi[4:4 + d], lo[4:4 + d]), (hi[1:4], lo[1:4]), (hi[4 + d:], lo[4 + d:])]
+    else:
+        if uplink.grad is None:  # no gradient sent: zeros, without an (n, d) array (nor a d-vector: a broadcast view)
+            g = (np.broadcast_to(np.zeros(1), (d,)),) * 2
+        else:  # already summed over the block (a double-double pair)
+            g = (host(uplink.grad[0]), host(uplink.grad[1]))
+        parts = [(hi[:1], lo[:1]), g, (hi[1:], lo[1:])]
+    parts += [(host(uplink.sums[k][0]).ravel(), host(uplink.sums[k][1]).ravel()) for k in summed]
+    total = fed.comm.reduce_dd_parts(parts + [(np.array([float(bool(SIGNALS.requested))]), np.zeros(1))])
     gathered = _gather(fed, uplink.gathered)
     if total is None:
         return None
-    d = fed.d
     fields, at = {}, d + 4
     shapes = [(k, uplink.fields[k].shape[1:]) for k in names] + [(k, uplink.sums[k][0].shape) for k in summed]
     for k, shape in shapes:
@@ -222,12 +218,13 @@ def iterate(fed: Federation, method, params, x0, rounds: int, tol: float, record
                         params, fed.block, state, bk.asarray(out.point), streams))
                     tc = time.perf_counter()
                     answer = exchange(fed, reply, streams.active)
+                    reply = None  # summed: not held through the next query's client step
                     timing["client"] += tc - ts
                     timing["comm"] += time.perf_counter() - tc
                     _spend(bits, answer)
                     queries.append((out.down_bits * agg.n, answer.value_bits + answer.index_bits, int(buf[1])))
                     requests += answer.stop_requests
-                    out = method.server_resume(params, out.state, x, answer)
+                    out, answer = method.server_resume(params, out.state, x, answer), None
                 server, x_next, down = out
                 bits["down"] += down
                 if clock is not None:
@@ -315,6 +312,7 @@ def _answer_queries(fed, method, params, state, buf, streams, kinds):
         answer_query = getattr(method, f"client_{kinds[int(buf[1])]}")
         state, reply = _client(fed, lambda: answer_query(params, fed.block, state, point, streams))
         exchange(fed, reply, streams.active)
+        point = reply = None  # not held through the next broadcast and client step
 
 
 def _client(fed: Federation, step):
@@ -392,17 +390,35 @@ EIGEN_TOL = 1e-12  # ARPACK's relative accuracy of the reference eigenpair
 def reference_eigenvector(fed: Federation):
     """(v_1, f* = -lambda_1) of the mean second moment A = (1/n) sum_i A_i, the minimiser of PCA on the sphere.
 
-    Rank 0 runs ARPACK (scipy's eigsh, largest algebraic, tol :data:`EIGEN_TOL`, a seeded start); each product
-    A v it asks for is one collective exchange of the clients' A_i v (double-double sums: the same bits at any
-    rank count). The sign is fixed so that v_1's largest entry is positive. Every rank returns the pair.
+    Rank 0 runs ARPACK (:func:`_largest_eigenpair`); each product A v it asks for is one collective exchange of the
+    clients' A_i v (double-double sums: the same bits at any rank count). The sign is fixed so that v_1's largest
+    entry is positive. Every rank returns the pair.
     """
+    lam, v = _largest_eigenpair(fed, _moment_products, "the reference eigensolver for v_1")
+    return v, -lam
+
+
+def smoothness_matrix_free(fed: Federation, lam: float, curvature: float) -> float:
+    """L = lam + c lambda_max((1/n) sum_i A_i^T A_i / m_i) without a d x d matrix (GD above its GRAM_MAX_D).
+
+    Rank 0 runs ARPACK (:func:`_largest_eigenpair`, relative tolerance EIGEN_TOL); each product it asks for is
+    one exchange of the clients' (1/m_i) sum_j (a_ij^T v) a_ij summed over the block in double-double
+    (:func:`~mpifed.algorithms.hessian_free.common.block_sum`), so the products, hence L, are the same at any rank
+    count. Like the Gram matrices it replaces, a simulator's convenience: not counted in exchanges or bits."""
+    return float(_largest_eigenpair(fed, _gram_products, "the matrix-free eigensolver for L")[0] * curvature + lam)
+
+
+def _largest_eigenpair(fed: Federation, products, what: str):
+    """(lambda, v) of the largest algebraic eigenvalue of the symmetric operator whose product with v is
+    ``products(fed, v)`` (the sum on rank 0, None elsewhere), on every rank: ARPACK on rank 0 (scipy's eigsh,
+    tol :data:`EIGEN_TOL`, a seeded start), every other rank answering the products it asks for."""
     comm, d = fed.comm, fed.d
     buf = np.zeros(d + 1)
 
     def product(v):
         buf[0], buf[1:] = CONTINUE, np.ravel(v)
         comm.bcast_array(buf)
-        return _moment_products(fed, buf[1:]).ravel()
+        return products(fed, buf[1:]).ravel()
 
     result = np.full(d + 1, np.nan)
     if comm.is_root:
@@ -421,7 +437,7 @@ def reference_eigenvector(fed: Federation):
             result[0], result[1:] = lam, v * np.sign(v[np.argmax(np.abs(v))])
         except Exception as err:  # noqa: BLE001 - every rank must leave the loop below; the error follows
             result[0] = np.nan
-            print(f"mpifed: the reference eigensolver failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"mpifed: {what} failed: {type(err).__name__}: {err}", file=sys.stderr)
         buf[0] = STOP
         comm.bcast_array(buf)
     else:
@@ -429,11 +445,24 @@ def reference_eigenvector(fed: Federation):
             comm.bcast_array(buf)
             if buf[0] == STOP:
                 break
-            _moment_products(fed, buf[1:])
+            products(fed, buf[1:])
     comm.bcast_array(result)
     if not np.all(np.isfinite(result)):
-        raise MpifedError("the reference eigensolver for v_1 failed (see the message above)")
-    return result[1:].copy(), -float(result[0])
+        raise MpifedError(f"{what} failed (see the message above)")
+    return float(result[0]), result[1:].copy()
+
+
+def _gram_products(fed: Federation, v):
+    """(1/n) sum_i A_i^T A_i v / m_i on rank 0 (None elsewhere): the clients' products, block-summed, in one exchange."""
+    from .algorithms.hessian_free.common import block_sum
+    from .problems.logistic import ClientVectors
+
+    block = fed.block
+    v = fed.backend.asarray(v)
+    summed = _client(fed, lambda: block_sum(ClientVectors(block, block.margins(v), v, 0.0), fed.backend.xp))
+    zero = np.zeros(block.n)
+    agg = exchange(fed, Uplink(fed.backend.xp.zeros(block.n), None, zero, zero, sums={"Av": summed}))
+    return None if agg is None else agg.mean("Av")
 
 
 def _moment_products(fed: Federation, v):
@@ -491,11 +520,14 @@ def _resume_point(comm, trace: Path, overrides: dict):
 def _run(config, comm, start=None) -> RunResult:
     plan = collective(comm, lambda: resolve(config))
     fed = collective(comm, lambda: build_federation(plan.data, comm))
+    map_large_vectors(fed.d)
     method = method_for(config.algorithm, config.model is not None)
     if config.model is None:  # before any d x d allocation: refuse a state that cannot fit
         collective(comm, lambda: footprint.check(config.algorithm, fed.d, fed.block.n, comm.is_root,
                                                  config.reference_iterations > 0 and start is None))
     params = collective(comm, lambda: method.Params.from_options(plan.method, fed))
+    if getattr(method, "MATRIX_FREE_L", False) and fed.d > method.GRAM_MAX_D and params.L is None:
+        params = dataclasses.replace(params, L=smoothness_matrix_free(fed, params.lam, params.curvature))
     prox = composite(fed, config.l1)
     if start is None:
         x_star, f_star = reference_solution(fed, config.reference_iterations, prox)

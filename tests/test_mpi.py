@@ -8,6 +8,7 @@ import pytest
 from rank_invariance import assert_same, batches, distributed_and_serial
 from sparse_data import sparse_binary
 from mpifed.comm import MPIComm, SerialComm, client_range
+from mpifed.driver import run
 
 pytestmark = pytest.mark.mpi
 
@@ -35,6 +36,27 @@ def test_reduce_equals_the_correctly_rounded_sum_of_all_clients():
         np.testing.assert_array_equal(total, [math.fsum(X[:, j]) for j in range(9)])
     else:
         assert total is None
+
+
+def test_reduce_of_parts_in_pieces_equals_the_correctly_rounded_sum(monkeypatch):
+    """Parts of several lengths reduced a few pairs at a time (pieces that straddle the parts): every entry is the
+    correctly rounded sum over all clients, and the one-message reduction gives the same bits."""
+    from mpifed import comm as commmod
+    from mpifed.ddsum import dd_sum_rows
+
+    monkeypatch.setattr(commmod, "REDUCE_PIECE", 4)
+    comm = MPIComm()
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((23, 15)) * 10.0 ** rng.integers(-10, 10, (23, 15))
+    lo, hi = client_range(23, comm.size, comm.rank)
+    h, l = dd_sum_rows(X[lo:hi])
+    total = comm.reduce_dd_parts([(h[:1], l[:1]), (h[1:10], l[1:10]), (h[10:], l[10:])])
+    whole = comm.reduce_dd(np.ascontiguousarray(np.stack([h, l], axis=-1)))
+    if comm.is_root:
+        np.testing.assert_array_equal(total, [math.fsum(X[:, j]) for j in range(15)])
+        assert total.tobytes() == whole.tobytes()
+    else:
+        assert total is None and whole is None
 
 
 BASICS = {
@@ -65,6 +87,27 @@ def test_distributed_run_equals_the_serial_run(names, tmp_path):
             np.testing.assert_allclose(distributed.metrics[key], serial.metrics[key], rtol=1e-12, atol=0,
                                        err_msg=f"{name}: {key}")
         np.testing.assert_allclose(distributed.x, serial.x, rtol=1e-13, atol=1e-16, err_msg=name)
+
+
+LARGE_D = {"dataset": "synthetic-sparse:nnz=30", "features": 40000, "clients": 12, "samples_per_client": 20,
+           "reference_iterations": 0, "rounds": 3, "tol": 0.0, "quiet": True}
+
+
+@pytest.mark.parametrize("config", [{"algorithm": "gd"}, {"algorithm": "giant"},
+                                    {"algorithm": "dane", "mu": 1e-3, "local_steps": 2}], ids=["gd", "giant", "dane"])
+def test_large_d_paths_give_the_serial_run_bit_for_bit(config, tmp_path, monkeypatch):
+    """d = 40,000: GD's matrix-free L, block-summed gradients and (for GIANT and DANE) local solves in ranges of
+    two clients; the distributed trace is the serial one, bit for bit."""
+    from mpifed.algorithms.approx_newton import cg
+
+    monkeypatch.setattr(cg, "LOCAL_CHUNK_BYTES", 2 * 8 * cg.SOLVE_ARRAYS * 40000)
+    config = {**LARGE_D, **config, "out": str(tmp_path / "mpi.h5")}
+    distributed = run(config, comm=MPIComm())
+    if distributed.metrics:
+        serial = run({**config, "out": str(tmp_path / "serial.h5")}, comm=SerialComm())
+        for key in ("grad_norm", "loss", "bits_up", "exchanges"):
+            np.testing.assert_array_equal(distributed.metrics[key], serial.metrics[key], err_msg=key)
+        assert distributed.x.tobytes() == serial.x.tobytes()
 
 
 def test_gather_rows_stacks_every_rank_in_client_order():

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from ..ddsum import dd_add, dd_sum_rows, dd_sum_sparse_rows
+from ..ddsum import dd_add, dd_add_into, dd_sum_rows, dd_sum_sparse_rows
 from ..errors import MpifedError
 
 
@@ -74,6 +74,22 @@ class Uplink:
     fields: dict = field(default_factory=dict)
     gathered: dict = field(default_factory=dict)
     sums: dict = field(default_factory=dict)
+
+
+DENSE_CLIENT_D = 1 << 15  # up to this d (32,768) a client step may hold its block's (clients x d) gradients
+# (1000 clients: 260 MB); above it DANE, GIANT and the gradient methods send them summed over the block, as the
+# Hessian-free methods do (:func:`summed_gradients`). A d, not a memory size: the choice, hence the bits, never
+# depend on the number of ranks.
+
+
+def summed_gradients(block, x):
+    """(f_i(x) (n,), the block's sum of grad f_i(x) as a double-double pair (hi, lo) of shape (d,), the rows'
+    Hessian coefficients h_ij(x)): the gradients without a (clients x d) array
+    (:meth:`~mpifed.problems.logistic.LogisticBlock.gradients`, summed as the Hessian-free methods sum them)."""
+    from .hessian_free.common import block_sum
+
+    loss, grads, h = block.gradients(x)
+    return loss, block_sum(grads, block.bk.xp), h
 
 
 CLIENT_CHUNK_BYTES = 1 << 24  # a chunked client step holds about this much of each (clients x T) temporary
@@ -118,8 +134,13 @@ class BlockSums(dict):
         self._add(name, *dd_sum_rows(rows, xp))
 
     def add_sparse(self, name: str, index, values, width: int, xp=np) -> None:
-        """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits)."""
-        self._add(name, *dd_sum_sparse_rows(index, values, width, xp))
+        """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits), added
+        in place (:func:`~mpifed.ddsum.dd_add_into`): the running sum and the chunk's are the only vectors."""
+        hi, lo = dd_sum_sparse_rows(index, values, width, xp)
+        if name in self:
+            dd_add_into(*self[name], hi, lo)
+        else:
+            self[name] = (hi, lo)
 
     def _add(self, name: str, hi, lo) -> None:
         self[name] = dd_add(*self[name], hi, lo) if name in self else (hi, lo)

@@ -10,7 +10,7 @@ Nothing here depends on the number of ranks except which clients a rank holds. R
 """
 from __future__ import annotations
 
-from .base import LABELS, Federation, release_memory  # noqa: F401
+from .base import LABELS, Federation, map_large_vectors, release_memory  # noqa: F401
 
 
 def build_federation(spec, comm) -> Federation:

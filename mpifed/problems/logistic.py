@@ -162,7 +162,7 @@ class LogisticBlock:
 
     def _build_G(self):
         """G^T: row j scatters w_j a_j into client c(j)'s gradient slot."""
-        if self._parent:
+        if self._parent and not self.__dict__.get("_own_scatter"):
             parent, lo, hi, r0, r1 = self._parent
             return _row_range(parent._G, lo * self.d, hi * self.d, r0, r1 - r0)
         A, bk = self._host_A(), self.bk
@@ -231,7 +231,7 @@ class LogisticBlock:
         self._A3, self._W, self._b3 = xp.asarray(A3), xp.asarray(W), xp.asarray(b3)
         self._tri_rows, self._tri_cols = (xp.asarray(a) for a in tri.rows_cols(self.d))
 
-    def clients(self, lo: int, hi: int) -> "LogisticBlock":
+    def clients(self, lo: int, hi: int, keep: bool = True) -> "LogisticBlock":
         """The block's clients lo..hi-1 as a block of their own (FedNL's chunked client step).
 
         Dense data are views; sparse data get their rows of the scatter matrices (a client's slots only
@@ -239,10 +239,16 @@ class LogisticBlock:
         number a client gets is the one the whole block gives it. The pieces are kept, since a chunked
         method asks for the same ranges every round (rebuilding them took a quarter of a FedNL round on
         w8a); the Hessian scatter matrix's piece shares its parent's values and column indices, so the
-        pieces together copy only its row pointers.
+        pieces together copy only its row pointers. ``keep`` False: a piece of its own, not kept, whose gradient
+        scatter matrix is built from its own rows (the same entries in the same order; the block's, of n d rows,
+        need not exist: at large d it would not fit).
         """
         if lo == 0 and hi == self.n:
             return self
+        if not keep:
+            sub = self._piece(lo, hi)
+            sub._own_scatter = True
+            return sub
         pieces = self.__dict__.setdefault("_pieces", {})
         if (lo, hi) not in pieces:
             pieces[lo, hi] = self._piece(lo, hi)
@@ -349,7 +355,7 @@ class LogisticBlock:
     def gradients(self, x):
         """(f_i(x) (n,), grad f_i(x) as :class:`ClientVectors`, h_ij(x)): the gradients without an (n, d) array."""
         loss, coef, t = self._loss_coefficients(x)
-        return loss, ClientVectors(self, coef, self.lam * x), self.row_curvature(t, self._labels(), self.bk.xp)
+        return loss, ClientVectors(self, coef, x, self.lam), self.row_curvature(t, self._labels(), self.bk.xp)
 
     def hvp(self, x, v, h=None):
         """grad^2 f_i(x) v for every client, as :class:`ClientVectors`: (1/m_i) sum_j h_ij (a_ij^T v) a_ij + lam v.
@@ -358,7 +364,7 @@ class LogisticBlock:
         ``h``: the coefficients h_ij(x) when already known (:meth:`gradients` returns them), else computed.
         """
         h = self.hessian_coefficients(x) if h is None else h
-        return ClientVectors(self, h * self.margins(v), self.lam * v)
+        return ClientVectors(self, h * self.margins(v), v, self.lam)
 
     def along(self, x, direction, steps):
         """f_i(x + s p) and <grad f_i(x + s p), p> for every client and step s of ``steps`` (J,): two (n, J) arrays
@@ -380,7 +386,8 @@ class LogisticBlock:
         Sparse blocks: ``index`` (c, K) holds each client's distinct columns as positions in the block's U
         columns (:meth:`support_columns`; padded with the spare position U, whose values are 0), ``values``
         (c, K) the sums there, each a bincount over the client's own non-zeros in row order. Dense blocks: ``index`` is None and ``values`` the (c, d) rows (batched products).
-        Chunks keep the temporaries near SUM_CHUNK_BYTES whatever the number of clients.
+        Chunks keep the temporaries near SUM_CHUNK_BYTES (dense) or SPARSE_SUM_CHUNK_BYTES (sparse) whatever the
+        number of clients.
         """
         xp = self.bk.xp
         if self.dense:
@@ -393,21 +400,24 @@ class LogisticBlock:
         K, ptr, starts = index.shape[1], self._A.indptr, np.concatenate([[0], np.cumsum(self.sizes)])
         weight = coef / xp.asarray(self.sizes[self.row_client], dtype=np.float64)
         # the chunk's double-double sum (dd_sum_sparse_rows) keeps ceil(c/32) rows of U + 1 slots and some ten
-        # temporaries of that size: c is a multiple of 32 that keeps them near SUM_CHUNK_BYTES (at d = 10^5,
-        # 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
+        # temporaries of that size: c is a multiple of 32 that keeps them near SPARSE_SUM_CHUNK_BYTES (from
+        # d = 10^4 up, 32 clients), and the clients' values and non-zero products (K and nnz/n per client) within it too
         slots = 10 * 8 * (len(columns) + 1)
         per_client = 8 * 2 * max(K, self._A.nnz // max(self.n, 1))
-        step = 32 * max(1, min(SUM_CHUNK_BYTES // slots, SUM_CHUNK_BYTES // (32 * per_client)))
+        step = 32 * max(1, min(SPARSE_SUM_CHUNK_BYTES // slots, SPARSE_SUM_CHUNK_BYTES // (32 * per_client)))
         for lo in range(0, self.n, step):
             hi = min(lo + step, self.n)
             r0, r1 = int(starts[lo]), int(starts[hi])
             a0, a1 = int(ptr[r0]), int(ptr[r1])
             # each non-zero's row weight: a repeat on the host; cupy's repeat takes no array of counts, so a GPU
             # gathers through the (lazily built) row of every non-zero instead
-            row_weight = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
-                          else weight[self._row_of_nnz[a0:a1]])
-            per_nnz = row_weight * self._A.data[a0:a1]
-            values = xp.bincount(flat[a0:a1] - lo * K, weights=per_nnz, minlength=(hi - lo) * K)
+            per_nnz = (xp.repeat(weight[r0:r1], np.diff(ptr[r0:r1 + 1])) if xp is np
+                       else weight[self._row_of_nnz[a0:a1]])
+            per_nnz *= self._A.data[a0:a1]  # in place: the row weight times the value
+            at = flat[a0:a1].astype(np.int64)  # the index type bincount counts in (no second cast inside)
+            at -= lo * K
+            values = xp.bincount(at, weights=per_nnz, minlength=(hi - lo) * K)
+            del per_nnz, at
             yield lo, hi, index[lo:hi], values.reshape(hi - lo, K)
 
     def support_columns(self):
@@ -541,13 +551,24 @@ class LogisticBlock:
 class ClientVectors:
     """One d-vector per client, held as (1/m_i) sum_j coef_ij a_ij + shift without an (n, d) array.
 
-    ``shift`` (d,) is the same for every client (the regulariser's lam x or lam v). :meth:`chunks` gives the
+    ``shift`` (d,) is the same for every client (the regulariser's lam x or lam v: ``scale`` lam times ``x`` or ``v``,
+    kept apart so that no further d-vector is held). :meth:`chunks` gives the
     data parts chunk by chunk (:meth:`LogisticBlock.weighted_row_chunks`); :meth:`dense` builds the (n, d)
     array, for small d and for tests.
     """
 
-    def __init__(self, block: LogisticBlock, coef, shift):
-        self.block, self.coef, self.shift = block, coef, shift
+    def __init__(self, block: LogisticBlock, coef, shift, scale: float = 1.0):
+        self.block, self.coef, self._shift, self.scale = block, coef, shift, scale
+
+    @property
+    def shift(self):
+        """The common d-vector, scale times the vector given: formed on demand (:func:`block_sum` forms it a
+        piece at a time instead, from :attr:`scale` and :meth:`shift_of`)."""
+        return self._shift if self.scale == 1.0 else self.scale * self._shift
+
+    def shift_of(self, at):
+        """The shift's entries ``at`` (a slice): the bits of ``shift[at]``."""
+        return self._shift[at] if self.scale == 1.0 else self.scale * self._shift[at]
 
     def chunks(self):
         return self.block.weighted_row_chunks(self.coef)
@@ -591,7 +612,8 @@ def _select_rows(matrix, rows, xp):
     return type(matrix)((matrix.data[pos], matrix.indices[pos], new_ptr), shape=(len(rows), matrix.shape[1]))
 
 
-SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks: clients per chunk so its temporaries take some 16 MB
+SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks, dense rows: clients per chunk so its temporaries take some 16 MB
+SPARSE_SUM_CHUNK_BYTES = 1 << 22  # and sparse rows: some 4 MB (the chunks' sums are added in place, in client order)
 SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
 CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)

@@ -5,12 +5,20 @@ Hessian-vector products per iteration (:meth:`mpifed.problems.logistic.LogisticB
 A client stops after ``q`` iterations or once ||r_i|| <= tol ||b_i||; a stopped client's numbers are frozen
 (its alpha and beta are 0), so what it gets never depends on which other clients share its block, and results
 do not depend on the number of ranks.
+
+The solves hold some ten (clients x d) arrays; :func:`chunks` cuts a block into ranges of clients whose arrays
+take about LOCAL_CHUNK_BYTES (at d = 10^6, one client at a time), and the callers sum each range's solutions
+into the block's double-double sum as they go (:class:`~mpifed.algorithms.base.BlockSums`), in client order.
+Each client's solve is its own, so the solutions are those of one batch; below LOCAL_CHUNK_BYTES the block is one
+range and the sums are those of the whole block's (n, d) array, bit for bit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 DEFAULT_TOL = 1e-12  # relative residual at which a client's CG stops early (a few ulps above exact)
+LOCAL_CHUNK_BYTES = 1 << 26  # a range of clients' solves holds about this much (64 MB) of (clients x d) arrays
+SOLVE_ARRAYS = 10  # (clients x d) arrays a batch of solves holds: P, R, D, H D, the right-hand side, temporaries
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,19 @@ def solve(hvp, B, q: int, tol: float = DEFAULT_TOL, xp=None) -> Solution:
         rs = xp.where(active, rs_next, rs)
         active = active & (rs_next > stop)
     return Solution(P, iterations)
+
+
+def chunks(block):
+    """(lo, hi, the clients lo..hi-1 as a block) for ranges of the block's clients whose SOLVE_ARRAYS (clients x d)
+    arrays take about LOCAL_CHUNK_BYTES (the whole block when it fits). A range is a piece of its own, not kept:
+    kept pieces of every range would together hold the block's (n d)-row gradient scatter matrix."""
+    step = max(1, LOCAL_CHUNK_BYTES // (8 * SOLVE_ARRAYS * max(block.d, 1)))
+    if step >= block.n:
+        yield 0, block.n, block
+        return
+    for lo in range(0, block.n, step):
+        hi = min(lo + step, block.n)
+        yield lo, hi, block.clients(lo, hi, keep=False)
 
 
 def flops(q: int, product, d: int):

@@ -31,7 +31,7 @@ Defaults eta = 1, mu = 0 (both codes; with mu = 0 and no line search DANE can di
 give ``--mu`` of the order of lam). ``line_search``: GIANT's one-exchange Armijo search along p = w - w+
 (:mod:`.linesearch`; DistrOpt backtracks by 0.8 with c = 1e-4, one trial per exchange), a third exchange
 (d floats down, 10 up). The trace reports ``local_iterations`` (mean CG iterations per client,
-over its T steps).
+over its T steps). At large d the solves run in ranges of clients, as GIANT's do (:func:`.giant.solve_in_chunks`).
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...network import flops as fl
-from ..base import Uplink, bits_for
 from . import cg, linesearch
-from .giant import ClientRound, _or, check_q, gradient_and_coefficients, step_along, with_search
+from .giant import (ClientRound, _or, check_q, gradient_and_coefficients, local_gradients, solve_in_chunks, step_along,
+                    with_search)
 from .giant import client_init, client_step, server_init, server_step  # noqa: F401  (exchange 1 is GIANT's)
 
 DEFAULT_T, DEFAULT_Q = 1, 100
@@ -73,17 +73,21 @@ class Params:
                    _or(opts.ls_c, linesearch.DEFAULT_C), _or(opts.ls_gamma, linesearch.DEFAULT_GAMMA), opts.float_bits)
 
 
-def local_solve(p: Params, block, state: ClientRound, g):
-    """(the clients' w_i (n, d), their CG iterations (n,)): T Newton-CG steps on (*)."""
+def local_solve(p: Params, block, state: ClientRound, g, lo: int = 0, hi: int | None = None, piece=None, h=None):
+    """(the w_i of the block's clients lo..hi-1 (``piece``, whose rows' coefficients at x_t are ``h``), (hi - lo, d),
+    their CG iterations): T Newton-CG steps on (*). By default the whole block."""
     xp = block.bk.xp
-    z, h = xp.broadcast_to(state.x, (block.n, block.d)), state.h
-    rhs = xp.broadcast_to(p.eta * g, (block.n, block.d))
+    hi = block.n if hi is None else hi
+    piece = block if piece is None else piece
+    h = state.h if h is None else h
+    z = xp.broadcast_to(state.x, (hi - lo, block.d))
+    rhs = xp.broadcast_to(p.eta * g, (hi - lo, block.d))
     iterations = 0
     for step in range(p.T):
         if step:
-            _, grad_z, h = block.derivatives_and_coefficients(z)
-            rhs = grad_z - state.grad + p.eta * g + p.mu * (z - state.x)
-        sol = cg.solve(lambda V: block.hvp_from_coefficients(h, V) + p.mu * V, rhs, p.q, xp=xp)
+            _, grad_z, h = piece.derivatives_and_coefficients(z)
+            rhs = grad_z - local_gradients(state, lo, hi, piece) + p.eta * g + p.mu * (z - state.x)
+        sol = cg.solve(lambda V: piece.hvp_from_coefficients(h, V) + p.mu * V, rhs, p.q, xp=xp)
         z, iterations = z - sol.p, iterations + sol.iterations
     return z, iterations
 
@@ -91,11 +95,9 @@ def local_solve(p: Params, block, state: ClientRound, g):
 def client_query(p: Params, block, state: ClientRound, point, streams):
     if state.searching:  # exchange 3 (line search): the trial values along p
         return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
-    xp = block.bk.xp
-    z, iterations = local_solve(p, block, state, point)
-    values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
-                                                    {"w": z, "cg": xp.asarray(iterations, dtype=float)[:, None]})
+    uplink = solve_in_chunks(block, state, lambda lo, hi, piece, h: local_solve(p, block, state, point, lo, hi, piece, h),
+                             "w", p.float_bits)
+    return ClientRound(state.x, None, None, True), uplink
 
 
 def server_resume(p: Params, state, x, agg):

@@ -26,6 +26,10 @@ client) and ``step_length``.
 
 On a quadratic with exact local solves this is x - mean_i(H_i^{-1}) grad P(x), which DANE with eta = 1, mu = 0
 also takes; with one client it is Newton's step.
+
+Large d: the local solves run in ranges of clients whose (clients x d) arrays fit a budget (:func:`.cg.chunks`;
+one range, the whole block, when it fits) and the p_i are summed as they go (:func:`solve_in_chunks`); above
+:data:`~mpifed.algorithms.base.DENSE_CLIENT_D` features exchange 1's gradients go up summed over the block.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...network import flops as fl
-from ..base import Query, Uplink, bits_for
+from ..base import DENSE_CLIENT_D, BlockSums, Query, Uplink, bits_for, summed_gradients
 from . import cg, linesearch
 
 DEFAULT_Q = 30
@@ -93,9 +97,39 @@ def server_init(p: Params, agg, x0):
 
 
 def client_step(p: Params, block, state, x, streams):
-    loss, grad, h = block.derivatives_and_coefficients(x)
+    """Exchange 1. Above DENSE_CLIENT_D features the gradients go up summed over the block (no (clients x d)
+    array; DANE's further local steps recompute a range's gradients at x_t, :func:`local_gradients`)."""
+    if block.d > DENSE_CLIENT_D:
+        loss, grad, h = summed_gradients(block, x)
+        kept = None
+    else:
+        loss, grad, h = block.derivatives_and_coefficients(x)
+        kept = grad
     values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(x, grad, h), Uplink(loss, grad, values, index)
+    return ClientRound(x, kept, h), Uplink(loss, grad, values, index)
+
+
+def local_gradients(state: ClientRound, lo: int, hi: int, piece):
+    """grad f_i(x_t) of the block's clients lo..hi-1 (``piece``), (hi - lo, d): kept from exchange 1, or recomputed
+    from the range's rows (the same bits) when the block sent them summed."""
+    if state.grad is not None:
+        return state.grad[lo:hi]
+    return piece.derivatives(state.x, hessian=False)[1]
+
+
+def solve_in_chunks(block, state: ClientRound, solve, name: str, float_bits: int):
+    """Exchange 2's Uplink: ``solve(lo, hi, piece, h)`` -> (the range's (hi - lo, d) vectors, CG iterations) for each
+    range of :func:`.cg.chunks`, summed into the field ``name`` in client order (:class:`BlockSums`); the
+    iterations go up as the field ``cg``."""
+    xp, sums, iterations = block.bk.xp, BlockSums(), []
+    for lo, hi, piece in cg.chunks(block):
+        vectors, its = solve(lo, hi, piece, state.h if piece is block else block.coefficients_of(state.h, lo, hi))
+        sums.add(name, vectors, xp)
+        iterations.append(xp.asarray(its, dtype=float).reshape(-1))
+        vectors = None
+    values, index = bits_for(block.n, block.d, float_bits)
+    cg_field = xp.concatenate(iterations)[:, None] if len(iterations) > 1 else iterations[0][:, None]
+    return Uplink(xp.zeros(block.n), None, values, index, {"cg": cg_field}, sums=sums)
 
 
 def server_step(p: Params, state: ServerState, x, agg):
@@ -107,11 +141,13 @@ def client_query(p: Params, block, state: ClientRound, point, streams):
     if state.searching:  # exchange 3: the line search's trial values along the direction
         return state, linesearch.client_values(block, state.x, point, p.gamma, p.float_bits)
     xp = block.bk.xp
-    sol = cg.solve(lambda V: block.hvp_from_coefficients(state.h, V), xp.broadcast_to(point, (block.n, block.d)),
-                   p.q, xp=xp)
-    values, index = bits_for(block.n, block.d, p.float_bits)
-    return ClientRound(state.x, None, None, True), Uplink(xp.zeros(block.n), None, values, index,
-                                              {"p": sol.p, "cg": sol.iterations[:, None].astype(float)})
+
+    def solve(lo, hi, piece, h):
+        sol = cg.solve(lambda V: piece.hvp_from_coefficients(h, V), xp.broadcast_to(point, (hi - lo, block.d)),
+                       p.q, xp=xp)
+        return sol.p, sol.iterations
+
+    return ClientRound(state.x, None, None, True), solve_in_chunks(block, state, solve, "p", p.float_bits)
 
 
 def server_resume(p: Params, state, x, agg):

@@ -3,6 +3,12 @@
 The default step is gamma = 1/L with L = lam + c lambda_max((1/n) sum_i A_i^T A_i / m_i), a smoothness
 constant of P, where c bounds the row loss's curvature (the block's ``curvature_bound``: phi'' <= 1/4 on the
 logistic problem, exactly 1 on least squares); clients send their gradients (d floats).
+
+L at setup: up to GRAM_MAX_D features every client sends its packed Gram matrix A_i^T A_i / m_i once and the server
+takes the largest eigenvalue of their mean; above, no d x d matrix is formed: the driver runs a Lanczos iteration
+(ARPACK, relative tolerance 1e-12) on rank 0 whose products (1/n) sum_i A_i^T A_i v / m_i are exchanges of the
+clients' block-summed products (:func:`mpifed.driver.smoothness_matrix_free`), and hands L in ``Params.L``. Either
+setup is a simulator's convenience: its messages are not counted as exchanges or bits. Above :data:`~mpifed.algorithms.base.DENSE_CLIENT_D` the gradients go up summed over the block.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import tri
-from ..base import Uplink, bits_for
+from ..base import DENSE_CLIENT_D, Uplink, bits_for, summed_gradients
 from ...network import flops as fl
 
 
@@ -23,6 +29,7 @@ class Params:
     lam: float = 0.0
     float_bits: int = 32
     curvature: float = 0.25
+    L: float | None = None  # above GRAM_MAX_D: computed matrix-free by the driver before round 0
     uses = ("step_size",)
 
     @classmethod
@@ -37,8 +44,15 @@ class ServerState:
     L: float
 
 
+GRAM_MAX_D = 2048  # above this d, L comes from matrix-free products (a packed Gram matrix: 16.8 MB per client)
+MATRIX_FREE_L = True  # the driver fills Params.L above GRAM_MAX_D
+
+
 def client_init(p: Params, block, x0, streams):
-    """Setup message: each client's A_i^T A_i / m_i, for the smoothness constant (not counted in bits)."""
+    """Setup message: each client's A_i^T A_i / m_i, for the smoothness constant (not counted in bits); none
+    above GRAM_MAX_D (L is given)."""
+    if p.L is not None:
+        return None, None
     zero = np.zeros(block.n)
     return None, Uplink(zero, np.zeros((block.n, block.d)), zero, zero, {"gram": block.gram()})
 
@@ -50,12 +64,15 @@ def smoothness_of_P(agg, d: int, lam: float, curvature: float = 0.25) -> float:
 
 
 def server_init(p: Params, agg, x0):
-    L = smoothness_of_P(agg, len(x0), p.lam, p.curvature)
+    L = p.L if p.L is not None else smoothness_of_P(agg, len(x0), p.lam, p.curvature)
     return ServerState(p.gamma or 1.0 / L, L)
 
 
 def client_step(p: Params, block, state, x, streams):
-    loss, grad, _ = block.derivatives(x, hessian=False)
+    if block.d > DENSE_CLIENT_D:
+        loss, grad, _ = summed_gradients(block, x)
+    else:
+        loss, grad, _ = block.derivatives(x, hessian=False)
     values, index = bits_for(block.n, block.d, p.float_bits)
     return state, Uplink(loss, grad, values, index)
 
