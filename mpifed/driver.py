@@ -454,7 +454,7 @@ def _largest_eigenpair(fed: Federation, products, what: str):
 
 def _gram_products(fed: Federation, v):
     """(1/n) sum_i A_i^T A_i v / m_i on rank 0 (None elsewhere): the clients' products, block-summed, in one exchange."""
-    from .algorithms.hessian_free.common import block_sum
+    from .algorithms.base import block_sum
     from .problems.logistic import ClientVectors
 
     block = fed.block

@@ -51,9 +51,12 @@ def test_an_error_on_one_rank_ends_the_job_quickly_with_its_message(tmp_path):
     assert done.returncode != 0
     assert "mpifed: error on rank 1: FloatingPointError: injected failure on rank 1" in done.stderr
     assert elapsed < 60
-    with h5py.File(out, "r", locking=False) as f:  # the rounds completed before the failure are kept
-        assert len(f["metrics/round"]) >= 2
-        np.testing.assert_array_equal(f["metrics/round"][:2], [0, 1])
+    # the abort ends rank 0 too: the trace stays readable with the rows of its last block (rows are written in
+    # blocks about a second apart; the first at once), a prefix of the run's rounds
+    with h5py.File(out, "r", locking=False) as f:
+        rounds = f["metrics/round"][()]
+        assert f.attrs["status"] == "running" and 1 <= len(rounds) <= 3
+        np.testing.assert_array_equal(rounds, np.arange(len(rounds)))
 
 
 def test_quick_start_default_run_under_mpiexec(tmp_path):

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from ..ddsum import dd_add, dd_add_into, dd_sum_rows, dd_sum_sparse_rows
+from ..ddsum import dd_add, dd_add_into, dd_add_times_into, dd_sum_rows, dd_sum_sparse_rows
 from ..errors import MpifedError
 
 
@@ -82,12 +82,41 @@ DENSE_CLIENT_D = 1 << 15  # up to this d (32,768) a client step may hold its blo
 # depend on the number of ranks.
 
 
+def block_sum(vectors, xp=np):
+    """The sum over the block's clients of :class:`~mpifed.problems.logistic.ClientVectors`, as a double-double
+    pair (hi, lo) of shape (d,).
+
+    Sparse rows go through :meth:`BlockSums.add_sparse` over the U columns the block touches (one spare slot U
+    takes the padding), so the dense part of the work is U, not d, wide; their sums are then placed at those
+    columns (a copy, no arithmetic). Dense rows go through :meth:`BlockSums.add`. Last, n copies of the common
+    shift (lam v), added exactly (:func:`~mpifed.ddsum.dd_times`). The chunks' sums and the shift are added in
+    place, a piece at a time: beyond the chunk's slots, the running sum (2 U) and the result (2 d) are the
+    only vectors held.
+    """
+    block, sums = vectors.block, BlockSums()
+    columns = block.support_columns()
+    for lo, hi, index, values in vectors.chunks():
+        if index is None:
+            sums.add("v", values, xp)
+        else:
+            sums.add_sparse("v", index, values, len(columns) + 1, xp)
+    if "v" not in sums:
+        hi, lo = xp.zeros(block.d), xp.zeros(block.d)
+    elif columns is None:
+        hi, lo = sums.pop("v")
+    else:
+        hi, lo = xp.zeros(block.d), xp.zeros(block.d)
+        hi[columns], lo[columns] = sums["v"][0][:-1], sums["v"][1][:-1]
+        del sums["v"]
+    dd_add_times_into(hi, lo, block.n, vectors.shift_of, xp)
+    return hi, lo
+
+
+
 def summed_gradients(block, x):
     """(f_i(x) (n,), the block's sum of grad f_i(x) as a double-double pair (hi, lo) of shape (d,), the rows'
     Hessian coefficients h_ij(x)): the gradients without a (clients x d) array
     (:meth:`~mpifed.problems.logistic.LogisticBlock.gradients`, summed as the Hessian-free methods sum them)."""
-    from .hessian_free.common import block_sum
-
     loss, grads, h = block.gradients(x)
     return loss, block_sum(grads, block.bk.xp), h
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...ddsum import dd_add_times_into
 from ...errors import MpifedError
-from ..base import BlockSums, Uplink, bits_for
+from ..base import Uplink, bits_for, block_sum
 
 RESOLUTION = 2.0**-40  # below this relative decrease the computed f cannot decide an Armijo test (see fednl_ls)
 
@@ -34,36 +33,6 @@ class ClientState:
 
     x: object
     h: object
-
-
-def block_sum(vectors, xp=np):
-    """The sum over the block's clients of :class:`~mpifed.problems.logistic.ClientVectors`, as a double-double
-    pair (hi, lo) of shape (d,).
-
-    Sparse rows go through :meth:`BlockSums.add_sparse` over the U columns the block touches (one spare slot U
-    takes the padding), so the dense part of the work is U, not d, wide; their sums are then placed at those
-    columns (a copy, no arithmetic). Dense rows go through :meth:`BlockSums.add`. Last, n copies of the common
-    shift (lam v), added exactly (:func:`~mpifed.ddsum.dd_times`). The chunks' sums and the shift are added in
-    place, a piece at a time: beyond the chunk's slots, the running sum (2 U) and the result (2 d) are the
-    only vectors held.
-    """
-    block, sums = vectors.block, BlockSums()
-    columns = block.support_columns()
-    for lo, hi, index, values in vectors.chunks():
-        if index is None:
-            sums.add("v", values, xp)
-        else:
-            sums.add_sparse("v", index, values, len(columns) + 1, xp)
-    if "v" not in sums:
-        hi, lo = xp.zeros(block.d), xp.zeros(block.d)
-    elif columns is None:
-        hi, lo = sums.pop("v")
-    else:
-        hi, lo = xp.zeros(block.d), xp.zeros(block.d)
-        hi[columns], lo[columns] = sums["v"][0][:-1], sums["v"][1][:-1]
-        del sums["v"]
-    dd_add_times_into(hi, lo, block.n, vectors.shift_of, xp)
-    return hi, lo
 
 
 def client_init(p, block, x0, streams):
