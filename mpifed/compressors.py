@@ -140,13 +140,13 @@ def top_indices(scores, K: int, xp=np):
 
 def top_entries(X, K: int):
     """Host rows X (n, T), K < T: the flat positions in X (n K,), ascending, of the K entries of largest
-    magnitude in each row, ties to the lower index: :func:`select` on |X|, the same entries.
+    magnitude in each row, ties to the lower index: :func:`select` on abs(X), the same entries.
 
     When every row is at most half nonzero (sparse data's Hessian corrections, a converged client's), the
     work is on each row's nonzeros, packed to the left of an (n, most nonzeros) array: the K-th largest
     magnitude from a partition of the rows with more than K, the entries at or above it (the first ones at
     it while more than K), and in a row with fewer than K nonzeros all of them and its first K - nonzeros
-    zeros (all among its first K columns). Otherwise :func:`top_indices` on |X|.
+    zeros (all among its first K columns). Otherwise :func:`top_indices` on abs(X).
     """
     n, T = X.shape
     nonzero = X != 0
