@@ -47,6 +47,15 @@ def phi_second(t, xp=np):
     return s * (1.0 - s)
 
 
+def canonical_rows(A, offsets):
+    """(A as a float64 CSR matrix with summed duplicates and sorted column indices, the client offsets as int64):
+    the form every block's row arithmetic assumes."""
+    A = scipy.sparse.csr_matrix(A, dtype=np.float64)
+    A.sum_duplicates()
+    A.sort_indices()
+    return A, np.asarray(offsets, dtype=np.int64)
+
+
 class LogisticBlock:
     """The clients a rank hosts, with batched loss, gradient and Hessian evaluation.
 
@@ -97,10 +106,7 @@ class LogisticBlock:
 
     def __init__(self, A, b, offsets, lam: float, backend: Backend = NUMPY, m_max: int | None = None,
                  dense: bool | None = None):
-        A = scipy.sparse.csr_matrix(A, dtype=np.float64)
-        A.sum_duplicates()
-        A.sort_indices()
-        offsets = np.asarray(offsets, dtype=np.int64)
+        A, offsets = canonical_rows(A, offsets)
         self.bk, xp = backend, backend.xp
         self.lam = float(lam)
         self.N, self.d = A.shape

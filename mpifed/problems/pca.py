@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse
 
 from ..backend import NUMPY, Backend
+from .logistic import canonical_rows
 
 
 class PCABlock:
@@ -36,10 +37,7 @@ class PCABlock:
 
     def __init__(self, A, b, offsets, lam: float = 0.0, backend: Backend = NUMPY, m_max: int | None = None,
                  dense: bool | None = None):
-        A = scipy.sparse.csr_matrix(A, dtype=np.float64)
-        A.sum_duplicates()
-        A.sort_indices()
-        offsets = np.asarray(offsets, dtype=np.int64)
+        A, offsets = canonical_rows(A, offsets)
         self.bk, xp = backend, backend.xp
         self.N, self.d = A.shape
         self.n = len(offsets) - 1
