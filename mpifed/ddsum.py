@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 
 def two_sum(a, b):
     """s, e with s = fl(a + b) and s + e = a + b exactly."""
@@ -79,6 +81,12 @@ def _dd_sum_rows(X, xp=np, chunks: int = 32):
         return xp.zeros(X.shape[1:]), xp.zeros(X.shape[1:])
     c = min(n, chunks)
     rows = -(-n // c)  # the accumulator's rows; a short last slice is padded with zeros
+    if xp is np and X.ndim == 2 and X.dtype == np.float64 and kernels.enabled():  # the same additions, one pass (mpifed.kernels)
+        flat = np.ascontiguousarray(X)
+        hi, lo = np.zeros((rows, flat.shape[1])), np.zeros((rows, flat.shape[1]))
+        kernels.dd_accumulate(flat, hi, lo, c)
+        hi, lo = _dd_tree(hi, lo, xp)
+        return hi.reshape(X.shape[1:]), lo.reshape(X.shape[1:])
     hi = xp.zeros((rows,) + X.shape[1:], dtype=X.dtype)
     lo, s, bb, e = (xp.zeros_like(hi) for _ in range(4))
     for j in range(c):
@@ -120,6 +128,20 @@ def dd_sum_sparse_rows(index, values, width: int, xp=np, chunks: int = 32):
         bb = s - h
         flat_lo[at] += (h - (s - bb)) + (x - bb)
         flat_hi[at] = s
+    return dd_slots_total(hi, lo, xp)
+
+
+def dd_slots(n: int, width: int, chunks: int = 32, xp=np):
+    """Zeroed (hi, lo) slots for :func:`dd_sum_sparse_rows`'s accumulation of n rows of ``width``, and how many
+    consecutive rows share a slot row (row q goes to slot row q // that)."""
+    c = max(min(n, chunks), 1)
+    rows = -(-n // c)
+    return xp.zeros((max(rows, 1), width)), xp.zeros((max(rows, 1), width)), c
+
+
+def dd_slots_total(hi, lo, xp=np):
+    """The double-double sum (hi, lo) of accumulated slots (:func:`dd_slots`): their pairwise tree."""
+    rows = hi.shape[0]
     hi, lo = _dd_tree_into(hi, lo, xp)
     return (hi, lo) if rows == 1 else (hi.copy(), lo.copy())  # not views that keep all the slots
 

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpifed"
 TOP = ("mpifed.cli", "mpifed.config", "mpifed.plan", "mpifed.driver", "mpifed.checkpoint", "mpifed.ops",
        "mpifed.analysis")
 LOWER = ("mpifed.data", "mpifed.problems", "mpifed.algorithms", "mpifed.federation", "mpifed.compressors",
-         "mpifed.comm", "mpifed.backend", "mpifed.rng", "mpifed.ddsum", "mpifed.tri", "mpifed.trace", "mpifed.network")
+         "mpifed.comm", "mpifed.backend", "mpifed.rng", "mpifed.ddsum", "mpifed.tri", "mpifed.kernels", "mpifed.trace",
+         "mpifed.network")
 
 
 def module_name(path: Path) -> str:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from ..ddsum import dd_add, dd_add_into, dd_add_times_into, dd_sum_rows, dd_sum_sparse_rows
+from ..ddsum import dd_add, dd_add_into, dd_add_times_into, dd_slots_total, dd_sum_rows, dd_sum_sparse_rows
 from ..errors import MpifedError
 
 
@@ -166,6 +166,15 @@ class BlockSums(dict):
         """:meth:`add` of the rows holding ``values`` at columns ``index`` and zeros elsewhere (same bits), added
         in place (:func:`~mpifed.ddsum.dd_add_into`): the running sum and the chunk's are the only vectors."""
         hi, lo = dd_sum_sparse_rows(index, values, width, xp)
+        if name in self:
+            dd_add_into(*self[name], hi, lo)
+        else:
+            self[name] = (hi, lo)
+
+    def add_slots(self, name: str, hi, lo, xp=np) -> None:
+        """:meth:`add_sparse` from slots already accumulated (:func:`~mpifed.ddsum.dd_slots`, as
+        :func:`~mpifed.ddsum.dd_sum_sparse_rows` fills them): their tree, then the running sum."""
+        hi, lo = dd_slots_total(hi, lo, xp)
         if name in self:
             dd_add_into(*self[name], hi, lo)
         else:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from .. import tri
+from .. import kernels, tri
 from ..backend import NUMPY, Backend
 
 
@@ -132,7 +132,7 @@ class LogisticBlock:
     # non-zeros, n T columns), the gradient scatter G (n d rows) and the per-non-zero row and client ids.
     # The Hessian-free methods never touch them, which is what lets a rank hold d = 10^5..10^6 features.
     _LAZY = {"_diag": "_build_diag", "_row_of_nnz": "_build_row_of_nnz", "_client_of_nnz": "_build_client_of_nnz",
-             "_G": "_build_G", "_M": "_build_M", "_support": "_build_support"}
+             "_G": "_build_G", "_M": "_build_M", "_support": "_build_support", "_pairs": "_build_pairs"}
 
     def __getattr__(self, name):
         build = LogisticBlock._LAZY.get(name)
@@ -165,6 +165,16 @@ class LogisticBlock:
             a0, a1 = int(parent._A.indptr[r0]), int(parent._A.indptr[r1])
             return parent._client_of_nnz[a0:a1] - lo
         return self.bk.xp.asarray(self.row_client[self.bk.to_host(self._row_of_nnz)])
+
+    def _build_pairs(self):
+        """(packed position of every non-zero pair (a <= b) of every row, the pairs' pointer per row (N + 1,), their
+        products a_ra a_rb, or None when every value is 1.0): a piece's rows index its parent's arrays."""
+        if self._parent:
+            parent, lo, hi, r0, r1 = self._parent
+            pos, ptr, products = parent._pairs
+            return pos, ptr[r0:r1 + 1], products
+        A = self._host_A()
+        return kernels.row_pairs(A.indptr, A.indices, A.data, self.d)
 
     def _build_G(self):
         """G^T: row j scatters w_j a_j into client c(j)'s gradient slot."""
@@ -482,10 +492,25 @@ class LogisticBlock:
         """Packed (1/m_i) sum_j h_ij a_ij a_ij^T + lam I for each client, shape (n, T)."""
         if self.dense:
             packed = self._dense_hessians(self._A3, self._W, h)
+        elif self.compiled():
+            return kernels.packed_hessians(self.packed_rows(), h, self.lam, self.d)
         else:
             packed = (self._M @ self._M_columns(h)).reshape(self.n, self.T)
         packed[:, self._diag] += self.lam
         return packed
+
+    def compiled(self) -> bool:
+        """Whether the packed Hessians of this (sparse, host) block come from the compiled kernels
+        (:func:`mpifed.kernels.packed_hessians`): the same bits as the scatter matrix's product, which is then
+        never built."""
+        return not self.dense and self.bk.xp is np and kernels.enabled()
+
+    def packed_rows(self):
+        """What the compiled kernels form the packed Hessians from (:func:`mpifed.kernels.packed_hessians`): the
+        rows' pairs (:func:`mpifed.kernels.row_pairs`: 4 bytes a pair where the scatter matrix takes 12, plus 8 for
+        the products of non-binary data), each client's first and end row, every row's 1/m_i."""
+        starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        return (*self._pairs, starts[:-1], starts[1:], 1.0 / self.sizes[self.row_client])
 
     def hessian_diagonals(self, h):
         """diag hess f_i = (1/m_i) sum_j h_ij a_ij^2 + lam for each client, shape (n, d), from the coefficients h
@@ -501,6 +526,8 @@ class LogisticBlock:
         if self.dense:
             at = xp.asarray(clients)
             packed = self._dense_hessians(self._A3[at], self._W[at], h[at])
+        elif self.compiled():
+            return kernels.packed_hessians(self.packed_rows(), h, self.lam, self.d, clients)
         else:
             rows = (clients[:, None] * self.T + np.arange(self.T)).ravel()
             packed = (_select_rows(self._M, xp.asarray(rows), xp) @ self._M_columns(h)).reshape(len(clients), self.T)
@@ -621,7 +648,7 @@ def _select_rows(matrix, rows, xp):
 SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks, dense rows: clients per chunk so its temporaries take some 16 MB
 SPARSE_SUM_CHUNK_BYTES = 1 << 22  # and sparse rows: some 4 MB (the chunks' sums are added in place, in client order)
 SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
-CHUNK_BYTES = 1 << 23  # dense Hessians: clients per step so that their (c, d, d) products take some 8 MB
+CHUNK_BYTES = 1 << 21  # dense Hessians: clients per step so that their (c, d, d) products take some 2 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
 
 

@@ -45,11 +45,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ... import compressors, tri
+from ... import compressors, kernels, tri
+from ...ddsum import dd_slots
 from ...errors import ConfigError
 from . import fednl_diag, fednl_lm
 from .fednl_solve import cg_solve, diagonal_solve
-from ..base import Aggregate, BlockSums, Uplink, bits_for, hessians_in_chunks, solve_projected, solve_spd
+from ..base import (Aggregate, BlockSums, Uplink, bits_for, client_chunks, hessians_in_chunks, solve_projected,
+                    solve_spd)
 from ...network import flops as fl
 
 DIAGONAL_COMPRESSOR = "topk:k=0.25d"  # --hessian diagonal: a quarter of the d entries (the matrix default, 8d, exceeds d)
@@ -135,6 +137,8 @@ def client_init(p: Params, block, x0, streams):
         H, uplink = fednl_diag.client_init(p, block, x0, streams)
         return ClientState(H), uplink
     xp = block.bk.xp
+    if xp is np:
+        kernels.warm_up()  # at setup, not in round 0's time
     loss, grad = xp.empty(block.n), xp.empty((block.n, block.d))
     H, sums = xp.empty((block.n, block.T)), BlockSums()
     for lo, hi, hess in hessians_in_chunks(block, x0, loss, grad):
@@ -142,6 +146,31 @@ def client_init(p: Params, block, x0, streams):
         sums.add("hess", hess, xp)
     values, index = bits_for(block.n, block.T, p.float_bits)
     return ClientState(H), Uplink(loss, grad, values, index, sums=sums)
+
+
+def _compiled_topk_step(p: Params, block, H, x, loss, grad, fields, value_bits, index_bits, sums):
+    """:func:`client_step` for Top-K on the host by :mod:`mpifed.kernels`: the same chunks, each client's
+    difference, l_i, selection, update and slot sums in one pass over its row (and for sparse data its Hessian
+    formed in that row), with the same bits."""
+    k, T = p.compressor.k, block.T
+    weights = tri.multiplicity(block.d)
+    for lo, hi in client_chunks(block):
+        piece = block.clients(lo, hi)
+        index, S = np.empty((hi - lo, k), dtype=np.intp), np.empty((hi - lo, k))
+        slot_hi, slot_lo, slots = dd_slots(hi - lo, T)
+        norms = fields["l"][lo:hi] if p.option == 2 else None
+        step = (H[lo:hi], k, p.alpha, weights, norms, index, S, slot_hi, slot_lo, slots)
+        if getattr(piece, "compiled", lambda: False)():
+            loss[lo:hi], grad[lo:hi], h = piece.derivatives_and_coefficients(x)
+            kernels.hessian_topk_update(piece.packed_rows(), h, piece.lam, piece.d, *step)
+        else:
+            loss[lo:hi], grad[lo:hi], hess = piece.derivatives(x)
+            kernels.topk_update(np.ascontiguousarray(hess), *step)
+        del index, S
+        sums.add_slots("S", slot_hi, slot_lo)
+        value_bits[lo:hi], index_bits[lo:hi] = p.compressor.bits(hi - lo)
+    values, _ = bits_for(block.n, block.d + len(fields), p.float_bits)
+    return ClientState(H), Uplink(loss, grad, values + value_bits, index_bits, fields, sums=sums)
 
 
 def server_init(p: Params, agg: Aggregate, x0):
@@ -163,6 +192,8 @@ def client_step(p: Params, block, state: ClientState, x, streams):
     value_bits, index_bits, sums = np.empty(n), np.empty(n), BlockSums()
     fields = {"l": xp.empty(n)} if p.option == 2 else {}
     sparse = isinstance(p.compressor, compressors.TopK) and p.compressor.k < block.T
+    if sparse and xp is np and kernels.enabled():
+        return _compiled_topk_step(p, block, H, x, loss, grad, fields, value_bits, index_bits, sums)
     for lo, hi, hess in hessians_in_chunks(block, x, loss, grad):
         diff = xp.subtract(hess, H[lo:hi], out=hess)
         if p.option == 2:
