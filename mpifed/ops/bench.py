@@ -47,7 +47,7 @@ while the row runs (the shared modules are not changed; on cupy the timers wait 
 * ``peak_rss_mb`` = the peak resident set of every rank during the row (VmHWM, reset before each row
   through /proc/self/clear_refs after handing freed heap back to the OS; else ru_maxrss, the process's
   peak so far), summed over ranks; ``rss_at_start_mb_per_rank`` = the resident set before the row (the
-  interpreter, numpy, scipy, mpi4py, mpifed and, on rank 0, h5py for the trace);
+  interpreter, numpy, scipy, mpi4py, mpifed with its compiled kernels and, on rank 0, h5py for the trace);
 * ratios to u-FedNL: seconds_to_tol, s/round and peak RSS; ``gpu-w8a`` also against mpifed's own
   2-rank CPU figure (``ratio_s_per_round_vs_mpifed_cpu``; the GPU target: at most 0.1, a tenth of the CPU's s/round);
 * GPU rows: per rank, the device, the peak bytes in use in cupy's memory pool (a cupy MemoryHook) and
@@ -129,7 +129,10 @@ class Row:
         cfg = {"dataset": self.dataset, "clients": n, "samples_per_client": self.m if fixed else self.rows // n,
                "shuffle": SHUFFLE_SEED if self.shuffled else None, "intercept": not fixed, "lam": 1e-3,
                "algorithm": "fednl", "compressor": "topk:k=8d", "option": 2, "alpha": None, "tol": 0.0,
-               "rounds": rounds, "reference_iterations": 0, "seed": 0, "quiet": True, "overwrite": True}
+               "rounds": rounds, "reference_iterations": 0, "seed": 0, "quiet": True, "overwrite": True,
+               # the test set at the first and last rounds only: a round is the method's work (u-FedNL
+               # evaluates no test set), and rank 0's evaluation would hold the other ranks at the next broadcast
+               "eval_every": rounds}
         if fixed:
             del cfg["shuffle"]
         if self.backend != "numpy":
@@ -219,11 +222,13 @@ class _Timers:
     """
 
     def __init__(self, method=None, sync=None, split_setup: bool = False):
-        from .. import compressors, trace
+        from .. import compressors, kernels, trace
         from ..problems import logistic as problems
 
         self.calls = {"hessian": [], "compress": [], "trace": []}
         self._targets = [(problems.LogisticBlock, "derivatives", "hessian"), (compressors.TopK, "sparse", "compress"),
+                         (problems.LogisticBlock, "derivatives_and_coefficients", "hessian"),
+                         (kernels, "topk_update", "compress"), (kernels, "hessian_topk_update", "compress"),
                          (trace.TraceWriter, "write", "trace")]
         self._sync = sync
         self._method = method
@@ -457,6 +462,7 @@ def _backend_for(row: Row, comm):
 def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None, clients: int | None = None,
             per_rank: int | None = None, algorithm: str | None = None) -> dict | None:
     """Run one row on every rank of ``comm``; rank 0 returns its result, the others None."""
+    from .. import kernels
     from ..algorithms import METHODS
     from ..driver import run
     from ..trace import _h5py
@@ -469,6 +475,7 @@ def run_row(row: Row, comm, rounds: int | None = None, folder: str | None = None
         cfg["out"] = str(Path(tmp) / f"bench-{row.name}.h5")
         if comm.is_root:  # the trace writer's library is part of the start, as for every row after the first
             _h5py()
+        kernels.warm_up()  # so are the compiled kernels, loaded (and compiled, the first time) before the clock starts
         how = _reset_peak()
         floor = _status_mb("VmRSS") or 0.0
         comm.allgather(None)  # start together
