@@ -166,6 +166,9 @@ def _kth_largest(values, n, kk, spare, hist, level):
         for i in range(m):
             hist[(src[i] >> ushift) & umask] += 1
         bucket, above = _bucket(hist, mask, kk)
+        level += 1
+        if hist[bucket] == m:  # all in one bucket (equal values, say): nothing to gather
+            continue
         kk -= above
         kept, ubucket = 0, np.uint64(bucket)
         for i in range(m):  # branch-free gather of the bucket
@@ -173,7 +176,6 @@ def _kth_largest(values, n, kk, spare, hist, level):
             dst[kept] = v
             kept += ((v >> ushift) & umask) == ubucket
         src, dst, fsrc, fdst, m = dst, src, fdst, fsrc, kept
-        level += 1
     for i in range(1, m):  # the rest by insertion sort, descending
         v, j = src[i], i - 1
         while j >= 0 and src[j] < v:
