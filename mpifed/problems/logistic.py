@@ -648,7 +648,7 @@ def _select_rows(matrix, rows, xp):
 SUM_CHUNK_BYTES = 1 << 24  # weighted_row_chunks, dense rows: clients per chunk so its temporaries take some 16 MB
 SPARSE_SUM_CHUNK_BYTES = 1 << 22  # and sparse rows: some 4 MB (the chunks' sums are added in place, in client order)
 SUPPORT_CHUNK = 1 << 16  # non-zeros per piece of the support's construction (its sort's temporaries: a few MB)
-CHUNK_BYTES = 1 << 21  # dense Hessians: clients per step so that their (c, d, d) products take some 2 MB
+CHUNK_BYTES = 1 << 20  # dense Hessians: clients per step so that their (c, d, d) products take some 1 MB
 PAIR_CHUNK = 1 << 18  # pairs built per step of _scatter_matrix (bounds its temporaries to some 12 MB)
 
 
