@@ -155,11 +155,12 @@ def rows_so_far(path):
 
 @pytest.mark.slurm
 def test_sigterm_suspends_the_job_and_a_new_job_resumes_it(cluster, tmp_path):
-    """What --signal=TERM@60 does before the time limit, sent now with scancel; the resume job uses mpiexec."""
+    """What --signal=TERM@60 does before the time limit, sent now with scancel; the resume job uses mpiexec.
+    --tol 0: the run must still be going when the signal comes (a9a converges within seconds)."""
     out = tmp_path / "t.h5"
     done = sbatch(cluster, ["sbatch", f"--output={tmp_path}/slurm-%j.out", "--time=3", "jobs/slurm-run.sbatch",
                             "--dataset", "a9a", "--algorithm", "fednl", "--compressor", "randk:k=8d",
-                            "--rounds", "100000", "--quiet", "--out", str(out)], timeout=30)
+                            "--rounds", "100000", "--tol", "0", "--quiet", "--out", str(out)], timeout=30)
     job = re.search(r"Submitted batch job (\d+)", done.stdout).group(1)
     deadline = time.monotonic() + 60
     while rows_so_far(out) < 3 and time.monotonic() < deadline:
