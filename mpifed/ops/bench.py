@@ -338,10 +338,11 @@ def nbytes(obj) -> int:
     """Bytes of the arrays (numpy, cupy, scipy/cupyx sparse) among an object's attributes or dataclass fields."""
     total = 0
     for value in (vars(obj).values() if hasattr(obj, "__dict__") else ()):
-        if hasattr(value, "indptr") and hasattr(value, "data"):  # a sparse matrix
-            total += sum(int(getattr(value, a).nbytes) for a in ("data", "indices", "indptr"))
-        elif hasattr(value, "nbytes") and hasattr(value, "shape"):
-            total += int(value.nbytes)
+        for item in (value if isinstance(value, tuple) else (value,)):  # a tuple: the kernels' row pairs
+            if hasattr(item, "indptr") and hasattr(item, "data"):  # a sparse matrix
+                total += sum(int(getattr(item, a).nbytes) for a in ("data", "indices", "indptr"))
+            elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+                total += int(item.nbytes)
     return total
 
 
