@@ -15,7 +15,9 @@ with h_ij the Hessian coefficients that Newton-Learn (Islamov et al. 2021) learn
 Everything is computed for all of a rank's clients in one call. Sparse data (LIBSVM) use
 precomputed scatter matrices, so a round is a few sparse mat-vecs: per-client sums
 (R), gradients (G) and packed Hessians (M) whose entries are products a_ja a_jb of each
-row's non-zeros. Dense data (synthetic) use batched matrix products. In both paths a
+row's non-zeros. On the CPU the packed Hessians come instead from each row's pair positions
+(:func:`mpifed.kernels.packed_hessians`: the same sums in the same order, without M).
+Dense data (synthetic) use batched matrix products. In both paths a
 client's numbers depend only on its own rows, never on the other clients of the block:
 that is what makes results independent of the number of ranks.
 """
