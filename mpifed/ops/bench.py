@@ -39,7 +39,8 @@ while the row runs (the shared modules are not changed; on cupy the timers wait 
   round times of rows 0..k (client + comm + server, as ``time_s``); ``wall_s`` = the whole
   ``driver.run`` call, setup (data loading, H_i^0) and trace writing included; for the fixed-round
   rows, the means are over the rows 0..R-1 of R rounds;
-* per-round means over rows 0..k by phase: client (``derivatives``, ``compress``, the rest),
+* per-round means over rows 0..k by phase: client (``derivatives``; ``compress``: Top-K, or the compiled fused
+  step of :mod:`mpifed.kernels`, which forms sparse data's Hessians too; the rest),
   comm (the double-double reduction, waiting for the slowest rank included), server (the solve),
   trace (writing the row; outside the round times);
 * ``rounds_per_s`` = rounds_to_tol / seconds_to_tol (fixed rows: 1 / s_per_round),
