@@ -225,6 +225,10 @@ class SlurmCluster:
             # sbatch --wait polls every 2 s, and only while 2 s < MinJobAge / 2; a larger MinJobAge lets the
             # poll interval grow to 8 and 32 s, which would triple a short job's wall time.
             "MinJobAge=4",
+            # job ids of their own: every new cluster would start at 1, and MPICH names a job's shared-memory
+            # segment (/dev/shm/mpich_shm_*) after its PMI job id, so a segment left by a killed job of an
+            # earlier cluster with the same id made a new job's MPI_Init fail ("Message truncated")
+            f"FirstJobId={int.from_bytes(os.urandom(3), 'little') + 1000}",
             "SlurmdParameters=config_overrides",  # accept CPUs above the hardware's (a 1-core runner)
             "KillWait=5",
             "InactiveLimit=0",
