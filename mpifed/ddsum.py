@@ -81,7 +81,7 @@ def _dd_sum_rows(X, xp=np, chunks: int = 32):
         return xp.zeros(X.shape[1:]), xp.zeros(X.shape[1:])
     c = min(n, chunks)
     rows = -(-n // c)  # the accumulator's rows; a short last slice is padded with zeros
-    if xp is np and X.ndim == 2 and X.dtype == np.float64 and kernels.enabled():  # the same additions, one pass (mpifed.kernels)
+    if xp is np and X.ndim == 2 and X.dtype == np.float64 and kernels.loaded():  # the same additions, one pass
         flat = np.ascontiguousarray(X)
         hi, lo = np.zeros((rows, flat.shape[1])), np.zeros((rows, flat.shape[1]))
         kernels.dd_accumulate(flat, hi, lo, c)

@@ -112,20 +112,33 @@ def dd_accumulate(X, hi, lo, c: int) -> None:
     _load().dd_accumulate(X, hi, lo, int(c))
 
 
-def warm_up() -> None:
-    """Load (the first time: compile) every kernel on a tiny input, so a timed round never includes it."""
+def loaded() -> bool:
+    """Whether the kernels are on and already loaded. The double-double sums use them only then: a run whose
+    method needs no other kernel (the first-order ones) does not import numba for them."""
+    return bool(_KERNELS)
+
+
+KINDS = ("hessians", "topk", "fused", "sums")
+
+
+def warm_up(*kinds: str) -> None:
+    """Load (the first time: compile) the kernels of ``kinds`` (default all of KINDS: packed Hessians, the Top-K
+    step, its fused form with the Hessians, the double-double sums) on tiny inputs, so a timed round never
+    includes it."""
     if not enabled():
         return
+    kinds = kinds or KINDS
     one = np.array([0], dtype=np.int64)
-    for value in (1.0, 2.0):  # binary rows and others
+    for value in (1.0, 2.0):  # binary rows and others (scipy's 32-bit CSR indices)
         pairs = row_pairs(np.array([0, 2], dtype=np.int32), np.array([0, 1], dtype=np.int32), np.full(2, value), 2)
         rows = (*pairs, one, one + 1, np.ones(1))
-        packed_hessians(rows, np.ones(1), 0.0, 2)
-    for hess in (None, np.ones((1, 3))):
-        step = (np.zeros((1, 3)), 1, 1.0, np.ones(3), np.empty(1), np.empty((1, 1), dtype=np.intp), np.empty((1, 1)),
-                np.zeros((1, 3)), np.zeros((1, 3)), 1)
-        if hess is None:
-            hessian_topk_update(rows, np.ones(1), 0.0, 2, *step)
-        else:
-            topk_update(hess, *step)
-    dd_accumulate(np.ones((2, 3)), np.zeros((1, 3)), np.zeros((1, 3)), 2)
+        if "hessians" in kinds:
+            packed_hessians(rows, np.ones(1), 0.0, 2)
+    step = (np.zeros((1, 3)), 1, 1.0, np.ones(3), np.empty(1), np.empty((1, 1), dtype=np.intp), np.empty((1, 1)),
+            np.zeros((1, 3)), np.zeros((1, 3)), 1)
+    if "fused" in kinds:
+        hessian_topk_update(rows, np.ones(1), 0.0, 2, *step)
+    if "topk" in kinds:
+        topk_update(np.ones((1, 3)), *step)
+    if "sums" in kinds:
+        dd_accumulate(np.ones((2, 3)), np.zeros((1, 3)), np.zeros((1, 3)), 2)

@@ -2,6 +2,7 @@
 plain oracles written here: the packed Hessians (the scatter matrix's product and the dense per-client sum),
 FedNL's fused Top-K step (numpy's Frobenius norm, a stable-sort Top-K, the double-double sums) and whole runs
 with the kernels on and off."""
+import subprocess
 import sys
 
 import numpy as np
@@ -211,3 +212,14 @@ def test_without_numba_the_numpy_code_runs(monkeypatch, tmp_path):
     result = run({"dataset": sparse_binary(), "clients": 4, "samples_per_client": 40, "rounds": 3, "tol": 0.0,
                   "quiet": True, "reference_iterations": 0, "algorithm": "fednl", "out": str(tmp_path / "t.h5")})
     assert result.status == "completed"
+
+
+def test_a_method_without_packed_hessians_does_not_import_numba(tmp_path):
+    """The double-double sums use the kernels only once another kernel has loaded them: a first-order run keeps
+    numba (some 100 MB of resident set) out of the process."""
+    code = ("import sys; from mpifed.driver import run; "
+            f"r = run({{'dataset': 'synthetic', 'clients': 4, 'samples_per_client': 20, 'features': 5, 'rounds': 3, "
+            f"'tol': 0.0, 'quiet': True, 'reference_iterations': 0, 'algorithm': 'gd', 'out': r'{tmp_path / 'g.h5'}'}}); "
+            "print(r.status, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["completed", "False"]

@@ -137,8 +137,9 @@ def client_init(p: Params, block, x0, streams):
         H, uplink = fednl_diag.client_init(p, block, x0, streams)
         return ClientState(H), uplink
     xp = block.bk.xp
-    if xp is np:
-        kernels.warm_up()  # at setup, not in round 0's time
+    if xp is np and isinstance(p.compressor, compressors.TopK) and p.compressor.k < block.T:
+        # at setup, not in round 0's time: the step's kernel and the sums'
+        kernels.warm_up("fused" if getattr(block, "compiled", lambda: False)() else "topk", "sums")
     loss, grad = xp.empty(block.n), xp.empty((block.n, block.d))
     H, sums = xp.empty((block.n, block.T)), BlockSums()
     for lo, hi, hess in hessians_in_chunks(block, x0, loss, grad):
