@@ -134,7 +134,8 @@ class LogisticBlock:
     # non-zeros, n T columns), the gradient scatter G (n d rows) and the per-non-zero row and client ids.
     # The Hessian-free methods never touch them, which is what lets a rank hold d = 10^5..10^6 features.
     _LAZY = {"_diag": "_build_diag", "_row_of_nnz": "_build_row_of_nnz", "_client_of_nnz": "_build_client_of_nnz",
-             "_G": "_build_G", "_M": "_build_M", "_support": "_build_support", "_pairs": "_build_pairs"}
+             "_G": "_build_G", "_M": "_build_M", "_support": "_build_support", "_pairs": "_build_pairs",
+             "_packed_rows": "_build_packed_rows"}
 
     def __getattr__(self, name):
         build = LogisticBlock._LAZY.get(name)
@@ -511,6 +512,9 @@ class LogisticBlock:
         """What the compiled kernels form the packed Hessians from (:func:`mpifed.kernels.packed_hessians`): the
         rows' pairs (:func:`mpifed.kernels.row_pairs`: 4 bytes a pair where the scatter matrix takes 12, plus 8 for
         the products of non-binary data), each client's first and end row, every row's 1/m_i."""
+        return self._packed_rows
+
+    def _build_packed_rows(self):
         starts = np.concatenate([[0], np.cumsum(self.sizes)])
         return (*self._pairs, starts[:-1], starts[1:], 1.0 / self.sizes[self.row_client])
 
